@@ -1,0 +1,194 @@
+"""Paging of runs/list and jobs/list in every API version, through real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ClientFactory
+from watcher.clock import ManualClock
+from watcher.databricks.models import Run
+from watcher.simulator import Fault, Simulator
+
+
+def _history(sim: Simulator, clock: ManualClock, runs: int, jobs: int = 3) -> list[int]:
+    """`runs` finished runs spread over `jobs` jobs, one started every 10 s; ids newest first."""
+    job_ids = [sim.workspace.create_job(f"job-{i}") for i in range(jobs)]
+    ids = []
+    for n in range(runs):
+        ids.append(
+            sim.workspace.start_run(job_ids[n % jobs], setup_s=1, execution_s=3, cleanup_s=1)
+        )
+        clock.advance(10)
+    sim.workspace.settle()
+    return ids[::-1]
+
+
+async def _walk(client_pages: object) -> tuple[list[int], int]:
+    ids: list[int] = []
+    pages = 0
+    async for page in client_pages:  # type: ignore[attr-defined]
+        pages += 1
+        ids.extend(r.run_id for r in page.runs)
+    return ids, pages
+
+
+@pytest.mark.parametrize(
+    ("version", "limit", "expected_pages", "paging_param"),
+    [("2.0", 20, 3, "offset"), ("2.1", 25, 3, "page_token"), ("2.2", 25, 3, "page_token")],
+)
+async def test_runs_list_walks_every_page_newest_first(
+    sim: Simulator,
+    clock: ManualClock,
+    make_client: ClientFactory,
+    version: str,
+    limit: int,
+    expected_pages: int,
+    paging_param: str,
+) -> None:
+    """Every run comes back exactly once, newest first, in the fewest pages, using the
+    version's own paging (2.0 offset/has_more, 2.1 and 2.2 next_page_token)."""
+    total = limit * 2 + 7
+    expected = _history(sim, clock, total)
+    client = make_client(api_version=version)
+    ids, pages = await _walk(client.list_runs(limit=limit))
+    assert ids == expected
+    assert pages == expected_pages
+    follow_ups = [r.params for r in sim.api_requests("runs/list")][1:]
+    assert all(paging_param in p for p in follow_ups)
+    assert all(r.version == version for r in sim.requests)
+
+
+async def test_default_page_size_is_the_versions_maximum(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """Without a limit the client asks for the largest page (1000 in 2.0, 25 later)."""
+    _history(sim, clock, 60)
+    ids, pages = await _walk(make_client(api_version="2.0").list_runs())
+    assert (len(ids), pages) == (60, 1)
+    ids, pages = await _walk(make_client(api_version="2.1").list_runs())
+    assert (len(ids), pages) == (60, 3)
+    assert {r.params["limit"] for r in sim.requests} == {"1000", "25"}
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
+async def test_empty_result_is_one_request(
+    sim: Simulator, make_client: ClientFactory, version: str
+) -> None:
+    """An empty page (no `runs` key at all) ends the walk after one request."""
+    ids, pages = await _walk(make_client(api_version=version).list_runs(active_only=True))
+    assert (ids, pages) == ([], 1)
+    assert len(sim.requests) == 1
+
+
+async def test_has_more_false_on_exact_multiple_stops(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """When the last page is exactly full, has_more=false still ends the walk without an
+    extra empty request."""
+    _history(sim, clock, 40)
+    ids, pages = await _walk(make_client(api_version="2.0").list_runs(limit=20))
+    assert (len(ids), pages) == (40, 2)
+
+
+async def test_offset_walk_with_overlap_survives_deletions_mid_walk(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """Runs deleted between two offset pages shift the rest up; stepping back by an
+    overlap keeps every surviving run in the walk (duplicates are the caller's to drop)."""
+    expected = _history(sim, clock, 50)
+    sim.faults.add(Fault(kind="delete_after_page", endpoint="runs/list", count=2, times=1))
+    client = make_client(api_version="2.0")
+    ids, _ = await _walk(client.list_runs(limit=10, overlap=3))
+    deleted = set(expected) - set(sim.workspace.runs)
+    assert len(deleted) == 2
+    assert set(expected) - deleted <= set(ids)
+    # Without the overlap the same deletion makes runs slip through unseen.
+    sim.workspace.start_run(1)  # a fresh state for the second walk
+    clock.advance(100)
+    before = set(sim.workspace.runs)
+    sim.faults.add(Fault(kind="delete_after_page", endpoint="runs/list", count=2, times=1))
+    ids, _ = await _walk(client.list_runs(limit=10, overlap=0))
+    survivors = before & set(sim.workspace.runs)
+    assert not survivors <= set(ids)
+
+
+async def test_offset_walk_sees_runs_started_mid_walk_as_duplicates_not_misses(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """Runs that start during a walk push older runs down a page: they come back twice,
+    never zero times."""
+    expected = _history(sim, clock, 30)
+    job = next(iter(sim.workspace.jobs))
+
+    def start_two(workspace: object, page: list[object]) -> None:
+        sim.workspace.start_run(job)
+        sim.workspace.start_run(job)
+
+    sim.workspace.list_hooks.append(start_two)
+    ids, _ = await _walk(make_client(api_version="2.0").list_runs(limit=10))
+    assert set(expected) <= set(ids)
+    assert len(ids) > len(set(ids))
+
+
+async def test_lowercase_booleans_and_filters_are_sent(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """Query booleans go out as lowercase `true` (the only spelling the API honours), and
+    job_id / run_type / start_time_from filter on the server."""
+    ids = _history(sim, clock, 9, jobs=3)
+    client = make_client(api_version="2.1")
+    runs: list[Run] = []
+    async for page in client.list_runs(
+        completed_only=True,
+        job_id=2,
+        run_type="JOB_RUN",
+        start_time_from=1_700_000_000_000 + 30_000,
+    ):
+        runs.extend(page.runs)
+    params = sim.requests[-1].params
+    assert params["completed_only"] == "true"
+    assert "active_only" not in params
+    assert [r.run_id for r in runs] == [i for i in ids if sim.workspace.runs[i].job_id == 2][:2]
+    assert all(r.job_id == 2 for r in runs)
+
+
+async def test_client_rejects_arguments_the_api_would_refuse(make_client: ClientFactory) -> None:
+    """Both active_only and completed_only, an over-limit page, or a time filter on 2.0
+    are caught before any request."""
+    with pytest.raises(ValueError, match="exclude"):
+        await anext(make_client().list_runs(active_only=True, completed_only=True))
+    with pytest.raises(ValueError, match="limit"):
+        await anext(make_client(api_version="2.1").list_runs(limit=26))
+    with pytest.raises(ValueError, match=r"2\.1"):
+        await anext(make_client(api_version="2.0").list_runs(start_time_from=1))
+
+
+@pytest.mark.parametrize(("version", "requests"), [("2.0", 1), ("2.1", 3), ("2.2", 3)])
+async def test_jobs_list_pages(
+    sim: Simulator, make_client: ClientFactory, version: str, requests: int
+) -> None:
+    """jobs/list: unpaged in 2.0, 100 per page with tokens in 2.1 and 2.2."""
+    for i in range(230):
+        sim.workspace.create_job(f"job-{i}")
+    client = make_client(api_version=version)
+    job_ids = [j.job_id async for page in client.list_jobs() for j in page.jobs]
+    assert job_ids == sorted(sim.workspace.jobs)
+    assert len(sim.requests) == requests
+
+
+async def test_get_run_and_job_merge_task_pages_in_2_2(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """API 2.2 pages the tasks of big runs and jobs 100 at a time; the client merges them."""
+    from watcher.simulator import TaskPlan
+
+    keys = [f"t{i:03d}" for i in range(230)]
+    job = sim.workspace.create_job("wide", task_keys=keys)
+    run_id = sim.workspace.start_run(job, tasks=[TaskPlan(task_key=k) for k in keys])
+    client = make_client(api_version="2.2")
+    run = await client.get_run(run_id)
+    assert [t.task_key for t in run.tasks] == keys
+    assert len(sim.api_requests("runs/get")) == 3
+    got = await client.get_job(job)
+    assert [t.task_key for t in got.settings.tasks] == keys
+    assert len(sim.api_requests("jobs/get")) == 3

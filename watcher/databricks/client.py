@@ -1,0 +1,382 @@
+"""Async client of the Databricks Jobs API: auth, rate limit, retries, paging, parsing.
+
+One client (and one aiohttp session) per workspace, so a slow or throttled workspace
+never holds up another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import aiohttp
+import structlog
+from asyncio_throttle.throttler import Throttler
+from pydantic import BaseModel, ValidationError
+
+from watcher import __version__
+from watcher.clock import Clock, SystemClock
+from watcher.databricks.auth import Auth
+from watcher.databricks.errors import (
+    ApiError,
+    MalformedResponse,
+    RetryBudgetExceeded,
+    parse_error_body,
+)
+from watcher.databricks.models import Job, JobsPage, Run, RunsPage
+
+log = structlog.get_logger(__name__)
+
+ApiVersion = Literal["2.0", "2.1", "2.2"]
+API_VERSIONS: tuple[ApiVersion, ...] = ("2.0", "2.1", "2.2")
+# Largest runs/list page each version accepts (2.0: 1..1000; 2.1 and 2.2: 1..25).
+MAX_RUNS_LIMIT: dict[str, int] = {"2.0": 1000, "2.1": 25, "2.2": 25}
+MAX_JOBS_LIMIT = 100
+_M = TypeVar("_M", bound=BaseModel)
+Params = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt, reported to the metrics hook."""
+
+    endpoint: str
+    # HTTP status as text, or "timeout", "connection_error", "malformed".
+    code: str
+    seconds: float
+    will_retry: bool
+    throttled_seconds: float
+
+
+AttemptHook = Callable[[Attempt], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    budget: float = 300.0
+    """Total seconds one call may spend waiting between attempts before giving up."""
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    default_retry_after: float = 1.0
+    """Wait for a 429/503 whose Retry-After header is missing or not an integer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 10.0
+    total: float = 60.0
+
+
+def throttler_for(requests_per_second: float) -> Throttler:
+    """A Throttler admitting `requests_per_second` on average, fractional rates included."""
+    if requests_per_second <= 0:
+        raise ValueError("requests_per_second must be positive")
+    burst = max(1, round(requests_per_second))
+    return Throttler(rate_limit=burst, period=burst / requests_per_second)
+
+
+def _bool(value: bool) -> str:
+    # The API only honours lowercase literals; Python's "True" is silently ignored.
+    return "true" if value else "false"
+
+
+class JobsClient:
+    def __init__(
+        self,
+        *,
+        host: str,
+        auth: Auth,
+        api_version: ApiVersion = "2.1",
+        requests_per_second: float = 10.0,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        ca_bundle: Path | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        on_attempt: AttemptHook | None = None,
+    ) -> None:
+        if api_version not in API_VERSIONS:
+            raise ValueError(f"unsupported api_version {api_version!r}")
+        self.host = host.rstrip("/") if "://" in host else f"https://{host.rstrip('/')}"
+        self.api_version: ApiVersion = api_version
+        self._auth = auth
+        self._timeouts = timeouts or Timeouts()
+        self._retry = retry or RetryPolicy()
+        self._ca_bundle = ca_bundle
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._on_attempt = on_attempt
+        self._throttler = throttler_for(requests_per_second)
+        self._session: aiohttp.ClientSession | None = None
+        self.server_offset: float | None = None
+        """Seconds to add to the local clock to get the server's, from the Date header."""
+
+    async def __aenter__(self) -> JobsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def server_time(self) -> float:
+        """The workspace's current time in epoch seconds (local time if never measured)."""
+        return self._clock.time() + (self.server_offset or 0.0)
+
+    @property
+    def supports_time_filters(self) -> bool:
+        """start_time_from / start_time_to exist from API 2.1 on."""
+        return self.api_version != "2.0"
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> Job:
+        job = await self._call("jobs/get", {"job_id": str(job_id)}, Job)
+        tasks = list(job.settings.tasks)
+        while job.next_page_token:  # 2.2 pages the tasks of large jobs
+            params = {"job_id": str(job_id), "page_token": job.next_page_token}
+            job = await self._call("jobs/get", params, Job)
+            tasks.extend(job.settings.tasks)
+        settings = job.settings.model_copy(update={"tasks": tasks})
+        return job.model_copy(update={"settings": settings, "next_page_token": None})
+
+    async def get_run(self, run_id: int) -> Run:
+        run = await self._call("runs/get", {"run_id": str(run_id)}, Run)
+        tasks = list(run.tasks)
+        while run.next_page_token:  # 2.2 pages the tasks of large runs
+            params = {"run_id": str(run_id), "page_token": run.next_page_token}
+            run = await self._call("runs/get", params, Run)
+            tasks.extend(run.tasks)
+        return run.model_copy(update={"tasks": tasks, "next_page_token": None})
+
+    async def list_runs(
+        self,
+        *,
+        job_id: int | None = None,
+        active_only: bool = False,
+        completed_only: bool = False,
+        run_type: str | None = None,
+        start_time_from: int | None = None,
+        start_time_to: int | None = None,
+        expand_tasks: bool = False,
+        limit: int | None = None,
+        overlap: int = 0,
+    ) -> AsyncIterator[RunsPage]:
+        """Pages of runs/list, newest first.
+
+        With offset paging, each next offset steps back by `overlap` runs so that up to
+        that many runs deleted during the walk cannot make a run slip between two pages;
+        the caller deduplicates by run_id. Token paging is used wherever the server offers it.
+        """
+        if active_only and completed_only:
+            raise ValueError("active_only and completed_only exclude each other")
+        has_time_filter = start_time_from is not None or start_time_to is not None
+        if has_time_filter and not self.supports_time_filters:
+            raise ValueError("start_time_from/start_time_to need API 2.1 or later")
+        params: Params = {}
+        if job_id is not None:
+            params["job_id"] = str(job_id)
+        if active_only:
+            params["active_only"] = _bool(True)
+        if completed_only:
+            params["completed_only"] = _bool(True)
+        if run_type is not None:
+            params["run_type"] = run_type
+        if start_time_from is not None:
+            params["start_time_from"] = str(start_time_from)
+        if start_time_to is not None:
+            params["start_time_to"] = str(start_time_to)
+        if expand_tasks:
+            params["expand_tasks"] = _bool(True)
+        max_limit = MAX_RUNS_LIMIT[self.api_version]
+        page_size = max_limit if limit is None else limit
+        if not 1 <= page_size <= max_limit:
+            raise ValueError(f"limit must be 1..{max_limit} for API {self.api_version}")
+        if not 0 <= overlap < page_size:
+            raise ValueError("overlap must be smaller than the page size")
+        async for page in self._pages(
+            "runs/list", params, RunsPage, page_size, overlap, lambda p: len(p.runs)
+        ):
+            yield page
+
+    async def list_jobs(self, *, name: str | None = None) -> AsyncIterator[JobsPage]:
+        """Pages of jobs/list. API 2.0 answers every job in one unpaged response."""
+        params: Params = {} if name is None else {"name": name}
+        if self.api_version == "2.0":
+            yield await self._call("jobs/list", params, JobsPage)
+            return
+        async for page in self._pages(
+            "jobs/list", params, JobsPage, MAX_JOBS_LIMIT, 0, lambda p: len(p.jobs)
+        ):
+            yield page
+
+    async def _pages(
+        self,
+        endpoint: str,
+        params: Params,
+        model: type[_M],
+        page_size: int,
+        overlap: int,
+        count: Callable[[_M], int],
+    ) -> AsyncIterator[_M]:
+        offset = 0
+        token: str | None = None
+        while True:
+            query = dict(params, limit=str(page_size))
+            if token is not None:
+                query["page_token"] = token
+            elif offset:
+                query["offset"] = str(offset)
+            page = await self._call(endpoint, query, model)
+            yield page
+            next_token = getattr(page, "next_page_token", None)
+            if next_token and self.api_version != "2.0":
+                token = next_token
+                continue
+            if self.api_version == "2.2" or not getattr(page, "has_more", False):
+                return
+            items = count(page)
+            if not items:  # has_more with an empty page would loop forever
+                return
+            offset += max(1, items - overlap)
+
+    # -- transport -------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = True
+            if self._ca_bundle is not None:
+                ssl_ctx = ssl.create_default_context(cafile=str(self._ca_bundle))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=self._timeouts.total, connect=self._timeouts.connect
+                ),
+                connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=32),
+                headers={"User-Agent": f"databricks-run-watcher/{__version__}"},
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def _call(self, endpoint: str, params: Mapping[str, str], model: type[_M]) -> _M:
+        """GET one endpoint with retries inside the budget; parse the 2xx body."""
+        session = self._get_session()
+        # runs/* endpoints live under jobs/: /api/2.1/jobs/runs/list, /api/2.1/jobs/get.
+        path = endpoint if endpoint.startswith("jobs/") else f"jobs/{endpoint}"
+        url = f"{self.host}/api/{self.api_version}/{path}"
+        waited = 0.0
+        attempts = 0
+        reauthenticated = False
+        # Back-off waits and the budget follow the injected clock; latency and throttling
+        # are measurements of real I/O, so they use the event loop's clock.
+        loop_time = asyncio.get_running_loop().time
+        while True:
+            attempts += 1
+            throttle_start = loop_time()
+            async with self._throttler:
+                started = loop_time()
+                throttled = started - throttle_start
+                retry_after: float | None = None
+                try:
+                    headers = {"Authorization": await self._auth.header(session)}
+                    async with session.get(url, params=params, headers=headers) as resp:
+                        body = await resp.read()
+                        status = resp.status
+                        self._note_server_time(resp.headers.get("Date"), loop_time() - started)
+                        if status in (429, 503):
+                            retry_after = self._retry_after(resp.headers.get("Retry-After"))
+                except TimeoutError:
+                    code, problem = "timeout", "request timed out"
+                except aiohttp.ClientError as exc:
+                    code, problem = "connection_error", type(exc).__name__
+                else:
+                    code = str(status)
+                    if 200 <= status < 300:
+                        try:
+                            result = model.model_validate_json(body)
+                        except ValidationError as exc:
+                            code, problem = "malformed", _validation_summary(exc)
+                        else:
+                            self._report(endpoint, code, started, False, throttled)
+                            return result
+                    elif status == 401 and not reauthenticated:
+                        # A rotated token or expired OAuth token: fetch anew once, at once.
+                        reauthenticated = True
+                        self._auth.invalidate()
+                        self._report(endpoint, code, started, True, throttled)
+                        continue
+                    elif status != 429 and status < 500:
+                        self._report(endpoint, code, started, False, throttled)
+                        error_code, message = parse_error_body(body, status)
+                        raise ApiError(
+                            endpoint=endpoint, status=status, error_code=error_code, message=message
+                        )
+                    else:
+                        error_code, message = parse_error_body(body, status)
+                        problem = f"HTTP {status} {error_code}: {message}"
+            delay = retry_after if retry_after is not None else self._backoff(attempts)
+            if waited + delay > self._retry.budget:
+                self._report(endpoint, code, started, False, throttled)
+                log.warning(
+                    "api_retry_budget_exhausted",
+                    endpoint=endpoint,
+                    attempts=attempts,
+                    error=problem,
+                )
+                if code == "malformed":
+                    raise MalformedResponse(endpoint=endpoint, detail=problem)
+                raise RetryBudgetExceeded(endpoint=endpoint, attempts=attempts, last_error=problem)
+            self._report(endpoint, code, started, True, throttled)
+            log.info(
+                "api_retry",
+                endpoint=endpoint,
+                code=code,
+                attempt=attempts,
+                delay_seconds=round(delay, 3),
+                error=problem,
+            )
+            waited += delay
+            await self._clock.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max_delay, base * 2^(attempt-1))]."""
+        cap = min(self._retry.max_delay, self._retry.base_delay * 2 ** (attempt - 1))
+        return self._rng.uniform(0, cap)
+
+    def _retry_after(self, header: str | None) -> float:
+        if header is not None and header.strip().isdigit():
+            return float(header.strip())
+        return self._retry.default_retry_after
+
+    def _note_server_time(self, date_header: str | None, round_trip: float) -> None:
+        if not date_header:
+            return
+        try:
+            server = parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError):
+            return
+        # Date has whole-second resolution (truncated), so its midpoint is +0.5 s; the
+        # answer was produced between sending and now.
+        local_mid = self._clock.time() - round_trip / 2
+        self.server_offset = server + 0.5 - local_mid
+
+    def _report(
+        self, endpoint: str, code: str, started: float, will_retry: bool, throttled: float
+    ) -> None:
+        if self._on_attempt is not None:
+            seconds = asyncio.get_running_loop().time() - started
+            self._on_attempt(Attempt(endpoint, code, seconds, will_retry, throttled))
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    first = exc.errors()[0] if exc.errors() else {"msg": str(exc), "loc": ()}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{first.get('msg', 'invalid')} at {where or 'body'}"

@@ -1,0 +1,80 @@
+"""Typed errors of the Jobs API client, and the parsing of Databricks error bodies."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+_PLAIN_ERROR = re.compile(r"^([A-Z][A-Z0-9_]+):\s*(.*)$", re.DOTALL)
+_HTML_PRE = re.compile(r"<pre>(.*?)</pre>", re.DOTALL | re.IGNORECASE)
+_HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.DOTALL | re.IGNORECASE)
+_TAGS = re.compile(r"<[^>]+>")
+_MAX_MESSAGE = 500
+
+
+class DatabricksError(Exception):
+    """Base of everything the client raises."""
+
+
+class ApiError(DatabricksError):
+    """A non-retryable (or finally given-up) HTTP error answer from the API."""
+
+    def __init__(self, *, endpoint: str, status: int, error_code: str, message: str) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        super().__init__(f"{endpoint}: HTTP {status} {error_code}: {message}")
+
+    @property
+    def is_not_found(self) -> bool:
+        """Databricks answers a missing job or run with 400 INVALID_PARAMETER_VALUE
+        "... does not exist." (newer endpoints use 404 RESOURCE_DOES_NOT_EXIST)."""
+        return (
+            self.status == 404
+            or self.error_code == "RESOURCE_DOES_NOT_EXIST"
+            or (self.status == 400 and "does not exist" in self.message)
+        )
+
+
+class RetryBudgetExceeded(DatabricksError):
+    """Retryable failures went on longer than the call's retry budget allows."""
+
+    def __init__(self, *, endpoint: str, attempts: int, last_error: str) -> None:
+        self.endpoint = endpoint
+        self.attempts = attempts
+        self.last_error = last_error
+        super().__init__(f"{endpoint}: gave up after {attempts} attempts: {last_error}")
+
+
+class MalformedResponse(DatabricksError):
+    """A 2xx answer whose body is not the JSON the API documents."""
+
+    def __init__(self, *, endpoint: str, detail: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(f"{endpoint}: malformed response: {detail[:_MAX_MESSAGE]}")
+
+
+def parse_error_body(body: bytes, status: int) -> tuple[str, str]:
+    """(error_code, message) from a JSON, `CODE: message` plain-text or HTML error body.
+
+    Whatever the body, the result is short and single-line enough to log."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("error_code") or data.get("error") or f"HTTP_{status}"
+        message = data.get("message") or data.get("error_description") or ""
+        return _clean(str(code)), _clean(str(message))
+    if match := _PLAIN_ERROR.match(text):
+        return match.group(1), _clean(match.group(2))
+    if "<" in text and (match := _HTML_PRE.search(text) or _HTML_TITLE.search(text)):
+        return f"HTTP_{status}", _clean(html.unescape(_TAGS.sub("", match.group(1))))
+    return f"HTTP_{status}", _clean(_TAGS.sub("", text))
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())[:_MAX_MESSAGE]

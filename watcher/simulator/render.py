@@ -1,0 +1,172 @@
+"""JSON bodies of simulated jobs and runs, as the Jobs API sends them at a given instant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcher.databricks.models import RunLifeCycleState as L
+from watcher.databricks.models import RunResultState as R
+from watcher.simulator.workspace import SimJob, SimRun, TaskPlan
+
+# The newer `status.state` folds SKIPPED and INTERNAL_ERROR into TERMINATED.
+_STATUS_STATE: dict[str, str] = {L.SKIPPED: L.TERMINATED, L.INTERNAL_ERROR: L.TERMINATED}
+_TERMINATION: dict[str, tuple[str, str]] = {
+    R.SUCCESS: ("SUCCESS", "SUCCESS"),
+    R.SUCCESS_WITH_FAILURES: ("SUCCESS_WITH_FAILURES", "SUCCESS"),
+    R.FAILED: ("RUN_EXECUTION_ERROR", "CLIENT_ERROR"),
+    R.TIMEDOUT: ("TIMEOUT", "CLIENT_ERROR"),
+    R.CANCELED: ("USER_CANCELED", "SUCCESS"),
+}
+
+
+_ACTIVE_ORDER: list[str] = [L.RUNNING, L.PENDING, L.TERMINATING]
+
+
+def _phase_state(elapsed: int, setup: int, execution: int) -> str:
+    if elapsed < setup:
+        return L.PENDING
+    if elapsed < setup + execution:
+        return L.RUNNING
+    return L.TERMINATING
+
+
+def _task_json(plan: TaskPlan, run: SimRun, now: int, ended: bool, url: str) -> dict[str, Any]:
+    start = run.start_ms + run.queue_ms
+    total = plan.setup_ms + plan.execution_ms + plan.cleanup_ms
+    elapsed = now - start
+    task_ended = ended or (now >= start and elapsed >= total and run.hold_state is None)
+    body: dict[str, Any] = {
+        "run_id": plan.run_id,
+        "task_key": plan.task_key,
+        "attempt_number": run.attempt_number,
+        "start_time": start if now >= start else 0,
+        "end_time": start + total if task_ended else 0,
+        "setup_duration": plan.setup_ms if elapsed >= plan.setup_ms and now >= start else 0,
+        "execution_duration": plan.execution_ms if task_ended else 0,
+        "cleanup_duration": plan.cleanup_ms if task_ended else 0,
+        "run_page_url": f"{url}/run/{plan.run_id}",
+    }
+    if task_ended:
+        body["state"] = {"life_cycle_state": L.TERMINATED, "result_state": plan.result}
+    elif now < start:
+        body["state"] = {"life_cycle_state": L.QUEUED if run.queue_ms else L.PENDING}
+    else:
+        body["state"] = {
+            "life_cycle_state": _phase_state(elapsed, plan.setup_ms, plan.execution_ms)
+        }
+    return body
+
+
+def run_json(
+    run: SimRun,
+    *,
+    now: int,
+    version: str,
+    base_url: str,
+    workspace_id: int,
+    with_tasks: bool,
+) -> dict[str, Any]:
+    end = run.end_ms
+    ended = end is not None and end <= now
+    elapsed = now - run.start_ms
+    work = elapsed - run.queue_ms
+    url = f"{base_url}/?o={workspace_id}#job/{run.job_id}"
+    if run.hold_state is not None:
+        life = run.hold_state
+    elif ended:
+        life = run.end_state
+    elif elapsed < run.queue_ms:
+        life = L.QUEUED
+    elif run.tasks:
+        life = min(
+            (
+                _phase_state(work, t.setup_ms, t.execution_ms)
+                for t in run.tasks
+                if work < t.setup_ms + t.execution_ms + t.cleanup_ms
+            ),
+            key=_ACTIVE_ORDER.index,
+            default=L.TERMINATING,
+        )
+    else:
+        life = _phase_state(work, run.setup_ms, run.execution_ms)
+    state: dict[str, Any] = {"life_cycle_state": life, "state_message": ""}
+    if ended and run.result is not None:
+        state["result_state"] = run.result
+        state["user_cancelled_or_timedout"] = run.result in (R.CANCELED, R.TIMEDOUT)
+    multitask = bool(run.tasks)
+    body: dict[str, Any] = {
+        "job_id": run.job_id,
+        "run_id": run.run_id,
+        "run_name": run.run_name,
+        "creator_user_name": "someone@example.com",
+        "number_in_job": run.number_in_job,
+        "original_attempt_run_id": run.original_attempt_run_id,
+        "attempt_number": run.attempt_number,
+        "state": state,
+        "start_time": run.start_ms,
+        "end_time": end if ended else 0,
+        "queue_duration": min(max(elapsed, 0), run.queue_ms),
+        "setup_duration": 0
+        if multitask or life == L.QUEUED or work < run.setup_ms
+        else run.setup_ms,
+        "execution_duration": run.execution_ms if ended and not multitask else 0,
+        "cleanup_duration": run.cleanup_ms if ended and not multitask else 0,
+        "trigger": run.trigger,
+        "run_type": run.run_type,
+        "run_page_url": f"{url}/run/{run.run_id}",
+        "cluster_instance": {"cluster_id": f"0101-000000-sim{run.job_id:04d}"},
+    }
+    if end is not None and ended:
+        body["run_duration"] = (
+            end - run.start_ms - run.queue_ms
+            if multitask
+            else run.setup_ms + run.execution_ms + run.cleanup_ms
+        )
+    if version != "2.0":
+        status: dict[str, Any] = {"state": _STATUS_STATE.get(life, life)}
+        if ended:
+            code, kind = _TERMINATION.get(run.result or "", (life, "INTERNAL_ERROR"))
+            if life == L.SKIPPED:
+                code, kind = "SKIPPED", "SUCCESS"
+            status["termination_details"] = {"code": code, "type": kind, "message": ""}
+        body["status"] = status
+    if with_tasks:
+        plans = run.tasks or [
+            TaskPlan(
+                task_key="main",
+                setup_ms=run.setup_ms,
+                execution_ms=run.execution_ms,
+                cleanup_ms=run.cleanup_ms,
+                result=run.result or R.SUCCESS,
+                run_id=run.run_id,
+            )
+        ]
+        body["tasks"] = [_task_json(p, run, now, ended, url) for p in plans]
+    return body
+
+
+# Settings that belong to the task in the multi-task format of API 2.1 and later.
+_TASK_LEVEL = (
+    "notebook_task",
+    "max_retries",
+    "min_retry_interval_millis",
+    "retry_on_timeout",
+    "timeout_seconds",
+)
+
+
+def job_json(job: SimJob, version: str) -> dict[str, Any]:
+    """2.0 shows a single-task job flat; 2.1+ always in multi-task format, where retry
+    settings live on each task."""
+    settings = dict(job.settings)
+    if version != "2.0":
+        moved = {key: settings.pop(key) for key in _TASK_LEVEL if key in settings}
+        tasks = settings.get("tasks") or [{"task_key": "main"}]
+        settings["tasks"] = [moved | task for task in tasks]
+    return {
+        "job_id": job.job_id,
+        "creator_user_name": job.creator_user_name,
+        "run_as_user_name": job.creator_user_name,
+        "settings": settings,
+        "created_time": job.created_time,
+    }

@@ -1,0 +1,565 @@
+"""The simulated workspace over HTTP: the Jobs API (2.0, 2.1, 2.2) as Databricks serves it,
+an OAuth token endpoint, fault injection, and a control API under /sim/ for scenarios run
+from another process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watcher.clock import Clock, SystemClock
+from watcher.simulator.faults import Fault, FaultPlan
+from watcher.simulator.render import job_json, run_json
+from watcher.simulator.workspace import NotFoundError, SimRun, TaskPlan, Workspace
+
+MAX_RUNS_LIMIT = {"2.0": 1000, "2.1": 25, "2.2": 25}
+MAX_JOBS_LIMIT = 100
+MAX_JOBS_OFFSET = 1000
+TASK_PAGE = 100  # 2.2 pages tasks of runs/get and jobs/get, and caps them in runs/list
+VERSIONS = ("2.0", "2.1", "2.2")
+_RESPONSE_FAULTS = frozenset({"status", "reset", "malformed", "truncated"})
+
+
+class ApiProblem(Exception):
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+
+
+def _invalid(message: str) -> ApiProblem:
+    return ApiProblem(400, "INVALID_PARAMETER_VALUE", message)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    version: str
+    endpoint: str
+    params: dict[str, str]
+    status: int
+
+
+class Simulator:
+    """One simulated workspace served over HTTP. Use as `async with Simulator(...) as sim`;
+    `sim.url` is then the host to give a client."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        tokens: set[str] | None = None,
+        oauth_clients: dict[str, str] | None = None,
+        oauth_token_ttl: int = 3600,
+        completed_order: Literal["start_time", "end_time"] = "start_time",
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self.workspace = Workspace(clock=self.clock)
+        self.tokens = set(tokens or {"dapi-simulator-token"})
+        self.oauth_clients = dict(oauth_clients or {})
+        self.oauth_token_ttl = oauth_token_ttl
+        self.completed_order = completed_order
+        self.faults = FaultPlan()
+        self.requests: list[LoggedRequest] = []
+        self.oauth_issued = 0
+        self._oauth_tokens: dict[str, float] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/api/{version}/jobs/{path:.+}", self._api)
+        app.router.add_get("/.well-known/databricks-config", self._host_metadata)
+        app.router.add_post("/oidc/v1/token", self._oauth_token)
+        app.router.add_post("/sim/jobs", self._ctl_create_job)
+        app.router.add_post("/sim/runs", self._ctl_start_run)
+        app.router.add_post("/sim/runs/{run_id}/force", self._ctl_force)
+        app.router.add_delete("/sim/runs/{run_id}", self._ctl_delete_run)
+        app.router.add_post("/sim/advance", self._ctl_advance)
+        app.router.add_post("/sim/faults", self._ctl_add_fault)
+        app.router.add_delete("/sim/faults", self._ctl_clear_faults)
+        app.router.add_get("/sim/state", self._ctl_state)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        bound_port = server.sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{bound_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def api_requests(self, endpoint: str | None = None) -> list[LoggedRequest]:
+        return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]
+
+    # -- middleware: date, faults, errors, request log ---------------------------------
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        endpoint = _endpoint(request)
+        version = request.match_info.get("version", "")
+        is_api = request.path.startswith("/api/")
+        response: web.StreamResponse
+        if is_api and (fault := self.faults.take(endpoint, frozenset({"latency"}))):
+            await asyncio.sleep(fault.delay)
+        fault = self.faults.take(endpoint, _RESPONSE_FAULTS) if is_api else None
+        if fault is not None and fault.kind == "reset":
+            self._log(version, endpoint, request, 0)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return web.Response(status=500)  # never reaches the client
+        if fault is not None and fault.kind == "status":
+            response = _fault_response(fault)
+        else:
+            try:
+                response = await handler(request)
+            except ApiProblem as problem:
+                response = _error(problem.status, problem.error_code, problem.message)
+            if fault is not None and isinstance(response, web.Response) and response.body:
+                raw = bytes(response.body)  # type: ignore[arg-type]
+                body = raw[: len(raw) // 2] if fault.kind == "truncated" else b'{"runs": "oops"'
+                response = web.Response(body=body, status=200, content_type="application/json")
+        response.headers["Date"] = formatdate(self.clock.time(), usegmt=True)
+        if is_api:
+            self._log(version, endpoint, request, response.status)
+        return response
+
+    def _log(self, version: str, endpoint: str, request: web.Request, status: int) -> None:
+        self.requests.append(LoggedRequest(version, endpoint, dict(request.query), status))
+
+    # -- auth ------------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme == "Basic":
+            try:
+                user, _, credential = base64.b64decode(credential).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                credential = ""
+            if user != "token":
+                credential = ""
+        elif scheme != "Bearer":
+            raise ApiProblem(401, "UNAUTHENTICATED", "No credentials were sent.")
+        if credential in self.tokens:
+            return
+        expires = self._oauth_tokens.get(credential)
+        if expires is not None:
+            if self.clock.time() < expires:
+                return
+            raise ApiProblem(401, "UNAUTHENTICATED", "Token is expired.")
+        raise ApiProblem(403, "PERMISSION_DENIED", "Invalid access token.")
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        basic = request.headers.get("Authorization", "")
+        try:
+            client_id, _, secret = (
+                base64.b64decode(basic.removeprefix("Basic ")).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            client_id, secret = "", ""
+        if form.get("grant_type") != "client_credentials" or form.get("scope") != "all-apis":
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "unsupported grant or scope"},
+                status=400,
+            )
+        if not client_id or self.oauth_clients.get(client_id) != secret:
+            return web.json_response(
+                {"error": "invalid_client", "error_description": "Client authentication failed"},
+                status=401,
+            )
+        token = f"sim-oauth-{secrets.token_hex(12)}"
+        self._oauth_tokens[token] = self.clock.time() + self.oauth_token_ttl
+        self.oauth_issued += 1
+        return web.json_response(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": self.oauth_token_ttl,
+                "scope": "all-apis",
+            }
+        )
+
+    # -- the Jobs API ----------------------------------------------------------------
+
+    async def _host_metadata(self, request: web.Request) -> web.Response:
+        base = f"{request.scheme}://{request.host}"
+        return web.json_response(
+            {"oidc_endpoint": f"{base}/oidc", "workspace_id": str(self.workspace.workspace_id)}
+        )
+
+    async def _api(self, request: web.Request) -> web.Response:
+        version = request.match_info["version"]
+        endpoint = _endpoint(request)
+        if version not in VERSIONS:
+            raise ApiProblem(404, "ENDPOINT_NOT_FOUND", f"No API found for 'GET /{version}'")
+        self._authenticate(request)
+        self.workspace.settle()
+        query = request.query
+        base = f"{request.scheme}://{request.host}"
+        handlers: dict[str, Callable[[], dict[str, Any]]] = {
+            "runs/list": lambda: self._list_runs(query, version, base),
+            "runs/get": lambda: self._get_run(query, version, base),
+            "jobs/get": lambda: self._get_job(query, version),
+            "jobs/list": lambda: self._list_jobs(query, version),
+        }
+        handle = handlers.get(endpoint)
+        if handle is None:
+            raise ApiProblem(404, "ENDPOINT_NOT_FOUND", f"No API found for 'GET {request.path}'")
+        try:
+            return web.json_response(handle())
+        except NotFoundError as exc:
+            raise _invalid(str(exc.args[0])) from None
+
+    def _render(self, run: SimRun, version: str, base: str, with_tasks: bool) -> dict[str, Any]:
+        return run_json(
+            run,
+            now=self.workspace.now_ms(),
+            version=version,
+            base_url=base,
+            workspace_id=self.workspace.workspace_id,
+            with_tasks=with_tasks,
+        )
+
+    def _list_runs(self, query: Any, version: str, base: str) -> dict[str, Any]:
+        max_limit = MAX_RUNS_LIMIT[version]
+        limit = _int(query, "limit", 20)
+        if limit == 0:
+            limit = max_limit
+        if not 0 < limit <= max_limit:
+            raise _invalid(f"Invalid limit {limit} - it has to be no more than {max_limit}.")
+        offset = _int(query, "offset", 0)
+        if offset < 0:
+            raise _invalid(f"Invalid offset {offset}.")
+        active_only = query.get("active_only") == "true"
+        completed_only = query.get("completed_only") == "true"
+        if active_only and completed_only:
+            raise _invalid("active_only and completed_only cannot both be true.")
+        job_id = _int(query, "job_id", None)
+        if job_id is not None:
+            self.workspace.get_job(job_id)
+        run_type = query.get("run_type")
+        newer = version != "2.0"
+        start_from = _int(query, "start_time_from", None) if newer else None
+        start_to = _int(query, "start_time_to", None) if newer else None
+        now = self.workspace.now_ms()
+
+        def wanted(run: SimRun) -> bool:
+            if job_id is not None and run.job_id != job_id:
+                return False
+            if run_type is not None and run.run_type != run_type:
+                return False
+            if start_from is not None and run.start_ms < start_from:
+                return False
+            if start_to is not None and run.start_ms > start_to:
+                return False
+            return not (completed_only and not run.ended_by(now))
+
+        by_end = completed_only and self.completed_order == "end_time"
+
+        def key(run: SimRun) -> tuple[int, int]:
+            return (run.end_ms or 0, run.run_id) if by_end else run.sort_key
+
+        if active_only:
+            candidates = iter(self.workspace.active_runs())
+        elif by_end:
+            done = self.workspace.runs_newest_first(start_from, start_to)
+            candidates = iter(sorted((r for r in done if r.ended_by(now)), key=key, reverse=True))
+        else:
+            candidates = self.workspace.runs_newest_first(start_from, start_to)
+        cursor = _decode_token(query.get("page_token")) if newer else None
+        page: list[SimRun] = []
+        skipped = 0
+        for run in candidates:
+            if not wanted(run):
+                continue
+            if cursor is not None:
+                if key(run) >= cursor:
+                    continue
+            elif skipped < offset:
+                skipped += 1
+                continue
+            page.append(run)
+            if len(page) > limit:
+                break
+        has_more = len(page) > limit
+        page = page[:limit]
+        for hook in self.workspace.list_hooks:
+            hook(self.workspace, page)
+        if fault := self.faults.take("runs/list", frozenset({"delete_after_page"})):
+            for run in [r for r in page if r.ended_by(now)][: fault.count]:
+                self.workspace.delete_run(run.run_id)
+        expand = newer and query.get("expand_tasks") == "true"
+        body: dict[str, Any] = {}
+        if page:
+            body["runs"] = [self._render(r, version, base, expand) for r in page]
+            if version == "2.2":
+                for run_body in body["runs"]:
+                    tasks = run_body.get("tasks", [])
+                    if len(tasks) > TASK_PAGE:
+                        run_body["tasks"] = tasks[:TASK_PAGE]
+                        run_body["has_more"] = True
+        if version != "2.2":
+            body["has_more"] = has_more
+        if newer and has_more:
+            body["next_page_token"] = _encode_token(key(page[-1]))
+        return body
+
+    def _get_run(self, query: Any, version: str, base: str) -> dict[str, Any]:
+        run_id = _int(query, "run_id", None)
+        if run_id is None:
+            raise _invalid("Missing required field: run_id")
+        run = self.workspace.get_run(run_id)
+        body = self._render(run, version, base, with_tasks=version != "2.0" or bool(run.tasks))
+        if version == "2.2":
+            _page_tasks(body, "tasks", query.get("page_token"))
+        return body
+
+    def _get_job(self, query: Any, version: str) -> dict[str, Any]:
+        job_id = _int(query, "job_id", None)
+        if job_id is None:
+            raise _invalid("Missing required field: job_id")
+        body: dict[str, Any] = json.loads(
+            json.dumps(job_json(self.workspace.get_job(job_id), version))
+        )
+        if version == "2.2":
+            _page_tasks(body["settings"], "tasks", query.get("page_token"), holder=body)
+        return body
+
+    def _list_jobs(self, query: Any, version: str) -> dict[str, Any]:
+        jobs = sorted(self.workspace.jobs.values(), key=lambda j: j.job_id)
+        if name := query.get("name"):
+            jobs = [j for j in jobs if j.settings.get("name") == name]
+        if version == "2.0":
+            return {"jobs": [job_json(j, version) for j in jobs]} if jobs else {}
+        limit = _int(query, "limit", 20)
+        if not 0 < limit <= MAX_JOBS_LIMIT:
+            raise _invalid(f"Invalid limit {limit} - it has to be no more than {MAX_JOBS_LIMIT}.")
+        cursor = _decode_token(query.get("page_token"))
+        if cursor is not None:
+            jobs = [j for j in jobs if j.job_id > cursor[0]]
+        else:
+            offset = _int(query, "offset", 0)
+            if offset > MAX_JOBS_OFFSET:
+                raise _invalid(
+                    f"The supplied offset {offset} has exceeded the value of {MAX_JOBS_OFFSET} "
+                    "allowed for this parameter. Please use the page_token parameter to paginate"
+                )
+            jobs = jobs[offset:]
+        page, has_more = jobs[:limit], len(jobs) > limit
+        body: dict[str, Any] = {"jobs": [job_json(j, version) for j in page]} if page else {}
+        if version == "2.1":
+            body["has_more"] = has_more
+        if has_more:
+            body["next_page_token"] = _encode_token((page[-1].job_id, 0))
+        return body
+
+    # -- control API -----------------------------------------------------------------
+
+    async def _ctl_create_job(self, request: web.Request) -> web.Response:
+        spec = await _parse(request, JobSpec)
+        job_id = self.workspace.create_job(**spec.model_dump(exclude_none=True))
+        return web.json_response({"job_id": job_id})
+
+    async def _ctl_start_run(self, request: web.Request) -> web.Response:
+        spec = await _parse(request, RunSpec)
+        fields = spec.model_dump(exclude={"tasks"}, exclude_none=True)
+        tasks = [TaskPlan(**t.model_dump()) for t in spec.tasks] if spec.tasks else None
+        try:
+            run_id = self.workspace.start_run(tasks=tasks, **fields)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        return web.json_response({"run_id": run_id})
+
+    async def _ctl_force(self, request: web.Request) -> web.Response:
+        spec = await _parse(request, ForceSpec)
+        try:
+            self.workspace.force(
+                int(request.match_info["run_id"]), spec.life_cycle_state, spec.result_state
+            )
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        except ValueError as exc:
+            raise web.HTTPConflict(text=str(exc)) from None
+        return web.json_response({})
+
+    async def _ctl_delete_run(self, request: web.Request) -> web.Response:
+        try:
+            self.workspace.delete_run(int(request.match_info["run_id"]))
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        return web.json_response({})
+
+    async def _ctl_advance(self, request: web.Request) -> web.Response:
+        spec = await _parse(request, AdvanceSpec)
+        try:
+            self.workspace.advance(spec.seconds)
+        except TypeError as exc:
+            raise web.HTTPConflict(text=str(exc)) from None
+        return web.json_response({"now_ms": self.workspace.now_ms()})
+
+    async def _ctl_add_fault(self, request: web.Request) -> web.Response:
+        self.faults.add(await _parse(request, Fault))
+        return web.json_response({"faults": len(self.faults)})
+
+    async def _ctl_clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response({"faults": 0})
+
+    async def _ctl_state(self, request: web.Request) -> web.Response:
+        self.workspace.settle()
+        return web.json_response(
+            {
+                "now_ms": self.workspace.now_ms(),
+                "jobs": len(self.workspace.jobs),
+                "runs": len(self.workspace.runs),
+                "active_runs": len(self.workspace.active_runs()),
+                "api_requests": len(self.requests),
+            }
+        )
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobSpec(_Spec):
+    name: str
+    tags: dict[str, str] | None = None
+    duration_threshold_s: int | None = None
+    max_retries: int = 0
+    min_retry_interval_ms: int = 0
+    task_keys: list[str] | None = None
+    email_on_failure: list[str] | None = None
+    webhook_on_failure: list[str] | None = None
+    notification_settings: dict[str, bool] | None = None
+
+
+class TaskSpec(_Spec):
+    task_key: str
+    setup_ms: int = 0
+    execution_ms: int = 60_000
+    cleanup_ms: int = 0
+    result: str = "SUCCESS"
+
+
+class RunSpec(_Spec):
+    job_id: int
+    queue_s: float = 0
+    setup_s: float = 10
+    execution_s: float = 60
+    cleanup_s: float = 5
+    result: str | None = "SUCCESS"
+    end_state: str = "TERMINATED"
+    trigger: str = "PERIODIC"
+    run_type: str = "JOB_RUN"
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    retry_results: list[str] | None = None
+
+
+class ForceSpec(_Spec):
+    life_cycle_state: str
+    result_state: str | None = None
+
+
+class AdvanceSpec(_Spec):
+    seconds: float = Field(ge=0)
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+async def _parse(request: web.Request, model: type[_S]) -> _S:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise web.HTTPBadRequest(text=exc.json()) from None
+
+
+def _endpoint(request: web.Request) -> str:
+    """'runs/list' for /api/2.1/jobs/runs/list, 'jobs/list' for /api/2.1/jobs/list."""
+    path = request.match_info.get("path", "")
+    return path if path.startswith("runs/") or not path else f"jobs/{path}"
+
+
+def _error(status: int, error_code: str, message: str) -> web.Response:
+    return web.json_response({"error_code": error_code, "message": message}, status=status)
+
+
+_CODES = {429: "REQUEST_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE"}
+
+
+def _fault_response(fault: Fault) -> web.Response:
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+    if fault.body is not None:
+        return web.Response(text=fault.body, status=fault.status, headers=headers)
+    code = _CODES.get(fault.status, "INVALID_STATE")
+    body = {"error_code": code, "message": f"Injected fault: HTTP {fault.status}"}
+    return web.json_response(body, status=fault.status, headers=headers)
+
+
+def _int(query: Any, name: str, default: Any) -> Any:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise _invalid(f"Invalid value for {name}: {raw!r}") from None
+
+
+def _encode_token(key: tuple[int, int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def _decode_token(token: str | None) -> tuple[int, int] | None:
+    if not token:
+        return None
+    try:
+        first, second = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(first), int(second)
+    except (ValueError, TypeError, binascii.Error):
+        raise _invalid("Invalid page_token.") from None
+
+
+def _page_tasks(
+    body: dict[str, Any], field: str, token: str | None, holder: dict[str, Any] | None = None
+) -> None:
+    """API 2.2 pages tasks `TASK_PAGE` at a time with next_page_token on the top object."""
+    cursor = _decode_token(token)
+    start = cursor[0] if cursor else 0
+    tasks = body.get(field, [])
+    body[field] = tasks[start : start + TASK_PAGE]
+    if start + TASK_PAGE < len(tasks):
+        (holder or body)["next_page_token"] = _encode_token((start + TASK_PAGE, 0))

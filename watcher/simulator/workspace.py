@@ -1,0 +1,402 @@
+"""The state of a simulated Databricks workspace: jobs, and runs whose life cycle is
+derived from the clock.
+
+A run is a plan (queue, setup, execution and cleanup durations and an outcome) laid on a
+start time; its snapshot at any instant is computed, so advancing the clock by a day costs
+nothing. Forcing a state rewrites the plan from now on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.databricks.models import RunLifeCycleState as L
+from watcher.databricks.models import RunResultState as R
+
+RETENTION_MS = 60 * 24 * 3600 * 1000  # runs disappear after 60 days
+RETRIED_RESULTS = frozenset({R.FAILED, R.TIMEDOUT})
+ACTIVE_STATES = frozenset({L.QUEUED, L.PENDING, L.RUNNING, L.TERMINATING})
+
+
+class NotFoundError(KeyError):
+    """A job or run that does not exist (answered as 400 INVALID_PARAMETER_VALUE)."""
+
+
+@dataclass
+class TaskPlan:
+    task_key: str
+    setup_ms: int = 0
+    execution_ms: int = 60_000
+    cleanup_ms: int = 0
+    result: str = R.SUCCESS
+    run_id: int = 0
+
+
+@dataclass
+class SimJob:
+    job_id: int
+    settings: dict[str, Any]
+    created_time: int
+    creator_user_name: str = "someone@example.com"
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.settings.get("max_retries") or 0)
+
+    @property
+    def min_retry_interval_ms(self) -> int:
+        return int(self.settings.get("min_retry_interval_millis") or 0)
+
+
+@dataclass
+class SimRun:
+    run_id: int
+    job_id: int
+    number_in_job: int
+    start_ms: int
+    queue_ms: int
+    setup_ms: int
+    execution_ms: int
+    cleanup_ms: int
+    result: str | None
+    end_state: str
+    attempt_number: int
+    original_attempt_run_id: int
+    trigger: str
+    run_type: str
+    run_name: str
+    tasks: list[TaskPlan] = field(default_factory=list)
+    # Outcomes of the retries that follow a failure, in order (then SUCCESS).
+    retry_results: list[str] = field(default_factory=list)
+    hold_state: str | None = None
+    retry_handled: bool = False
+
+    @property
+    def end_ms(self) -> int | None:
+        if self.hold_state is not None:
+            return None
+        if self.tasks:
+            longest = max(t.setup_ms + t.execution_ms + t.cleanup_ms for t in self.tasks)
+            return self.start_ms + self.queue_ms + longest
+        return self.start_ms + self.queue_ms + self.setup_ms + self.execution_ms + self.cleanup_ms
+
+    def ended_by(self, now: int) -> bool:
+        end = self.end_ms
+        return end is not None and end <= now
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        return (self.start_ms, self.run_id)
+
+
+ListHook = Callable[["Workspace", list[SimRun]], None]
+
+
+class Workspace:
+    """Jobs and runs of one simulated workspace. All times are epoch milliseconds."""
+
+    def __init__(self, *, clock: Clock, workspace_id: int = 1234567890123456) -> None:
+        self.clock = clock
+        self.workspace_id = workspace_id
+        self.jobs: dict[int, SimJob] = {}
+        self.runs: dict[int, SimRun] = {}
+        self._by_start: list[tuple[int, int]] = []  # sorted (start_ms, run_id)
+        self._unsettled: set[int] = set()  # runs not yet seen ended (active or future end)
+        self._retries_due: list[tuple[int, int]] = []  # (due_ms, failed run_id)
+        self._ids = itertools.count(1001)
+        self._job_ids = itertools.count(1)
+        self.tickers: list[Callable[[Workspace, int], None]] = []
+        self.list_hooks: list[ListHook] = []
+        """Called with every runs/list page served: lets tests start or delete runs mid-walk."""
+
+    def now_ms(self) -> int:
+        return int(self.clock.time() * 1000)
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        name: str,
+        *,
+        tags: dict[str, str] | None = None,
+        duration_threshold_s: int | None = None,
+        max_retries: int = 0,
+        min_retry_interval_ms: int = 0,
+        task_keys: list[str] | None = None,
+        task_health_s: dict[str, int] | None = None,
+        email_on_failure: list[str] | None = None,
+        webhook_on_failure: list[str] | None = None,
+        notification_settings: dict[str, bool] | None = None,
+        schedule: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        job_id = next(self._job_ids)
+        settings: dict[str, Any] = {"name": name, "max_concurrent_runs": 1, "format": "MULTI_TASK"}
+        if tags:
+            settings["tags"] = dict(tags)
+        if duration_threshold_s is not None:
+            settings["health"] = {"rules": [_duration_rule(duration_threshold_s)]}
+        if max_retries:
+            settings["max_retries"] = max_retries
+            settings["min_retry_interval_millis"] = min_retry_interval_ms
+        if task_keys:
+            settings["tasks"] = [
+                {"task_key": key, "notebook_task": {"notebook_path": f"/Jobs/{name}/{key}"}}
+                | (
+                    {"health": {"rules": [_duration_rule(task_health_s[key])]}}
+                    if task_health_s and key in task_health_s
+                    else {}
+                )
+                for key in task_keys
+            ]
+        else:
+            settings["notebook_task"] = {"notebook_path": f"/Jobs/{name}"}
+        if email_on_failure:
+            settings["email_notifications"] = {"on_failure": list(email_on_failure)}
+        if webhook_on_failure:
+            settings["webhook_notifications"] = {
+                "on_failure": [{"id": hook} for hook in webhook_on_failure]
+            }
+        if notification_settings:
+            settings["notification_settings"] = dict(notification_settings)
+        if schedule:
+            settings["schedule"] = {
+                "quartz_cron_expression": schedule,
+                "timezone_id": "UTC",
+                "pause_status": "UNPAUSED",
+            }
+        settings.update(extra or {})
+        self.jobs[job_id] = SimJob(job_id, settings, self.now_ms())
+        return job_id
+
+    def delete_job(self, job_id: int) -> None:
+        self.get_job(job_id)
+        del self.jobs[job_id]
+
+    def get_job(self, job_id: int) -> SimJob:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise NotFoundError(f"Job {job_id} does not exist.") from None
+
+    # -- runs ------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        job_id: int,
+        *,
+        queue_s: float = 0,
+        setup_s: float = 10,
+        execution_s: float = 60,
+        cleanup_s: float = 5,
+        result: str | None = R.SUCCESS,
+        end_state: str = L.TERMINATED,
+        trigger: str = "PERIODIC",
+        run_type: str = "JOB_RUN",
+        tasks: list[TaskPlan] | None = None,
+        retry_results: list[str] | None = None,
+        start_ms: int | None = None,
+    ) -> int:
+        """Start a run now (or at `start_ms`, for history). Multitask runs take `tasks`,
+        which run side by side after the queue; their worst outcome is the run's."""
+        job = self.get_job(job_id)
+        run_id = next(self._ids)
+        number = 1 + sum(1 for r in self.runs.values() if r.job_id == job_id)
+        plans = [TaskPlan(**vars(t)) for t in tasks or []]
+        for plan in plans:
+            plan.run_id = next(self._ids)
+        if end_state == L.SKIPPED:
+            result, queue_s, setup_s, execution_s, cleanup_s = None, 0, 0, 0, 0
+        run = SimRun(
+            run_id=run_id,
+            job_id=job_id,
+            number_in_job=number,
+            start_ms=self.now_ms() if start_ms is None else start_ms,
+            queue_ms=int(queue_s * 1000),
+            setup_ms=int(setup_s * 1000),
+            execution_ms=int(execution_s * 1000),
+            cleanup_ms=int(cleanup_s * 1000),
+            result=_worst(plans) if plans and result == R.SUCCESS else result,
+            end_state=end_state,
+            attempt_number=0,
+            original_attempt_run_id=run_id,
+            trigger=trigger,
+            run_type=run_type,
+            run_name=str(job.settings.get("name", "")),
+            tasks=plans,
+            retry_results=list(retry_results or []),
+        )
+        self._add(run)
+        return run_id
+
+    def _add(self, run: SimRun) -> None:
+        self.runs[run.run_id] = run
+        bisect.insort(self._by_start, run.sort_key)
+        self._unsettled.add(run.run_id)
+
+    def get_run(self, run_id: int) -> SimRun:
+        self.settle()
+        try:
+            return self.runs[run_id]
+        except KeyError:
+            raise NotFoundError(f"Run {run_id} does not exist.") from None
+
+    def delete_run(self, run_id: int) -> None:
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            raise NotFoundError(f"Run {run_id} does not exist.")
+        index = bisect.bisect_left(self._by_start, run.sort_key)
+        del self._by_start[index]
+        self._unsettled.discard(run_id)
+
+    def force(self, run_id: int, life_cycle_state: str, result_state: str | None = None) -> None:
+        """Move a run to a state now. An active state holds until forced again; a
+        terminal one ends the run now, its phases cut short at this instant."""
+        run = self.get_run(run_id)
+        now = self.now_ms()
+        if run.ended_by(now):
+            raise ValueError(f"run {run_id} has already ended")
+        if life_cycle_state in ACTIVE_STATES:
+            run.hold_state = life_cycle_state
+            return
+        run.hold_state = None
+        elapsed = max(0, now - run.start_ms)
+        run.queue_ms = min(run.queue_ms, elapsed)
+        remaining = elapsed - run.queue_ms
+        if run.tasks:
+            longest = max(run.tasks, key=lambda t: t.setup_ms + t.execution_ms + t.cleanup_ms)
+            for plan in run.tasks:
+                if (
+                    plan is longest
+                    or plan.setup_ms + plan.execution_ms + plan.cleanup_ms > remaining
+                ):
+                    plan.setup_ms, plan.execution_ms, plan.cleanup_ms = _fit(
+                        plan.setup_ms, plan.execution_ms, plan.cleanup_ms, remaining
+                    )
+                    if result_state is not None:
+                        plan.result = result_state
+        else:
+            run.setup_ms, run.execution_ms, run.cleanup_ms = _fit(
+                run.setup_ms, run.execution_ms, run.cleanup_ms, remaining
+            )
+        run.end_state = life_cycle_state
+        run.result = result_state
+
+    def advance(self, seconds: float) -> None:
+        """Move a ManualClock forward (other clocks move on their own)."""
+        advance = getattr(self.clock, "advance", None)
+        if advance is None:
+            raise TypeError("this workspace's clock cannot be advanced by hand")
+        advance(seconds)
+        self.settle()
+
+    def settle(self) -> None:
+        """Bring derived state up to now: retries of failed runs start, old runs expire,
+        and the random workload (if any) starts what is due."""
+        now = self.now_ms()
+        for ticker in self.tickers:
+            ticker(self, now)
+        # A retry may itself have started and failed in the past: repeat until settled.
+        while True:
+            ended = [r for r in self._unsettled if self.runs[r].ended_by(now)]
+            for run_id in ended:
+                self._unsettled.discard(run_id)
+                self._schedule_retry(self.runs[run_id])
+            due = [item for item in self._retries_due if item[0] <= now]
+            self._retries_due = [item for item in self._retries_due if item[0] > now]
+            for due_ms, failed_id in sorted(due):
+                self._start_retry(failed_id, due_ms)
+            if not ended and not due:
+                break
+        cutoff = now - RETENTION_MS
+        while self._by_start and self._by_start[0][0] < cutoff:
+            _, run_id = self._by_start.pop(0)
+            self.runs.pop(run_id, None)
+            self._unsettled.discard(run_id)
+
+    def _schedule_retry(self, run: SimRun) -> None:
+        job = self.jobs.get(run.job_id)
+        if job is None or run.result not in RETRIED_RESULTS:
+            return
+        if run.attempt_number >= job.max_retries:
+            return
+        assert run.end_ms is not None
+        self._retries_due.append((run.end_ms + job.min_retry_interval_ms, run.run_id))
+
+    def _start_retry(self, failed_id: int, due_ms: int) -> None:
+        failed = self.runs.get(failed_id)
+        if failed is None or failed.job_id not in self.jobs:
+            return
+        outcomes = failed.retry_results or [R.SUCCESS]
+        run_id = next(self._ids)
+        tasks = [TaskPlan(**vars(t)) for t in failed.tasks]
+        for plan in tasks:
+            plan.run_id = next(self._ids)
+            plan.result = outcomes[0] if plan.result != R.SUCCESS else R.SUCCESS
+        retry = SimRun(
+            run_id=run_id,
+            job_id=failed.job_id,
+            number_in_job=failed.number_in_job,
+            start_ms=due_ms,
+            queue_ms=0,
+            setup_ms=failed.setup_ms,
+            execution_ms=failed.execution_ms,
+            cleanup_ms=failed.cleanup_ms,
+            result=outcomes[0],
+            end_state=L.TERMINATED,
+            attempt_number=failed.attempt_number + 1,
+            original_attempt_run_id=failed.original_attempt_run_id,
+            trigger="RETRY",
+            run_type=failed.run_type,
+            run_name=failed.run_name,
+            tasks=tasks,
+            retry_results=outcomes[1:],
+        )
+        self._add(retry)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def is_active(self, run: SimRun, now: int) -> bool:
+        return run.start_ms <= now and not run.ended_by(now)
+
+    def active_runs(self) -> list[SimRun]:
+        """Active runs, newest start first."""
+        now = self.now_ms()
+        runs = [self.runs[r] for r in self._unsettled if self.is_active(self.runs[r], now)]
+        return sorted(runs, key=lambda r: r.sort_key, reverse=True)
+
+    def runs_newest_first(self, start_from: int | None, start_to: int | None) -> Iterator[SimRun]:
+        """Runs by start time, newest first, within inclusive start bounds."""
+        hi = len(self._by_start)
+        if start_to is not None:
+            hi = bisect.bisect_right(self._by_start, (start_to, 2**63))
+        lo = 0 if start_from is None else bisect.bisect_left(self._by_start, (start_from, -1))
+        now = self.now_ms()
+        for start_ms, run_id in reversed(self._by_start[lo:hi]):
+            if start_ms <= now:
+                yield self.runs[run_id]
+
+
+def _duration_rule(seconds: int) -> dict[str, Any]:
+    return {"metric": "RUN_DURATION_SECONDS", "op": "GREATER_THAN", "value": seconds}
+
+
+def _fit(setup: int, execution: int, cleanup: int, total: int) -> tuple[int, int, int]:
+    """Phases cut (or execution stretched) so that they add up to exactly `total`."""
+    setup = min(setup, total)
+    execution = min(execution, total - setup)
+    cleanup = min(cleanup, total - setup - execution)
+    return setup, execution + total - setup - execution - cleanup, cleanup
+
+
+def _worst(tasks: list[TaskPlan]) -> str:
+    results = {t.result for t in tasks}
+    for result in (R.TIMEDOUT, R.FAILED, R.CANCELED):
+        if result in results:
+            return result
+    return R.SUCCESS
