@@ -1,0 +1,79 @@
+"""Events: what the tracker decides happened to a run, and what alerts are made of.
+
+Every event has a deterministic id derived from (workspace, run_id, type, rule): the same
+transition always yields the same id, which is the outbox's UNIQUE key and the idempotency
+key of every channel (webhook-id header, PagerDuty dedup, Alertmanager labels).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from watcher.databricks.models import Run
+
+_NAMESPACE = uuid.UUID("6f1c1f4e-63a4-4f0e-9a39-1c1d2b9f7a10")
+PAYLOAD_VERSION = 1
+
+
+class EventType(StrEnum):
+    RUN_STARTED = "run_started"
+    RUN_SUCCEEDED = "run_succeeded"
+    RUN_FAILED = "run_failed"
+    RUN_CANCELED = "run_canceled"
+    RUN_SKIPPED = "run_skipped"
+    RUN_DURATION_EXCEEDED = "run_duration_exceeded"
+    JOB_RECOVERED = "job_recovered"
+
+
+def event_id(workspace: str, run_id: int, type_: str, rule: str | None = None) -> str:
+    """A UUID (version 5) naming one transition of one run, stable across restarts."""
+    key = f"{workspace}\x1f{run_id}\x1f{type_}\x1f{rule or ''}"
+    return str(uuid.uuid5(_NAMESPACE, key))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JobRef(_Frozen):
+    job_id: int | None = None
+    name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class RuleRef(_Frozen):
+    """A RUN_DURATION_SECONDS GREATER_THAN rule and where it came from."""
+
+    name: str
+    """Stable identifier, part of the event id: e.g. `job`, `task:<task_key>`, `config:<name>`."""
+    metric: str = "RUN_DURATION_SECONDS"
+    op: str = "GREATER_THAN"
+    value: int
+    source: str
+    """`job`, `task` or `config`."""
+    task_key: str | None = None
+
+
+class Event(_Frozen):
+    id: str
+    type: EventType
+    workspace: str
+    occurred_at: datetime
+    """Workspace (server) time of the transition, timezone-aware UTC."""
+    job: JobRef
+    run: Run
+    """The full run snapshot the event was decided on."""
+    rule: RuleRef | None = None
+    observed_seconds: float | None = None
+    """For duration events: the run's age or duration that broke the rule."""
+    attempt_number: int = 0
+    raw_state: str | None = None
+    """The raw result_state (or life_cycle_state) behind the classification, kept for
+    values this version does not know."""
+    backfill: bool = False
+    test: bool = False
+    """Set on `watcher test-alert` events only."""

@@ -1,0 +1,1 @@
+"""Alert delivery: routing events to channels, the outbox dispatcher, and the channels."""
