@@ -75,6 +75,8 @@ class CycleCommit:
 
     workspace: str
     watermark_ms: int
+    committed_at: float
+    """Local wall-clock time of the commit (epoch seconds): delivery timestamps start here."""
     runs: Sequence[RunRecord] = ()
     jobs: Sequence[JobRecord] = ()
     events: Sequence[Event] = ()

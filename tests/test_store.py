@@ -1,0 +1,259 @@
+"""The SQLite store on a real file: migrations, one-transaction cycles, the outbox, pruning."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from watcher.databricks.models import Run
+from watcher.events import Event, EventType, JobRef, event_id
+from watcher.store import CycleCommit, JobRecord, RunRecord, StoreError
+from watcher.store.sqlite import MIGRATIONS, SQLiteStore
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    db = await SQLiteStore.open(tmp_path / "state" / "watcher.db")
+    yield db
+    await db.close()
+
+
+def record(
+    run_id: int, *, terminal: bool = False, start: int = 1_000, job_id: int = 7
+) -> RunRecord:
+    life = "TERMINATED" if terminal else "RUNNING"
+    snapshot = Run.model_validate(
+        {
+            "run_id": run_id,
+            "job_id": job_id,
+            "state": {"life_cycle_state": life},
+            "start_time": start,
+        }
+    )
+    return RunRecord(
+        workspace="prod",
+        run_id=run_id,
+        job_id=job_id,
+        life_cycle_state=life,
+        result_state=None,
+        start_time=start,
+        end_time=start + 10 if terminal else None,
+        terminal=terminal,
+        emitted=frozenset({"run_started"}),
+        snapshot=snapshot,
+    )
+
+
+def event(run_id: int, type_: EventType = EventType.RUN_FAILED, *, job_id: int = 7) -> Event:
+    return Event(
+        id=event_id("prod", run_id, type_),
+        type=type_,
+        workspace="prod",
+        occurred_at=datetime.fromtimestamp(NOW, tz=UTC),
+        job=JobRef(job_id=job_id, name="etl"),
+        run=Run.model_validate({"run_id": run_id, "job_id": job_id}),
+    )
+
+
+def commit(*, watermark: int = 5_000, at: float = NOW, **kwargs: object) -> CycleCommit:
+    return CycleCommit(workspace="prod", watermark_ms=watermark, committed_at=at, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_fresh_database_is_migrated_and_empty(store: SQLiteStore) -> None:
+    """A new file gets the latest schema; no watermark, no active runs."""
+    assert await store.schema_version() == len(MIGRATIONS)
+    state = await store.workspace_state("prod")
+    assert (state.watermark_ms, state.active_run_ids) == (None, frozenset())
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_cycle_commit_roundtrip_and_state(store: SQLiteStore) -> None:
+    """Records, jobs, events and the watermark written by one commit read back; active
+    runs are those whose record is not terminal; the watermark never goes back."""
+    job = JobRecord(workspace="prod", job_id=7, name="etl", tags={"t": "1"}, last_outcome="failure")
+    inserted = await store.commit_cycle(
+        commit(runs=[record(1), record(2, terminal=True)], jobs=[job], events=[event(2)])
+    )
+    assert [e.id for e in inserted] == [event(2).id]
+    state = await store.workspace_state("prod")
+    assert (state.watermark_ms, state.active_run_ids) == (5_000, frozenset({1}))
+    runs = await store.get_runs("prod", [1, 2, 3])
+    assert runs == {1: record(1), 2: record(2, terminal=True)}
+    assert await store.get_jobs("prod", [7]) == {7: job}
+    await store.commit_cycle(commit(watermark=4_000))
+    assert (await store.workspace_state("prod")).watermark_ms == 5_000
+    assert (await store.workspace_state("staging")).watermark_ms is None
+
+
+async def test_an_event_is_stored_once_whatever_is_retried(store: SQLiteStore) -> None:
+    """Re-committing an event (a cycle redone after a crash) inserts nothing and creates
+    no second delivery."""
+    channels = {event(1).id: ["ops", "ops", "mail"]}
+    first = await store.commit_cycle(commit(events=[event(1)], channels=channels))
+    again = await store.commit_cycle(commit(events=[event(1), event(2)], channels=channels))
+    assert [e.id for e in first] == [event(1).id]
+    assert [e.id for e in again] == [event(2).id]
+    assert await store.event_ids() == [event(1).id, event(2).id]
+    assert (await store.outbox_stats()).pending == 2
+
+
+async def test_a_failed_commit_leaves_nothing_behind(store: SQLiteStore) -> None:
+    """If anything in a cycle's commit fails, none of it is written (records, events,
+    deliveries, watermark)."""
+    bad = RunRecord.model_construct(**{**record(9).__dict__, "snapshot": None})  # unserialisable
+    with pytest.raises(AttributeError):
+        await store.commit_cycle(
+            commit(
+                watermark=9_000,
+                runs=[record(1), bad],
+                events=[event(1)],
+                channels={event(1).id: ["ops"]},
+            )
+        )
+    assert await store.get_runs("prod", [1, 9]) == {}
+    assert await store.event_ids() == []
+    assert (await store.workspace_state("prod")).watermark_ms is None
+    await store.commit_cycle(commit(runs=[record(1)]))  # the store is usable afterwards
+    assert set(await store.get_runs("prod", [1])) == {1}
+
+
+async def test_outbox_keeps_order_per_job_and_channel(store: SQLiteStore) -> None:
+    """Only the oldest pending delivery of a (channel, job) is due: a job's second alert
+    waits for its first, while other jobs and channels go ahead."""
+    events = [event(1, job_id=7), event(2, job_id=7), event(3, job_id=8)]
+    await store.commit_cycle(
+        commit(events=events, channels={e.id: ["ops", "mail"] for e in events})
+    )
+    due = await store.due_deliveries(now=NOW, limit=100)
+    assert {(d.event.run.run_id, d.channel) for d in due} == {
+        (1, "ops"),
+        (1, "mail"),
+        (3, "ops"),
+        (3, "mail"),
+    }
+    await store.mark_failed(event(1).id, "ops", error="HTTP 500", next_attempt_at=NOW + 60)
+    await store.mark_delivered(event(1).id, "mail", at=NOW)
+    due = await store.due_deliveries(now=NOW + 1, limit=100, channels=["ops", "mail"])
+    assert {(d.event.run.run_id, d.channel) for d in due} == {(2, "mail"), (3, "ops"), (3, "mail")}
+    due = await store.due_deliveries(now=NOW + 61, limit=100, channels=["ops"])
+    (retry,) = [d for d in due if d.event.run.run_id == 1]
+    assert (retry.attempts, retry.last_error) == (1, "HTTP 500")
+
+
+async def test_dead_letters_are_kept_listed_and_requeued(store: SQLiteStore) -> None:
+    """A dead delivery leaves the queue (unblocking the job's next alert), is listed, and
+    goes back to pending on request."""
+    await store.commit_cycle(
+        commit(events=[event(1), event(2)], channels={event(1).id: ["ops"], event(2).id: ["ops"]})
+    )
+    await store.mark_failed(event(1).id, "ops", error="HTTP 400 bad payload", next_attempt_at=None)
+    assert [d.event.run.run_id for d in await store.due_deliveries(now=NOW, limit=10)] == [2]
+    (dead,) = await store.dead_letters()
+    assert (dead.event.id, dead.status, dead.last_error) == (
+        event(1).id,
+        "dead",
+        "HTTP 400 bad payload",
+    )
+    assert (await store.outbox_stats()).dead == 1
+    assert await store.requeue_dead(now=NOW + 5, event_ids=[event(1).id]) == 1
+    assert await store.dead_letters() == []
+    assert (await store.outbox_stats()).pending == 2
+
+
+async def test_silenced_deliveries_are_recorded_not_sent(store: SQLiteStore) -> None:
+    """Silenced channels are kept in the outbox as silenced and never come due."""
+    await store.commit_cycle(commit(events=[event(1)], silenced={event(1).id: ["pager"]}))
+    assert await store.due_deliveries(now=NOW + 1e6, limit=10) == []
+    assert (await store.outbox_stats()).silenced == 1
+
+
+async def test_pruning_bounds_the_database(store: SQLiteStore) -> None:
+    """Runs past retention go; delivered events past retention go; pending and dead
+    events stay however old."""
+    day_ms = 86_400_000
+    now_ms = int(NOW * 1000)
+    await store.commit_cycle(
+        commit(
+            runs=[
+                record(1, terminal=True, start=now_ms - 61 * day_ms),
+                record(2, start=now_ms - day_ms),
+            ],
+            events=[event(1), event(2), event(3)],
+            channels={event(1).id: ["ops"], event(2).id: ["ops"], event(3).id: ["mail"]},
+            at=NOW - 20 * 86_400,
+        )
+    )
+    await store.mark_delivered(event(1).id, "ops", at=NOW)
+    await store.mark_failed(event(3).id, "mail", error="x", next_attempt_at=None)
+    result = await store.prune(now=NOW, run_retention_days=60, event_retention_days=14)
+    assert (result.runs, result.events) == (1, 1)
+    assert set(await store.get_runs("prod", [1, 2])) == {2}
+    assert await store.event_ids() == [event(2).id, event(3).id]
+
+
+async def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    """State survives closing and reopening the file; migrations are not re-applied."""
+    path = tmp_path / "w.db"
+    first = await SQLiteStore.open(path)
+    await first.commit_cycle(
+        commit(runs=[record(1)], events=[event(1)], channels={event(1).id: ["ops"]})
+    )
+    await first.close()
+    second = await SQLiteStore.open(path)
+    try:
+        assert (await second.workspace_state("prod")).active_run_ids == {1}
+        assert (await second.outbox_stats()).pending == 1
+    finally:
+        await second.close()
+
+
+async def test_corrupt_database_is_a_clear_error_naming_the_path(tmp_path: Path) -> None:
+    """Garbage in the database file fails at open with the path in the message."""
+    path = tmp_path / "broken.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=r"broken\.db"):
+        await SQLiteStore.open(path)
+
+
+async def test_path_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A database path whose parent is a regular file fails at open, naming the path."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="not-a-dir"):
+        await SQLiteStore.open(blocker / "w.db")
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database written by a newer watcher is refused rather than misread."""
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await SQLiteStore.open(path)
+
+
+async def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
+    """Opening a database at version 0 (empty file) applies every migration in order."""
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).close()
+    store = await SQLiteStore.open(path)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS)
+        tables = {
+            r[0]
+            for r in sqlite3.connect(path).execute(
+                "SELECT name FROM sqlite_master WHERE type='table'"
+            )
+        }
+        assert {"runs", "jobs", "watermarks", "events", "deliveries"} <= tables
+    finally:
+        await store.close()

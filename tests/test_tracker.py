@@ -1,0 +1,461 @@
+"""The tracker, table by table: every transition becomes exactly the events it should."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from watcher.databricks.models import JobSettings, Run
+from watcher.events import EventType, RuleRef, event_id
+from watcher.store.base import RunRecord
+from watcher.tracker import Category, Evaluation, JobContext, classify, evaluate
+
+T0 = 1_700_000_000_000  # ms
+WS = "prod"
+JOB = JobContext(job_id=7, name="nightly-etl", tags={"team": "data"})
+
+
+def run(
+    life: str, result: str | None = None, *, start: int = T0, end: int = 0, **extra: Any
+) -> Run:
+    state: dict[str, Any] = {"life_cycle_state": life}
+    if result is not None:
+        state["result_state"] = result
+    return Run.model_validate(
+        {
+            "run_id": 42,
+            "job_id": 7,
+            "run_name": "nightly-etl",
+            "state": state,
+            "start_time": start,
+            "end_time": end,
+            **extra,
+        }
+    )
+
+
+def done(result: str | None, *, life: str = "TERMINATED", seconds: int = 60, **extra: Any) -> Run:
+    return run(life, result, end=T0 + seconds * 1000, **extra)
+
+
+def step(
+    previous: RunRecord | None,
+    observed: Run,
+    *,
+    job: JobContext = JOB,
+    rules: list[RuleRef] | None = None,
+    now: int = T0 + 10_000,
+    **kwargs: Any,
+) -> Evaluation:
+    return evaluate(
+        previous, observed, workspace=WS, job=job, rules=rules or [], now_ms=now, **kwargs
+    )
+
+
+def types(evaluation: Evaluation) -> list[str]:
+    return [e.type.value for e in evaluation.events]
+
+
+def settings(**fields: Any) -> JobSettings:
+    return JobSettings.model_validate(fields)
+
+
+# -- classification ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "category", "raw"),
+    [
+        (run("QUEUED"), Category.ACTIVE, "QUEUED"),
+        (run("PENDING"), Category.ACTIVE, "PENDING"),
+        (run("RUNNING"), Category.ACTIVE, "RUNNING"),
+        (run("TERMINATING", "SUCCESS"), Category.ACTIVE, "TERMINATING"),
+        (run("BLOCKED"), Category.ACTIVE, "BLOCKED"),
+        (run("WAITING_FOR_RETRY"), Category.ACTIVE, "WAITING_FOR_RETRY"),
+        (done("SUCCESS"), Category.SUCCESS, "SUCCESS"),
+        (done("SUCCESS_WITH_FAILURES"), Category.SUCCESS, "SUCCESS_WITH_FAILURES"),
+        (done("FAILED"), Category.FAILURE, "FAILED"),
+        (done("TIMEDOUT"), Category.FAILURE, "TIMEDOUT"),
+        (
+            done("MAXIMUM_CONCURRENT_RUNS_REACHED"),
+            Category.FAILURE,
+            "MAXIMUM_CONCURRENT_RUNS_REACHED",
+        ),
+        (done("UPSTREAM_FAILED"), Category.FAILURE, "UPSTREAM_FAILED"),
+        (done("CANCELED"), Category.CANCELED, "CANCELED"),
+        (done("UPSTREAM_CANCELED"), Category.CANCELED, "UPSTREAM_CANCELED"),
+        (done("EXCLUDED"), Category.SKIPPED, "EXCLUDED"),
+        (done("DISABLED"), Category.SKIPPED, "DISABLED"),
+        (done(None, life="SKIPPED"), Category.SKIPPED, "SKIPPED"),
+        (done(None, life="INTERNAL_ERROR"), Category.FAILURE, "INTERNAL_ERROR"),
+        (done("FAILED", life="INTERNAL_ERROR"), Category.FAILURE, "INTERNAL_ERROR"),
+        (done("EXPLODED_IN_A_NEW_WAY"), Category.FAILURE, "EXPLODED_IN_A_NEW_WAY"),
+        (done(None), Category.FAILURE, "TERMINATED"),
+        (done("SUCCESS", life="FROZEN"), Category.SUCCESS, "SUCCESS"),
+        (done(None, life="FROZEN"), Category.FAILURE, "FROZEN"),
+        (run("FROZEN"), Category.ACTIVE, "FROZEN"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_classification(snapshot: Run, category: Category, raw: str) -> None:
+    """Result and life-cycle states map to categories per DESIGN.md §3; unknown values
+    of a finished run fail, with the raw value kept; unknown active states stay active."""
+    assert classify(snapshot) == (category, raw)
+
+
+# -- terminal events -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "expected"),
+    [
+        (done("SUCCESS"), ["run_succeeded"]),
+        (done("SUCCESS_WITH_FAILURES"), ["run_succeeded"]),
+        (done("FAILED"), ["run_failed"]),
+        (done("TIMEDOUT"), ["run_failed"]),
+        (done("MAXIMUM_CONCURRENT_RUNS_REACHED"), ["run_failed"]),
+        (done("UPSTREAM_FAILED"), ["run_failed"]),
+        (done("CANCELED"), ["run_canceled"]),
+        (done("UPSTREAM_CANCELED"), ["run_canceled"]),
+        (done(None, life="SKIPPED"), ["run_skipped"]),
+        (done(None, life="INTERNAL_ERROR"), ["run_failed"]),
+        (done("SOMETHING_NEW"), ["run_failed"]),
+    ],
+)
+def test_first_seen_terminal_yields_only_its_terminal_event(
+    snapshot: Run, expected: list[str]
+) -> None:
+    """A run first seen finished gets its terminal event; its start is implied (no late
+    run_started)."""
+    evaluation = step(None, snapshot)
+    assert types(evaluation) == expected
+    assert evaluation.record.terminal
+    (event,) = evaluation.events
+    assert event.raw_state == classify(snapshot)[1]
+    assert event.occurred_at.timestamp() * 1000 == snapshot.end_time
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ["QUEUED", "PENDING", "RUNNING", "TERMINATING", "TERMINATED"],
+        ["QUEUED", "TERMINATED"],
+        ["PENDING", "TERMINATED"],
+        ["RUNNING", "INTERNAL_ERROR"],
+        ["PENDING", "SKIPPED"],
+    ],
+    ids="->".join,
+)
+def test_life_cycle_paths_start_once_and_end_once(path: list[str]) -> None:
+    """Whatever intermediate states a run skips, it starts once and ends once."""
+    record: RunRecord | None = None
+    seen: list[str] = []
+    for life in path:
+        if life in ("TERMINATED", "INTERNAL_ERROR", "SKIPPED"):
+            snapshot = done("FAILED" if life == "TERMINATED" else None, life=life)
+        else:
+            snapshot = run(life)
+        evaluation = step(record, snapshot)
+        seen += types(evaluation)
+        record = evaluation.record
+    assert seen[0] == "run_started"
+    assert seen.count("run_started") == 1
+    assert len(seen) == 2
+    assert seen[1] in ("run_failed", "run_skipped")
+    # Once terminal, a record never changes again, whatever comes.
+    again = step(record, done("SUCCESS"))
+    assert (again.record, again.events) == (record, ())
+
+
+def test_a_run_never_moves_backwards() -> None:
+    """An older snapshot after a newer one changes nothing (offset paging and runs/get
+    can return stale views)."""
+    first = step(None, run("TERMINATING"))
+    stale = step(first.record, run("PENDING"))
+    assert stale.events == ()
+    assert stale.record.life_cycle_state == "TERMINATING"
+    assert stale.record == first.record
+    after_end = step(step(first.record, done("FAILED")).record, run("RUNNING"))
+    assert after_end.events == ()
+    assert after_end.record.result_state == "FAILED"
+
+
+# -- retries and notification settings -----------------------------------------------
+
+LAST_ATTEMPT = {"notification_settings": {"alert_on_last_attempt": True}}
+
+
+@pytest.mark.parametrize(
+    ("job_settings", "result", "attempt", "expected"),
+    [
+        ({"max_retries": 2, **LAST_ATTEMPT}, "FAILED", 0, []),
+        ({"max_retries": 2, **LAST_ATTEMPT}, "FAILED", 1, []),
+        ({"max_retries": 2, **LAST_ATTEMPT}, "FAILED", 2, ["run_failed"]),
+        ({"max_retries": 2}, "FAILED", 0, ["run_failed"]),
+        ({"max_retries": -1, **LAST_ATTEMPT}, "FAILED", 9, []),
+        ({"max_retries": 2, **LAST_ATTEMPT}, "TIMEDOUT", 0, ["run_failed"]),
+        ({"max_retries": 2, "retry_on_timeout": True, **LAST_ATTEMPT}, "TIMEDOUT", 0, []),
+        ({"max_retries": 2, **LAST_ATTEMPT}, "UPSTREAM_FAILED", 0, ["run_failed"]),
+        ({"max_retries": 2, **LAST_ATTEMPT}, "SUCCESS", 0, ["run_succeeded"]),
+        (
+            {
+                "tasks": [
+                    {
+                        "task_key": "main",
+                        "max_retries": 1,
+                        "notification_settings": {"alert_on_last_attempt": True},
+                    }
+                ]
+            },
+            "FAILED",
+            0,
+            [],
+        ),
+        (
+            {
+                "tasks": [
+                    {
+                        "task_key": "main",
+                        "max_retries": 1,
+                        "notification_settings": {"alert_on_last_attempt": True},
+                    }
+                ]
+            },
+            "FAILED",
+            1,
+            ["run_failed"],
+        ),
+    ],
+    ids=[
+        "last-attempt:first-of-3",
+        "last-attempt:second-of-3",
+        "last-attempt:last",
+        "every-attempt",
+        "infinite-retries",
+        "timeout-not-retried",
+        "timeout-retried",
+        "upstream-never-retried",
+        "success",
+        "2.1-task-level:first",
+        "2.1-task-level:last",
+    ],
+)
+def test_alert_on_last_attempt(
+    job_settings: dict[str, Any], result: str, attempt: int, expected: list[str]
+) -> None:
+    """With alert_on_last_attempt, a failed attempt the retry policy will retry neither
+    pages nor counts as the job's failure; the last attempt does, carrying its number."""
+    job = JobContext(job_id=7, name="nightly-etl", settings=settings(**job_settings))
+    evaluation = step(None, done(result, attempt_number=attempt), job=job)
+    assert types(evaluation) == expected
+    assert evaluation.record.terminal
+    if expected:
+        assert evaluation.events[0].attempt_number == attempt
+    else:
+        assert evaluation.outcome is None
+        # Nothing is emitted later for this run either.
+        assert "terminal" in evaluation.record.emitted
+
+
+@pytest.mark.parametrize(
+    ("job_settings", "snapshot", "expected"),
+    [
+        (
+            {"notification_settings": {"no_alert_for_skipped_runs": True}},
+            done(None, life="SKIPPED"),
+            [],
+        ),
+        (
+            {"email_notifications": {"no_alert_for_skipped_runs": True}},
+            done(None, life="SKIPPED"),
+            [],
+        ),
+        ({"notification_settings": {"no_alert_for_canceled_runs": True}}, done("CANCELED"), []),
+        (
+            {"notification_settings": {"no_alert_for_canceled_runs": True}},
+            done("UPSTREAM_CANCELED"),
+            [],
+        ),
+        (
+            {"notification_settings": {"no_alert_for_skipped_runs": True}},
+            done("CANCELED"),
+            ["run_canceled"],
+        ),
+        (
+            {"notification_settings": {"no_alert_for_canceled_runs": True}},
+            done("FAILED"),
+            ["run_failed"],
+        ),
+        (
+            {
+                "tasks": [
+                    {"task_key": "a", "notification_settings": {"no_alert_for_canceled_runs": True}}
+                ]
+            },
+            done("CANCELED"),
+            [],
+        ),
+        ({}, done(None, life="SKIPPED"), ["run_skipped"]),
+    ],
+)
+def test_skipped_and_canceled_suppression(
+    job_settings: dict[str, Any], snapshot: Run, expected: list[str]
+) -> None:
+    """no_alert_for_skipped_runs / no_alert_for_canceled_runs hold back exactly their events."""
+    job = JobContext(job_id=7, settings=settings(**job_settings))
+    assert types(step(None, snapshot, job=job)) == expected
+
+
+# -- duration rules ------------------------------------------------------------------
+
+HEALTH_100 = {
+    "health": {"rules": [{"metric": "RUN_DURATION_SECONDS", "op": "GREATER_THAN", "value": 100}]}
+}
+
+
+def test_job_duration_rule_breaches_once_while_running() -> None:
+    """An active run older than the job's RUN_DURATION_SECONDS value breaches once, at
+    the moment it crossed the threshold, with the rule and the observed age."""
+    job = JobContext(job_id=7, name="etl", settings=settings(**HEALTH_100))
+    first = step(None, run("RUNNING"), job=job, now=T0 + 50_000)
+    assert types(first) == ["run_started"]
+    second = step(first.record, run("RUNNING"), job=job, now=T0 + 150_000)
+    assert types(second) == ["run_duration_exceeded"]
+    (event,) = second.events
+    assert event.rule is not None
+    assert (event.rule.name, event.rule.value, event.rule.source) == ("job", 100, "job")
+    assert event.observed_seconds == 150
+    assert event.occurred_at.timestamp() * 1000 == T0 + 100_000
+    third = step(second.record, done("SUCCESS", seconds=300), job=job, now=T0 + 400_000)
+    assert types(third) == ["run_succeeded"]
+
+
+def test_finished_run_over_its_limit_breaches_when_first_seen() -> None:
+    """A run first seen finished after exceeding its limit still raises the breach."""
+    job = JobContext(job_id=7, settings=settings(**HEALTH_100))
+    assert sorted(types(step(None, done("SUCCESS", seconds=101), job=job))) == [
+        "run_duration_exceeded",
+        "run_succeeded",
+    ]
+    assert types(step(None, done("SUCCESS", seconds=100), job=job)) == ["run_succeeded"]
+
+
+def test_config_and_task_rules_each_breach_once() -> None:
+    """Config rules and task-level rules are separate rules, each breaching once."""
+    job = JobContext(
+        job_id=7,
+        settings=settings(
+            tasks=[
+                {"task_key": "load", "health": HEALTH_100["health"]},
+                {
+                    "task_key": "other",
+                    "health": {
+                        "rules": [
+                            {"metric": "STREAMING_BACKLOG_BYTES", "op": "GREATER_THAN", "value": 1}
+                        ]
+                    },
+                },
+            ]
+        ),
+    )
+    config_rule = RuleRef(name="config:slow", value=30, source="config")
+    tasks = [
+        {
+            "task_key": "load",
+            "start_time": T0 + 10_000,
+            "end_time": 0,
+            "state": {"life_cycle_state": "RUNNING"},
+        },
+        {
+            "task_key": "other",
+            "start_time": T0,
+            "end_time": 0,
+            "state": {"life_cycle_state": "RUNNING"},
+        },
+    ]
+    first = step(None, run("RUNNING", tasks=tasks), job=job, rules=[config_rule], now=T0 + 60_000)
+    assert types(first) == ["run_started", "run_duration_exceeded"]
+    assert first.events[1].rule == config_rule
+    second = step(
+        first.record, run("RUNNING", tasks=tasks), job=job, rules=[config_rule], now=T0 + 120_000
+    )
+    assert [(e.type.value, e.rule.name if e.rule else None) for e in second.events] == [
+        ("run_duration_exceeded", "task:load")
+    ]
+    assert second.events[0].observed_seconds == 110
+    ids = {e.id for e in first.events + second.events}
+    assert len(ids) == 3
+
+
+# -- recovery ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("last_outcome", "last_end", "snapshot", "expected", "outcome"),
+    [
+        ("failure", T0, done("SUCCESS"), ["run_succeeded", "job_recovered"], "success"),
+        (
+            "failure",
+            T0,
+            done("SUCCESS_WITH_FAILURES"),
+            ["run_succeeded", "job_recovered"],
+            "success",
+        ),
+        ("success", T0, done("SUCCESS"), ["run_succeeded"], "success"),
+        (None, None, done("SUCCESS"), ["run_succeeded"], "success"),
+        ("failure", T0 + 999_000, done("SUCCESS"), ["run_succeeded"], "success"),
+        ("failure", T0, done("FAILED"), ["run_failed"], "failure"),
+        ("failure", T0, done("CANCELED"), ["run_canceled"], None),
+    ],
+    ids=[
+        "after-failure",
+        "with-failures-counts",
+        "after-success",
+        "first-ever",
+        "older-than-last-failure",
+        "still-failing",
+        "canceled-settles-nothing",
+    ],
+)
+def test_recovery(
+    last_outcome: Any, last_end: int | None, snapshot: Run, expected: list[str], outcome: Any
+) -> None:
+    """The first success after failures is a job_recovered (the resolve signal), unless
+    it is older than the failure it would resolve."""
+    job = JobContext(job_id=7, last_outcome=last_outcome, last_outcome_end_time=last_end)
+    evaluation = step(None, snapshot, job=job)
+    assert types(evaluation) == expected
+    assert evaluation.outcome == outcome
+
+
+# -- backfill and ids ----------------------------------------------------------------
+
+
+def test_backfilled_runs_are_recorded_silently() -> None:
+    """Runs found on the first start are recorded with their events marked emitted, so
+    they never page later; an active one still alerts when it finishes."""
+    quiet = step(None, done("FAILED"), backfill=True)
+    assert quiet.events == ()
+    assert quiet.record.backfill
+    assert quiet.record.terminal
+    loud = step(None, done("FAILED"), backfill=True, alert_on_backfill=True)
+    assert types(loud) == ["run_failed"]
+    assert loud.events[0].backfill
+    active = step(None, run("RUNNING"), backfill=True)
+    assert active.events == ()
+    finished = step(active.record, done("FAILED"))
+    assert types(finished) == ["run_failed"]
+
+
+def test_event_ids_are_deterministic_and_carry_the_snapshot() -> None:
+    """The same transition always gets the same id (workspace, run, type, rule), and the
+    event carries the job's name and tags and the full run snapshot."""
+    a = step(None, done("FAILED")).events[0]
+    b = step(None, done("FAILED")).events[0]
+    assert a.id == b.id == event_id(WS, 42, EventType.RUN_FAILED)
+    assert event_id(WS, 42, EventType.RUN_FAILED) != event_id("staging", 42, EventType.RUN_FAILED)
+    assert event_id(WS, 42, "run_duration_exceeded", "job") != event_id(
+        WS, 42, "run_duration_exceeded", "config:x"
+    )
+    assert (a.job.name, a.job.tags, a.run.run_id) == ("nightly-etl", {"team": "data"}, 42)

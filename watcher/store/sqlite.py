@@ -1,0 +1,479 @@
+"""SQLite store: one WAL-mode file, one connection, one transaction per workspace cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from collections.abc import Callable, Collection, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import aiosqlite
+
+from watcher.databricks.models import Run
+from watcher.events import Event
+from watcher.store.base import (
+    CycleCommit,
+    Delivery,
+    DeliveryStatus,
+    JobRecord,
+    OutboxStats,
+    PruneResult,
+    RunRecord,
+    StoreError,
+    WorkspaceState,
+)
+
+# Each entry migrates the schema from version N to N+1 (PRAGMA user_version).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE runs (
+        workspace TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        job_id INTEGER,
+        life_cycle_state TEXT,
+        result_state TEXT,
+        start_time INTEGER,
+        end_time INTEGER,
+        attempt_number INTEGER NOT NULL DEFAULT 0,
+        terminal INTEGER NOT NULL,
+        backfill INTEGER NOT NULL DEFAULT 0,
+        emitted TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (workspace, run_id)
+    );
+    CREATE INDEX runs_active ON runs (workspace) WHERE terminal = 0;
+    CREATE INDEX runs_start ON runs (start_time);
+    CREATE TABLE jobs (
+        workspace TEXT NOT NULL,
+        job_id INTEGER NOT NULL,
+        name TEXT,
+        tags TEXT NOT NULL,
+        last_outcome TEXT,
+        last_outcome_run_id INTEGER,
+        last_outcome_end_time INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (workspace, job_id)
+    );
+    CREATE TABLE watermarks (
+        workspace TEXT PRIMARY KEY,
+        watermark_ms INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        workspace TEXT NOT NULL,
+        job_id INTEGER,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX events_job ON events (workspace, job_id, seq);
+    CREATE TABLE deliveries (
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        delivered_at REAL,
+        PRIMARY KEY (event_id, channel)
+    );
+    CREATE INDEX deliveries_status ON deliveries (status, channel, next_attempt_at);
+    """,
+]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _locked(
+    method: Callable[Concatenate[SQLiteStore, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[SQLiteStore, _P], Coroutine[Any, Any, _T]]:
+    @functools.wraps(method)
+    async def wrapper(self: SQLiteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with self._lock:
+            return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+_DELIVERY_COLUMNS = (
+    "e.payload, d.channel, d.status, d.attempts, d.created_at, d.next_attempt_at, d.last_error"
+)
+
+
+class SQLiteStore:
+    """The embedded default Store. Open with `await SQLiteStore.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        # One connection is shared by the poll loops and the dispatcher: without this
+        # lock one task's statements could land inside another task's transaction.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteStore:
+        """Open (creating if needed) and migrate. A database that cannot be created,
+        written or read is a StoreError naming the path, raised before anything starts."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of {path}: {exc.strerror}") from None
+        db: aiosqlite.Connection | None = None
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            async with db.execute("PRAGMA quick_check") as cursor:
+                check = await cursor.fetchone()
+            if check is None or check[0] != "ok":
+                raise StoreError(f"{path} failed its integrity check: {check}")
+            store = cls(db, path)
+            await store._migrate()
+            # Prove the file is writable now rather than on the first cycle.
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute("ROLLBACK")
+            return store
+        except sqlite3.Error as exc:
+            if db is not None:
+                await db.close()
+            raise StoreError(f"cannot use the database {path}: {exc}") from None
+        except StoreError:
+            if db is not None:
+                await db.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this watcher "
+                f"understands ({len(MIGRATIONS)})"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            statements = [s for s in script.split(";") if s.strip()]
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in statements:
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {target}")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    @_locked
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    @_locked
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- cycle state -------------------------------------------------------------------
+
+    @_locked
+    async def workspace_state(self, workspace: str) -> WorkspaceState:
+        async with self._db.execute(
+            "SELECT watermark_ms FROM watermarks WHERE workspace = ?", (workspace,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        async with self._db.execute(
+            "SELECT run_id FROM runs WHERE workspace = ? AND terminal = 0", (workspace,)
+        ) as cursor:
+            active = frozenset(int(r[0]) for r in await cursor.fetchall())
+        return WorkspaceState(watermark_ms=int(row[0]) if row else None, active_run_ids=active)
+
+    @_locked
+    async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]:
+        rows = await self._select_in(
+            "SELECT run_id, job_id, life_cycle_state, result_state, start_time, end_time, "
+            "attempt_number, terminal, backfill, emitted, snapshot FROM runs "
+            "WHERE workspace = ? AND run_id IN ({})",
+            workspace,
+            run_ids,
+        )
+        return {
+            int(r[0]): RunRecord(
+                workspace=workspace,
+                run_id=int(r[0]),
+                job_id=r[1],
+                life_cycle_state=r[2],
+                result_state=r[3],
+                start_time=r[4],
+                end_time=r[5],
+                attempt_number=r[6],
+                terminal=bool(r[7]),
+                backfill=bool(r[8]),
+                emitted=frozenset(json.loads(r[9])),
+                snapshot=Run.model_validate_json(r[10]),
+            )
+            for r in rows
+        }
+
+    @_locked
+    async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]:
+        rows = await self._select_in(
+            "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time "
+            "FROM jobs WHERE workspace = ? AND job_id IN ({})",
+            workspace,
+            job_ids,
+        )
+        return {
+            int(r[0]): JobRecord(
+                workspace=workspace,
+                job_id=int(r[0]),
+                name=r[1],
+                tags=json.loads(r[2]),
+                last_outcome=r[3],
+                last_outcome_run_id=r[4],
+                last_outcome_end_time=r[5],
+            )
+            for r in rows
+        }
+
+    async def _select_in(self, sql: str, workspace: str, ids: Collection[int]) -> list[sqlite3.Row]:
+        rows: list[Any] = []
+        ids = list(ids)
+        for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
+            chunk = ids[start : start + 500]
+            query = sql.format(",".join("?" * len(chunk)))
+            async with self._db.execute(query, (workspace, *chunk)) as cursor:
+                rows.extend(await cursor.fetchall())
+        return rows
+
+    @_locked
+    async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
+        now = commit.committed_at
+        inserted: list[Event] = []
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(
+                "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
+                "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
+                "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (workspace, run_id) DO UPDATE SET job_id=excluded.job_id, "
+                "life_cycle_state=excluded.life_cycle_state, result_state=excluded.result_state, "
+                "start_time=excluded.start_time, end_time=excluded.end_time, "
+                "attempt_number=excluded.attempt_number, terminal=excluded.terminal, "
+                "backfill=excluded.backfill, emitted=excluded.emitted, "
+                "snapshot=excluded.snapshot, updated_at=excluded.updated_at",
+                [_run_row(r, now) for r in commit.runs],
+            )
+            await self._db.executemany(
+                "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
+                "last_outcome_run_id, last_outcome_end_time, updated_at) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
+                "tags=excluded.tags, last_outcome=excluded.last_outcome, "
+                "last_outcome_run_id=excluded.last_outcome_run_id, "
+                "last_outcome_end_time=excluded.last_outcome_end_time, "
+                "updated_at=excluded.updated_at",
+                [
+                    (
+                        j.workspace,
+                        j.job_id,
+                        j.name,
+                        json.dumps(j.tags, sort_keys=True),
+                        j.last_outcome,
+                        j.last_outcome_run_id,
+                        j.last_outcome_end_time,
+                        now,
+                    )
+                    for j in commit.jobs
+                ],
+            )
+            for event in commit.events:
+                cursor = await self._db.execute(
+                    "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, "
+                    "created_at) VALUES (?,?,?,?,?,?)",
+                    (
+                        event.id,
+                        event.workspace,
+                        event.job.job_id,
+                        event.type.value,
+                        event.model_dump_json(),
+                        now,
+                    ),
+                )
+                if cursor.rowcount != 1:
+                    continue  # committed by an earlier cycle: never twice
+                inserted.append(event)
+                await self._add_deliveries(
+                    event.id, commit.channels.get(event.id, ()), "pending", now
+                )
+                await self._add_deliveries(
+                    event.id, commit.silenced.get(event.id, ()), "silenced", now
+                )
+            await self._db.execute(
+                "INSERT INTO watermarks (workspace, watermark_ms, updated_at) VALUES (?,?,?) "
+                "ON CONFLICT (workspace) DO UPDATE SET "
+                "watermark_ms=MAX(watermark_ms, excluded.watermark_ms), "
+                "updated_at=excluded.updated_at",
+                (commit.workspace, commit.watermark_ms, now),
+            )
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        await self._db.execute("COMMIT")
+        return inserted
+
+    async def _add_deliveries(
+        self, event_id: str, channels: Iterable[str], status: DeliveryStatus, now: float
+    ) -> None:
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, created_at, "
+            "next_attempt_at) VALUES (?,?,?,?,?)",
+            [(event_id, channel, status, now, now) for channel in dict.fromkeys(channels)],
+        )
+
+    # -- outbox ------------------------------------------------------------------------
+
+    @_locked
+    async def due_deliveries(
+        self, *, now: float, limit: int, channels: Collection[str] | None = None
+    ) -> list[Delivery]:
+        # Head of line per (channel, workspace, job): a job's later alert waits for its
+        # earlier one on the same channel (delivered or dead), so order is kept.
+        channel_filter = ""
+        params: list[Any] = []
+        if channels is not None:
+            channel_filter = f"AND d.channel IN ({','.join('?' * len(channels))})"
+            params.extend(channels)
+        sql = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and ? placeholders only
+            f"WHERE d.status = 'pending' {channel_filter} AND e.seq = ("
+            "  SELECT MIN(e2.seq) FROM deliveries d2 JOIN events e2 ON e2.id = d2.event_id"
+            "  WHERE d2.channel = d.channel AND d2.status = 'pending'"
+            "  AND e2.workspace = e.workspace AND e2.job_id IS e.job_id"
+            ") AND d.next_attempt_at <= ? ORDER BY e.seq LIMIT ?"
+        )
+        params.extend([now, limit])
+        async with self._db.execute(sql, params) as cursor:
+            return [_delivery(r) for r in await cursor.fetchall()]
+
+    @_locked
+    async def mark_delivered(self, event_id: str, channel: str, *, at: float) -> None:
+        await self._db.execute(
+            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, "
+            "delivered_at = ?, last_error = NULL WHERE event_id = ? AND channel = ?",
+            (at, event_id, channel),
+        )
+
+    @_locked
+    async def mark_failed(
+        self, event_id: str, channel: str, *, error: str, next_attempt_at: float | None
+    ) -> None:
+        status = "dead" if next_attempt_at is None else "pending"
+        await self._db.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
+            "next_attempt_at = COALESCE(?, next_attempt_at) WHERE event_id = ? AND channel = ?",
+            (status, error[:1000], next_attempt_at, event_id, channel),
+        )
+
+    @_locked
+    async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]:
+        async with self._db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
+            "WHERE d.status = 'dead' ORDER BY e.seq LIMIT ?",
+            (limit,),
+        ) as cursor:
+            return [_delivery(r) for r in await cursor.fetchall()]
+
+    @_locked
+    async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
+        sql = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ? "
+        sql += "WHERE status = 'dead'"
+        params: list[Any] = [now]
+        if event_ids is not None:
+            sql += f" AND event_id IN ({','.join('?' * len(event_ids))})"
+            params.extend(event_ids)
+        cursor = await self._db.execute(sql, params)
+        return cursor.rowcount
+
+    @_locked
+    async def outbox_stats(self) -> OutboxStats:
+        async with self._db.execute(
+            "SELECT status, COUNT(*) FROM deliveries WHERE status IN "
+            "('pending', 'dead', 'silenced') GROUP BY status"
+        ) as cursor:
+            counts = {str(r[0]): int(r[1]) for r in await cursor.fetchall()}
+        return OutboxStats(
+            pending=counts.get("pending", 0),
+            dead=counts.get("dead", 0),
+            silenced=counts.get("silenced", 0),
+        )
+
+    @_locked
+    async def prune(
+        self, *, now: float, run_retention_days: float, event_retention_days: float
+    ) -> PruneResult:
+        """Drop runs older than the retention (Databricks deletes them after 60 days
+        anyway) and events whose every delivery is settled and older than their retention.
+        Undelivered and dead-lettered events are kept."""
+        run_cutoff_ms = int((now - run_retention_days * 86_400) * 1000)
+        event_cutoff = now - event_retention_days * 86_400
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            runs = await self._db.execute(
+                "DELETE FROM runs WHERE COALESCE(end_time, start_time) < ?", (run_cutoff_ms,)
+            )
+            events = await self._db.execute(
+                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS ("
+                "SELECT 1 FROM deliveries d WHERE d.event_id = events.id "
+                "AND d.status IN ('pending', 'dead'))",
+                (event_cutoff,),
+            )
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        await self._db.execute("COMMIT")
+        return PruneResult(runs=runs.rowcount, events=events.rowcount)
+
+    @_locked
+    async def event_ids(self) -> list[str]:
+        """Every stored event id in commit order (for checks and the crash test)."""
+        async with self._db.execute("SELECT id FROM events ORDER BY seq") as cursor:
+            return [str(r[0]) for r in await cursor.fetchall()]
+
+
+def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
+    return (
+        record.workspace,
+        record.run_id,
+        record.job_id,
+        record.life_cycle_state,
+        record.result_state,
+        record.start_time,
+        record.end_time,
+        record.attempt_number,
+        int(record.terminal),
+        int(record.backfill),
+        json.dumps(sorted(record.emitted)),
+        record.snapshot.model_dump_json(exclude_none=True),
+        now,
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        event=Event.model_validate_json(row[0]),
+        channel=row[1],
+        status=row[2],
+        attempts=row[3],
+        created_at=row[4],
+        next_attempt_at=row[5],
+        last_error=row[6],
+    )

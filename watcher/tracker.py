@@ -1,0 +1,307 @@
+"""The run state tracker: a pure function from (previous record, observed run, job
+context, rules, now) to (new record, events). No I/O, no clock reads: everything it needs
+is an argument, so every transition is a table-driven test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from watcher.databricks.models import (
+    JobNotificationSettings,
+    JobSettings,
+    Run,
+    RunTask,
+)
+from watcher.databricks.models import RunLifeCycleState as L
+from watcher.databricks.models import RunResultState as R
+from watcher.events import Event, EventType, JobRef, RuleRef, event_id
+from watcher.store.base import Outcome, RunRecord
+
+
+class Category(StrEnum):
+    ACTIVE = "active"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+
+_TERMINAL_EVENT = {
+    Category.SUCCESS: EventType.RUN_SUCCEEDED,
+    Category.FAILURE: EventType.RUN_FAILED,
+    Category.CANCELED: EventType.RUN_CANCELED,
+    Category.SKIPPED: EventType.RUN_SKIPPED,
+}
+_SUCCESS = frozenset({R.SUCCESS, R.SUCCESS_WITH_FAILURES})
+_CANCELED = frozenset({R.CANCELED, R.UPSTREAM_CANCELED})
+# Runs that were deliberately not executed: reported as skipped, not as failures.
+_NOT_RUN = frozenset({R.EXCLUDED, R.DISABLED})
+# Failures a retry policy never retries.
+_NOT_RETRIED = frozenset({R.MAXIMUM_CONCURRENT_RUNS_REACHED, R.UPSTREAM_FAILED})
+# Progress order of active states: an observation lower in it than the record is stale.
+_ACTIVE_RANK: dict[str, int] = {
+    L.QUEUED: 0,
+    L.BLOCKED: 1,
+    L.WAITING_FOR_RETRY: 1,
+    L.PENDING: 2,
+    L.RUNNING: 3,
+    L.TERMINATING: 4,
+}
+TERMINAL_KEY = "terminal"
+
+
+def classify(run: Run) -> tuple[Category, str | None]:
+    """The run's category and the raw value behind it. Unknown result states of a
+    finished run count as failures (the raw value travels with the event); an unknown
+    life-cycle state is terminal only if the run has an end time."""
+    life = run.state.life_cycle_state
+    result = run.state.result_state
+    if life == L.SKIPPED:
+        return Category.SKIPPED, life
+    if life == L.INTERNAL_ERROR:
+        return Category.FAILURE, life
+    if life != L.TERMINATED and (life in _ACTIVE_RANK or not run.has_ended):
+        return Category.ACTIVE, life
+    if result in _SUCCESS:
+        return Category.SUCCESS, result
+    if result in _CANCELED:
+        return Category.CANCELED, result
+    if result in _NOT_RUN:
+        return Category.SKIPPED, result
+    return Category.FAILURE, result or life
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What the tracker knows of the run's job."""
+
+    job_id: int | None
+    name: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    settings: JobSettings | None = None
+    last_outcome: Outcome | None = None
+    last_outcome_end_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    record: RunRecord
+    events: tuple[Event, ...]
+    outcome: Outcome | None
+    """The job outcome this observation settles (a paging-relevant success or failure),
+    for recovery detection; None when it settles nothing."""
+
+
+def job_duration_rules(settings: JobSettings | None) -> list[RuleRef]:
+    """RUN_DURATION_SECONDS GREATER_THAN rules of the job and of its tasks."""
+    if settings is None:
+        return []
+    rules: list[RuleRef] = []
+    for rule in settings.health.rules if settings.health else []:
+        if _is_duration_rule(rule.metric, rule.op, rule.value):
+            assert rule.value is not None
+            rules.append(RuleRef(name="job", value=rule.value, source="job"))
+    for task in settings.tasks:
+        for rule in task.health.rules if task.health else []:
+            if _is_duration_rule(rule.metric, rule.op, rule.value) and task.task_key:
+                assert rule.value is not None
+                rules.append(
+                    RuleRef(
+                        name=f"task:{task.task_key}",
+                        value=rule.value,
+                        source="task",
+                        task_key=task.task_key,
+                    )
+                )
+    return rules
+
+
+def _is_duration_rule(metric: str | None, op: str | None, value: int | None) -> bool:
+    return metric == "RUN_DURATION_SECONDS" and op == "GREATER_THAN" and value is not None
+
+
+def evaluate(
+    previous: RunRecord | None,
+    observed: Run,
+    *,
+    workspace: str,
+    job: JobContext,
+    rules: Sequence[RuleRef],
+    now_ms: int,
+    backfill: bool = False,
+    alert_on_backfill: bool = False,
+) -> Evaluation:
+    """Decide the new record and the events due for one observation of one run.
+
+    `rules` are the duration rules that apply besides the job's own (from the config);
+    `now_ms` is workspace (server) time. Events already emitted for the run (by key)
+    are never emitted again; a terminal record never changes.
+    """
+    if previous is not None and previous.terminal:
+        return Evaluation(previous, (), None)
+    snapshot = _newest(previous, observed)
+    category, raw = classify(snapshot)
+    emitted = set(previous.emitted) if previous else set()
+    due: list[tuple[str, EventType, RuleRef | None, float | None, int]] = []
+
+    if category is Category.ACTIVE and "run_started" not in emitted:
+        due.append(
+            ("run_started", EventType.RUN_STARTED, None, None, snapshot.start_time or now_ms)
+        )
+    for rule in (*job_duration_rules(job.settings), *rules):
+        key = f"{EventType.RUN_DURATION_EXCEEDED}:{rule.name}"
+        if key in emitted:
+            continue
+        seconds = _elapsed_seconds(snapshot, rule, now_ms)
+        if seconds is not None and seconds > rule.value:
+            start = _rule_start(snapshot, rule) or now_ms
+            due.append(
+                (key, EventType.RUN_DURATION_EXCEEDED, rule, seconds, start + rule.value * 1000)
+            )
+    outcome: Outcome | None = None
+    if category is not Category.ACTIVE and TERMINAL_KEY not in emitted:
+        event_type: EventType | None = _TERMINAL_EVENT[category]
+        ended = snapshot.end_time or now_ms
+        if _suppressed(category, snapshot, job.settings, raw):
+            event_type = None
+        if category in (Category.SUCCESS, Category.FAILURE) and event_type is not None:
+            outcome = "success" if category is Category.SUCCESS else "failure"
+        if event_type is not None:
+            due.append((TERMINAL_KEY, event_type, None, None, ended))
+        else:
+            emitted.add(TERMINAL_KEY)
+        newer = job.last_outcome_end_time is None or ended >= job.last_outcome_end_time
+        if outcome == "success" and job.last_outcome == "failure" and newer:
+            due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, ended))
+
+    ref = JobRef(job_id=snapshot.job_id, name=job.name or snapshot.run_name, tags=dict(job.tags))
+    silent = backfill and not alert_on_backfill
+    events: list[Event] = []
+    for key, event_type, due_rule, observed_seconds, at_ms in due:
+        emitted.add(key)
+        if silent:
+            continue
+        events.append(
+            Event(
+                id=event_id(
+                    workspace, snapshot.run_id, event_type, due_rule.name if due_rule else None
+                ),
+                type=event_type,
+                workspace=workspace,
+                occurred_at=datetime.fromtimestamp(at_ms / 1000, tz=UTC),
+                job=ref,
+                run=snapshot,
+                rule=due_rule,
+                observed_seconds=observed_seconds,
+                attempt_number=snapshot.attempt_number or 0,
+                raw_state=raw,
+                backfill=backfill,
+            )
+        )
+    record = RunRecord(
+        workspace=workspace,
+        run_id=snapshot.run_id,
+        job_id=snapshot.job_id,
+        life_cycle_state=snapshot.state.life_cycle_state,
+        result_state=snapshot.state.result_state,
+        start_time=snapshot.start_time,
+        end_time=snapshot.end_time or None,
+        attempt_number=snapshot.attempt_number or 0,
+        terminal=category is not Category.ACTIVE,
+        backfill=backfill if previous is None else previous.backfill,
+        emitted=frozenset(emitted),
+        snapshot=snapshot,
+    )
+    return Evaluation(record, tuple(events), outcome)
+
+
+def _suppressed(
+    category: Category, run: Run, settings: JobSettings | None, raw: str | None
+) -> bool:
+    """Terminal events the job's notification settings ask not to send. A failed attempt
+    that will be retried is left to a later attempt: it neither pages nor fails the job."""
+    if category is Category.FAILURE:
+        return _will_be_retried(run, settings, raw)
+    if category is Category.SKIPPED:
+        return _flag(settings, "no_alert_for_skipped_runs")
+    if category is Category.CANCELED:
+        return _flag(settings, "no_alert_for_canceled_runs")
+    return False
+
+
+def _newest(previous: RunRecord | None, observed: Run) -> Run:
+    """The observation, unless it is older than what the record already holds."""
+    if previous is None:
+        return observed
+    if classify(observed)[0] is not Category.ACTIVE:
+        return observed
+    before = _ACTIVE_RANK.get(previous.snapshot.state.life_cycle_state or "", -1)
+    after = _ACTIVE_RANK.get(observed.state.life_cycle_state or "", -1)
+    return previous.snapshot if after < before else observed
+
+
+def _task(run: Run, task_key: str | None) -> RunTask | None:
+    return next((t for t in run.tasks if t.task_key == task_key), None)
+
+
+def _rule_start(run: Run, rule: RuleRef) -> int | None:
+    if rule.task_key is None:
+        return run.start_time or None
+    task = _task(run, rule.task_key)
+    return (task.start_time or None) if task else None
+
+
+def _elapsed_seconds(run: Run, rule: RuleRef, now_ms: int) -> float | None:
+    """Wall-clock seconds from start to end (finished) or to now (active), for the run or
+    for the rule's task. Queue time counts: a run stuck in the queue is late too."""
+    if rule.task_key is None:
+        start, end = run.start_time, run.end_time
+    else:
+        task = _task(run, rule.task_key)
+        if task is None:
+            return None
+        start, end = task.start_time, task.end_time
+    if not start:
+        return None
+    return max(0, (end or now_ms) - start) / 1000
+
+
+def _notification_settings(settings: JobSettings | None) -> list[JobNotificationSettings]:
+    if settings is None:
+        return []
+    found = [settings.notification_settings] if settings.notification_settings else []
+    found += [t.notification_settings for t in settings.tasks if t.notification_settings]
+    return found
+
+
+def _flag(settings: JobSettings | None, name: str) -> bool:
+    """A notification flag set on the job, or (2.1+) on any of its tasks."""
+    if settings is not None and name == "no_alert_for_skipped_runs":
+        email = settings.email_notifications
+        if email is not None and email.no_alert_for_skipped_runs:
+            return True
+    return any(getattr(n, name) for n in _notification_settings(settings))
+
+
+def _will_be_retried(run: Run, settings: JobSettings | None, raw: str | None) -> bool:
+    """A failed attempt that the job's retry policy will retry, when the job asks to be
+    alerted on the last attempt only."""
+    if not _flag(settings, "alert_on_last_attempt") or settings is None:
+        return False
+    if raw in _NOT_RETRIED:
+        return False
+    policies = [(settings.max_retries, settings.retry_on_timeout)] + [
+        (t.max_retries, t.retry_on_timeout) for t in settings.tasks
+    ]
+    for max_retries, retry_on_timeout in policies:
+        if max_retries is None or max_retries == 0:
+            continue
+        if raw == R.TIMEDOUT and not retry_on_timeout:
+            continue
+        if max_retries < 0 or (run.attempt_number or 0) < max_retries:
+            return True
+    return False
