@@ -4,6 +4,7 @@ pydantic before anything starts. Every error names the field path that is wrong.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -127,7 +128,9 @@ class WorkspaceConfig(_Config):
         default="2.1", description="Jobs API version."
     )
     auth: AuthConfig
-    poll_interval: float = Field(default=30.0, ge=1, description="Seconds between poll cycles.")
+    poll_interval: float = Field(
+        default=30.0, ge=0.1, description="Seconds between poll cycles (10 or more in production)."
+    )
     requests_per_second: float = Field(default=10.0, gt=0, description="Client-side rate limit.")
     ca_bundle: Path | None = Field(default=None, description="Extra CA bundle for TLS (PEM).")
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
@@ -197,6 +200,29 @@ class ServerConfig(_Config):
     )
 
 
+# From seconds to a day: short notebook jobs through nightly batch runs.
+_RUN_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+
+
+class MetricsConfig(_Config):
+    run_buckets: list[float] = Field(
+        default_factory=lambda: [float(b) for b in _RUN_BUCKETS],
+        min_length=1,
+        description="Histogram buckets (seconds) of the run duration metrics.",
+    )
+    jobs: JobFilter = Field(
+        default_factory=JobFilter,
+        description="Jobs that get per-job series (a cardinality guard for huge workspaces).",
+    )
+
+    @field_validator("run_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+            raise ValueError("buckets must be positive and strictly increasing")
+        return value
+
+
 class LoggingConfig(_Config):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = Field(
@@ -248,6 +274,7 @@ class Config(_Config):
     routes: list[RouteConfig] = Field(default_factory=list)
     silences: list[SilenceConfig] = Field(default_factory=list)
     startup: StartupConfig = Field(default_factory=StartupConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("workspaces")
@@ -273,10 +300,19 @@ class Config(_Config):
 # -- loading -------------------------------------------------------------------------
 
 
-def substitute_env(text: str, env: Mapping[str, str]) -> str:
-    """Replace `${NAME}` (or `${NAME:-default}`) with the environment's value; an unset
-    variable without a default is an error naming it."""
-    missing: list[str] = []
+def substitute_env(node: Any, env: Mapping[str, str], path: str, errors: list[str]) -> Any:
+    """Replace `${NAME}` (or `${NAME:-default}`) in every string value with the
+    environment's value. Done after parsing, so a value can never inject YAML; an unset
+    variable without a default is an error naming the variable and the field."""
+    if isinstance(node, list):
+        return [substitute_env(v, env, f"{path}.{i}", errors) for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        return {
+            k: substitute_env(v, env, f"{path}.{k}" if path else str(k), errors)
+            for k, v in node.items()
+        }
+    if not isinstance(node, str):
+        return node
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -284,13 +320,10 @@ def substitute_env(text: str, env: Mapping[str, str]) -> str:
             return env[name]
         if default is not None:
             return default
-        missing.append(name)
+        errors.append(f"{path or '(top level)'}: environment variable {name} is not set")
         return ""
 
-    result = _ENV_REF.sub(replace, text)
-    if missing:
-        raise ConfigError([f"environment variable {n} is not set" for n in sorted(set(missing))])
-    return result
+    return _ENV_REF.sub(replace, node)
 
 
 def _resolve_files(node: Any, path: str, base: Path, errors: list[str]) -> Any:
@@ -319,7 +352,6 @@ def _resolve_files(node: Any, path: str, base: Path, errors: list[str]) -> Any:
 
 
 def parse_config(text: str, *, env: Mapping[str, str], base: Path = Path(".")) -> Config:
-    text = substitute_env(text, env)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -327,6 +359,7 @@ def parse_config(text: str, *, env: Mapping[str, str], base: Path = Path(".")) -
     if not isinstance(raw, dict):
         raise ConfigError(["the configuration must be a mapping of top-level keys"])
     errors: list[str] = []
+    raw = substitute_env(raw, env, "", errors)
     raw = _resolve_files(raw, "", base, errors)
     if errors:
         raise ConfigError(errors)

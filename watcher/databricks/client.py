@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -170,7 +170,7 @@ class JobsClient:
         expand_tasks: bool = False,
         limit: int | None = None,
         overlap: int = 0,
-    ) -> AsyncIterator[RunsPage]:
+    ) -> AsyncGenerator[RunsPage, None]:
         """Pages of runs/list, newest first.
 
         With offset paging, each next offset steps back by `overlap` runs so that up to
@@ -208,7 +208,7 @@ class JobsClient:
         ):
             yield page
 
-    async def list_jobs(self, *, name: str | None = None) -> AsyncIterator[JobsPage]:
+    async def list_jobs(self, *, name: str | None = None) -> AsyncGenerator[JobsPage, None]:
         """Pages of jobs/list. API 2.0 answers every job in one unpaged response."""
         params: Params = {} if name is None else {"name": name}
         if self.api_version == "2.0":
@@ -227,7 +227,7 @@ class JobsClient:
         page_size: int,
         overlap: int,
         count: Callable[[_M], int],
-    ) -> AsyncIterator[_M]:
+    ) -> AsyncGenerator[_M, None]:
         offset = 0
         token: str | None = None
         while True:

@@ -147,4 +147,7 @@ class Store(Protocol):
         self, *, now: float, run_retention_days: float, event_retention_days: float
     ) -> PruneResult: ...
 
+    async def ping(self) -> None:
+        """Raise StoreError unless the store can take a write now (readiness)."""
+
     async def close(self) -> None: ...

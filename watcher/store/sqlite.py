@@ -132,7 +132,7 @@ class SQLiteStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA busy_timeout=2000")
             async with db.execute("PRAGMA quick_check") as cursor:
                 check = await cursor.fetchone()
             if check is None or check[0] != "ok":
@@ -178,6 +178,14 @@ class SQLiteStore:
         async with self._db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    @_locked
+    async def ping(self) -> None:
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the database {self.path} cannot be written: {exc}") from None
 
     @_locked
     async def close(self) -> None:
