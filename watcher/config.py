@@ -93,7 +93,7 @@ class JobFilter(_Config):
 class TokenAuthConfig(_Config):
     """Personal access token, inline (`${ENV}`) or from a file re-read when it changes."""
 
-    type: Literal["pat"] = "pat"
+    type: Literal["pat"] = Field(default="pat", description="Personal access token.")
     token: SecretStr | None = Field(default=None, description="The token; prefer `${ENV}`.")
     token_file: Path | None = Field(
         default=None, description="File holding the token; re-read whenever it changes."
@@ -109,7 +109,7 @@ class TokenAuthConfig(_Config):
 class OAuthConfig(_Config):
     """OAuth machine-to-machine (service principal client credentials)."""
 
-    type: Literal["oauth-m2m"]
+    type: Literal["oauth-m2m"] = Field(description="OAuth machine-to-machine.")
     client_id: str = Field(description="Service principal application id.")
     client_secret: SecretStr = Field(
         description="Client secret; use `${ENV}` or client_secret_file."
@@ -127,7 +127,7 @@ class WorkspaceConfig(_Config):
     api_version: Literal["2.0", "2.1", "2.2"] = Field(
         default="2.1", description="Jobs API version."
     )
-    auth: AuthConfig
+    auth: AuthConfig = Field(description="Credentials: a PAT or OAuth M2M.")
     poll_interval: float = Field(
         default=30.0, ge=0.1, description="Seconds between poll cycles (10 or more in production)."
     )
@@ -224,7 +224,9 @@ class MetricsConfig(_Config):
 
 
 class LoggingConfig(_Config):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
     format: Literal["auto", "json", "console"] = Field(
         default="auto", description="`auto`: console on a TTY, JSON lines otherwise."
     )
@@ -241,7 +243,9 @@ class RouteMatch(JobMatch):
 
 
 class RouteConfig(_Config):
-    match: RouteMatch = Field(default_factory=RouteMatch)
+    match: RouteMatch = Field(
+        default_factory=RouteMatch, description="Events this route takes (empty: all)."
+    )
     channels: list[str] = Field(min_length=1, description="Channel names to deliver to.")
     continue_: bool = Field(
         default=False,
@@ -251,18 +255,29 @@ class RouteConfig(_Config):
 
 
 class SilenceConfig(_Config):
-    match: RouteMatch = Field(default_factory=RouteMatch)
+    match: RouteMatch = Field(
+        default_factory=RouteMatch, description="Events the silence holds back (empty: all)."
+    )
     starts_at: datetime = Field(description="ISO 8601 start time, with a time zone.")
     ends_at: datetime = Field(description="ISO 8601 end time, with a time zone.")
-    comment: str = ""
+    comment: str = Field(default="", description="Why, for the next on-call.")
 
 
 class Config(_Config):
-    workspaces: list[WorkspaceConfig] = Field(min_length=1)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    health_rules: HealthRulesConfig = Field(default_factory=HealthRulesConfig)
-    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    workspaces: list[WorkspaceConfig] = Field(
+        min_length=1, description="The Databricks workspaces to watch, each polled on its own."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Durable state.")
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /status."
+    )
+    health_rules: HealthRulesConfig = Field(
+        default_factory=HealthRulesConfig,
+        description="RUN_DURATION_SECONDS rules besides the jobs' own health rules.",
+    )
+    channels: dict[str, ChannelConfig] = Field(
+        default_factory=dict, description="Alert channels by name (see docs/alerts.md)."
+    )
     destinations: dict[str, str] = Field(
         default_factory=dict,
         description="Databricks notification-destination id -> channel name.",
@@ -271,11 +286,19 @@ class Config(_Config):
         default=False,
         description="Also deliver to the jobs' own email_notifications / webhook_notifications.",
     )
-    routes: list[RouteConfig] = Field(default_factory=list)
-    silences: list[SilenceConfig] = Field(default_factory=list)
-    startup: StartupConfig = Field(default_factory=StartupConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="Which events go to which channels, in order."
+    )
+    silences: list[SilenceConfig] = Field(
+        default_factory=list, description="Time windows in which matching alerts are held back."
+    )
+    startup: StartupConfig = Field(
+        default_factory=StartupConfig, description="First start and catching up after downtime."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics (see docs/metrics.md)."
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
 
     @field_validator("workspaces")
     @classmethod
@@ -283,6 +306,15 @@ class Config(_Config):
         names = [w.name for w in value]
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"workspace names must be unique: {', '.join(dupes)}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # ':' separates a channel from an address in outbox keys: keep names plain.
+        bad = [name for name in value if not re.match(NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"channel names must match {NAME_PATTERN}: {', '.join(bad)}")
         return value
 
     @model_validator(mode="after")

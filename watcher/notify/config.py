@@ -1,14 +1,46 @@
-"""Configuration of alert channels, one model per channel type (the `type` key decides)."""
+"""Configuration of alert channels, one model per channel type (the `type` key decides).
+
+Every channel shares the delivery policy of `BaseChannelConfig` (rate limit, concurrency,
+timeout, retries); each type adds its target and its template overrides. Which event types
+a channel can express is part of its configuration too (`accepts`): the router never sends
+a channel an event it would have to drop.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import email.utils
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from watcher.events import EventType
+
+Severity = Literal["critical", "error", "warning", "info"]
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+ADDRESS = re.compile(r"^[^\s@<>,;:\"()\[\]\\]+@[^\s@<>,;:\"()\[\]\\]+$")
+"""One bare address (no display name, no list, no CR/LF)."""
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PAGING_EVENTS = [EventType.RUN_FAILED, EventType.RUN_DURATION_EXCEEDED]
 
 
-class _Channel(BaseModel):
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (`whsec_` + base64)."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("secret: must be whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("secret: empty")
+    return key
+
+
+class BaseChannelConfig(BaseModel):
+    """Delivery policy common to every channel."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rate_per_second: float = Field(default=5.0, gt=0, description="Token-bucket refill rate.")
@@ -19,13 +51,25 @@ class _Channel(BaseModel):
     max_age: float = Field(
         default=86_400.0, gt=0, description="Seconds after which an undelivered alert is dead."
     )
+    retry_base_delay: float = Field(
+        default=2.0, gt=0, description="Back-off cap of the first retry, doubling per attempt."
+    )
+    retry_max_delay: float = Field(
+        default=300.0, gt=0, description="Largest back-off between attempts (full jitter below)."
+    )
+
+    def accepts(self, event_type: EventType) -> bool:
+        """Whether this channel has something to say about events of this type."""
+        return True
 
 
-class ConsoleChannelConfig(_Channel):
+class ConsoleChannelConfig(BaseChannelConfig):
     type: Literal["console"]
+    stream: Literal["stdout", "stderr"] = Field(default="stdout", description="Where to print.")
+    text_template: str | None = Field(default=None, description="Jinja2 template of one line.")
 
 
-class EmailChannelConfig(_Channel):
+class EmailChannelConfig(BaseChannelConfig):
     type: Literal["email"]
     host: str = Field(description="SMTP server.")
     port: int = Field(default=587, ge=1, le=65535)
@@ -38,12 +82,29 @@ class EmailChannelConfig(_Channel):
     sender: str = Field(description="From address.")
     recipients: list[str] = Field(default_factory=list, description="To addresses.")
     ca_bundle: Path | None = Field(default=None, description="CA bundle to verify the server.")
+    job_notifications: bool = Field(
+        default=False,
+        description="Send the jobs' own email_notifications addresses through this channel "
+        "(with honour_job_notifications; the first email channel when none is marked).",
+    )
     subject_template: str | None = None
     text_template: str | None = None
     html_template: str | None = None
 
+    @model_validator(mode="after")
+    def _safe(self) -> EmailChannelConfig:
+        if self.security == "none" and self.password is not None:
+            raise ValueError("a password needs security starttls or tls, not none")
+        _, sender = email.utils.parseaddr(self.sender)
+        if "\r" in self.sender or "\n" in self.sender or not ADDRESS.match(sender):
+            raise ValueError(f"sender: not an email address: {self.sender!r}")
+        for address in self.recipients:
+            if not ADDRESS.match(address):
+                raise ValueError(f"recipients: not a bare email address: {address!r}")
+        return self
 
-class WebhookChannelConfig(_Channel):
+
+class WebhookChannelConfig(BaseChannelConfig):
     type: Literal["webhook"]
     url: AnyHttpUrl
     format: Literal["watcher", "databricks"] = Field(
@@ -56,36 +117,90 @@ class WebhookChannelConfig(_Channel):
     bearer_token: SecretStr | None = None
     basic_username: str | None = None
     basic_password: SecretStr | None = None
+    ca_bundle: Path | None = Field(default=None, description="CA bundle to verify the server.")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> WebhookChannelConfig:
+        if self.secret is not None:
+            signing_key(self.secret.get_secret_value())
+        if self.bearer_token is not None and self.basic_username is not None:
+            raise ValueError("set bearer_token or basic_username/basic_password, not both")
+        if (self.basic_username is None) != (self.basic_password is None):
+            raise ValueError("basic_username and basic_password go together")
+        for name, value in self.headers.items():
+            if not _HEADER_NAME.match(name) or "\r" in value or "\n" in value:
+                raise ValueError(f"headers.{name}: not a valid header name or value")
+        return self
+
+    def accepts(self, event_type: EventType) -> bool:
+        # Databricks has no notification for a recovery; its on_success already went out.
+        return self.format == "watcher" or event_type != EventType.JOB_RECOVERED
 
 
-class SlackChannelConfig(_Channel):
+class SlackChannelConfig(BaseChannelConfig):
     type: Literal["slack"]
     url: SecretStr = Field(description="Incoming webhook URL (a secret: use `${ENV}` or url_file).")
     rate_per_second: float = Field(default=1.0, gt=0, description="Slack allows 1 message/s.")
     burst: int = Field(default=1, ge=1)
-    text_template: str | None = None
+    text_template: str | None = Field(default=None, description="Jinja2 template (mrkdwn).")
 
 
-class TeamsChannelConfig(_Channel):
+class TeamsChannelConfig(BaseChannelConfig):
     type: Literal["teams"]
     url: SecretStr = Field(description="Workflows webhook URL (a secret).")
-    text_template: str | None = None
+    rate_per_second: float = Field(default=1.0, gt=0, description="Teams throttles bursts.")
+    burst: int = Field(default=4, ge=1)
+    text_template: str | None = Field(default=None, description="Jinja2 template (markdown).")
 
 
-class PagerDutyChannelConfig(_Channel):
+class PagerDutyChannelConfig(BaseChannelConfig):
     type: Literal["pagerduty"]
     routing_key: SecretStr = Field(description="Events API v2 integration key.")
     url: AnyHttpUrl = Field(default=AnyHttpUrl("https://events.pagerduty.com/v2/enqueue"))
-    severity: Literal["critical", "error", "warning", "info"] = "error"
-    duration_severity: Literal["critical", "error", "warning", "info"] = "warning"
+    rate_per_second: float = Field(
+        default=2.0, gt=0, description="PagerDuty accepts 120 events/min per routing key."
+    )
+    severity: Severity = "error"
+    duration_severity: Severity = "warning"
+    trigger_on: list[EventType] = Field(
+        default_factory=lambda: list(_PAGING_EVENTS),
+        description="Event types that trigger an incident; job_recovered always resolves.",
+    )
+    summary_template: str | None = Field(default=None, description="Jinja2 template, one line.")
+
+    def accepts(self, event_type: EventType) -> bool:
+        return event_type in self.trigger_on or event_type == EventType.JOB_RECOVERED
 
 
-class AlertmanagerChannelConfig(_Channel):
+class AlertmanagerChannelConfig(BaseChannelConfig):
     type: Literal["alertmanager"]
     url: AnyHttpUrl = Field(description="Alertmanager base URL; alerts go to /api/v2/alerts.")
     resolve_after: float = Field(
-        default=3600.0, gt=0, description="endsAt of a firing alert, seconds after it fired."
+        default=3600.0, gt=0, description="endsAt of a firing alert, seconds after it is sent."
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on every alert (e.g. team, env)."
+    )
+    severity: str = Field(default="critical", description="`severity` label of failures.")
+    duration_severity: str = Field(
+        default="warning", description="`severity` label of duration breaches."
+    )
+    trigger_on: list[EventType] = Field(
+        default_factory=lambda: list(_PAGING_EVENTS),
+        description="Event types that fire an alert; job_recovered always resolves.",
+    )
+    ca_bundle: Path | None = Field(default=None, description="CA bundle to verify the server.")
+    summary_template: str | None = Field(default=None, description="Jinja2 template, one line.")
+
+    @model_validator(mode="after")
+    def _label_names(self) -> AlertmanagerChannelConfig:
+        for name in self.labels:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"labels.{name}: not a valid Prometheus label name")
+        return self
+
+    def accepts(self, event_type: EventType) -> bool:
+        return event_type in self.trigger_on or event_type == EventType.JOB_RECOVERED
 
 
 ChannelConfig = Annotated[

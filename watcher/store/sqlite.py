@@ -402,9 +402,11 @@ class SQLiteStore:
 
     @_locked
     async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
-        sql = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ? "
+        # A replayed alert starts afresh: full attempts and a full max_age window.
+        sql = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+        sql += "created_at = ? "
         sql += "WHERE status = 'dead'"
-        params: list[Any] = [now]
+        params: list[Any] = [now, now]
         if event_ids is not None:
             sql += f" AND event_id IN ({','.join('?' * len(event_ids))})"
             params.extend(event_ids)

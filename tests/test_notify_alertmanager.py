@@ -1,0 +1,130 @@
+"""The Alertmanager channel against a real `prometheus-alertmanager` (Debian package):
+alerts are pushed, then read back from its API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.notify_fixtures import free_port, make_event
+from watcher.clock import ManualClock
+from watcher.events import EventType, RuleRef
+from watcher.notify.alertmanager import AlertmanagerChannel
+from watcher.notify.base import Sent
+from watcher.notify.config import AlertmanagerChannelConfig
+
+BINARY = "prometheus-alertmanager"
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Alertmanager on a free port, clustering off, stopped afterwards."""
+    binary = shutil.which(BINARY) or f"/usr/bin/{BINARY}"
+    if not Path(binary).exists():
+        pytest.fail(f"{BINARY} is not installed (Debian package prometheus-alertmanager)")
+    tmp = tmp_path_factory.mktemp("alertmanager")
+    config = tmp / "alertmanager.yml"
+    config.write_text("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - fixed arguments
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:  # noqa: S310 - local test server
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                err = process.stderr.read().decode() if process.stderr else ""
+                pytest.fail(f"alertmanager did not start: {err[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def active_alerts(url: str, **labels: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as response:  # noqa: S310 - local test server
+        alerts: list[dict[str, Any]] = json.loads(response.read())
+    return [a for a in alerts if all(a["labels"].get(k) == v for k, v in labels.items())]
+
+
+def channel(url: str, clock: ManualClock) -> AlertmanagerChannel:
+    config = AlertmanagerChannelConfig(
+        type="alertmanager",
+        url=url,
+        labels={"team": "data"},
+    )
+    return AlertmanagerChannel("am", config, clock=clock)
+
+
+async def test_failure_fires_and_recovery_resolves(alertmanager: str) -> None:
+    """A failure becomes an active alert with stable per-job labels, annotations and the
+    run page as generatorURL; the job's recovery resolves that same alert."""
+    now = time.time()
+    clock = ManualClock(start=now)
+    am = channel(alertmanager, clock)
+    failed = make_event(EventType.RUN_FAILED, job_id=501, at=now)
+    assert isinstance(await am.send(failed), Sent)
+    (alert,) = active_alerts(alertmanager, job_id="501")
+    assert alert["labels"] == {
+        "alertname": "DatabricksJobFailed",
+        "severity": "critical",
+        "workspace": "prod",
+        "job_id": "501",
+        "team": "data",
+    }
+    assert alert["annotations"]["summary"] == "[prod] nightly-etl FAILED (FAILED)"
+    assert alert["annotations"]["event_id"] == failed.id
+    assert alert["generatorURL"].endswith("#job/501/run/1001")
+    assert alert["status"]["state"] == "active"
+
+    # Sending the same failure again is idempotent: still one alert.
+    await am.send(failed)
+    assert len(active_alerts(alertmanager, job_id="501")) == 1
+
+    recovered = make_event(EventType.JOB_RECOVERED, job_id=501, run_id=1002, at=now + 1)
+    clock.advance(1)
+    assert isinstance(await am.send(recovered), Sent)
+    await am.close()
+    assert active_alerts(alertmanager, job_id="501") == []
+
+
+async def test_duration_breach_has_its_own_alert(alertmanager: str) -> None:
+    """A duration breach is a separate alert per rule with the duration severity; events
+    this channel does not alert on (a start) are not pushed."""
+    now = time.time()
+    am = channel(alertmanager, ManualClock(start=now))
+    rule = RuleRef(name="job", value=1800, source="job")
+    breach = make_event(EventType.RUN_DURATION_EXCEEDED, job_id=502, rule=rule, at=now)
+    await am.send(breach)
+    await am.send(make_event(EventType.RUN_STARTED, job_id=503, at=now))
+    await am.close()
+    (alert,) = active_alerts(alertmanager, job_id="502")
+    assert alert["labels"]["alertname"] == "DatabricksRunDurationExceeded"
+    assert alert["labels"]["rule"] == "job"
+    assert alert["labels"]["severity"] == "warning"
+    assert "1h 6m 40s > 30m 0s" in alert["annotations"]["summary"]
+    assert active_alerts(alertmanager, job_id="503") == []

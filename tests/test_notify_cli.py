@@ -1,0 +1,122 @@
+"""`watcher test-alert` and `watcher alerts list|retry`, as the CLI calls them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.notify_fixtures import Receiver, make_config, make_event, start_smtp
+from watcher.clock import ManualClock
+from watcher.notify import cli
+from watcher.notify.testalert import TestAlertError, send_test_alert
+from watcher.store.base import CycleCommit
+from watcher.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+async def receiver(clock: ManualClock) -> AsyncIterator[Receiver]:
+    r = Receiver(clock=clock)
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def test_test_alert_through_a_webhook(receiver: Receiver) -> None:
+    """A test alert is a failed-run event marked test=True, sent at once; exit code 0."""
+    config = make_config(channels={"hook": {"type": "webhook", "url": f"{receiver.url}/h"}})
+    out = io.StringIO()
+    assert await cli.test_alert(config, "hook", out) == 0
+    assert "sent through 'hook' (webhook)" in out.getvalue()
+    body = receiver.requests[0].json()
+    assert body["test"] is True
+    assert body["type"] == "run_failed"
+    assert body["job"]["name"] == "watcher test alert"
+
+
+async def test_test_alert_failure_is_explained_without_secrets(receiver: Receiver) -> None:
+    """A failing channel gives exit code 1 and the reason, never the secret URL."""
+    receiver.default = (403, {}, "invalid_token")
+    url = f"{receiver.url}/services/fake-secret-path"
+    config = make_config(channels={"slack": {"type": "slack", "url": url}})
+    out = io.StringIO()
+    assert await cli.test_alert(config, "slack", out) == 1
+    text = out.getvalue()
+    assert "permanent failure" in text
+    assert "HTTP 403: invalid_token" in text
+    assert "fake-secret-path" not in text
+
+
+async def test_unknown_channel_lists_the_configured_ones() -> None:
+    """Naming a channel that does not exist says which ones do."""
+    config = make_config(channels={"console": {"type": "console"}})
+    with pytest.raises(TestAlertError, match=r"unknown channel 'nope' \(configured: console\)"):
+        await send_test_alert(config, "nope")
+
+
+async def test_console_and_single_address_test_alerts() -> None:
+    """The console test alert is printed, marked as a test; `<email channel>:<address>`
+    sends the test mail to that address only."""
+    server = await start_smtp()
+    config = make_config(
+        channels={
+            "console": {"type": "console"},
+            "mail": {
+                "type": "email",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "security": "none",
+                "sender": "watcher@example.com",
+                "recipients": ["team@example.com"],
+            },
+        }
+    )
+    out = io.StringIO()
+    try:
+        assert await cli.test_alert(config, "console", out) == 0
+        assert await cli.test_alert(config, "mail:me@example.com", out) == 0
+    finally:
+        await server.stop()
+    assert "[TEST] run_failed" in out.getvalue()
+    (envelope,) = server.mailbox.envelopes
+    assert envelope.rcpt_tos == ["me@example.com"]
+    assert b"Subject: [TEST] [prod] watcher test alert FAILED" in (envelope.original_content or b"")
+
+
+async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None:
+    """`alerts list` prints dead letters with their reasons; `alerts retry --event ID`
+    requeues only that event."""
+    config = make_config(store={"path": str(tmp_path / "w.db")})
+    store = await SQLiteStore.open(config.store.path)
+    events = [make_event(run_id=1), make_event(run_id=2)]
+    await store.commit_cycle(
+        CycleCommit(
+            workspace="prod",
+            watermark_ms=1,
+            committed_at=clock.time(),
+            events=events,
+            channels={e.id: ["hook"] for e in events},
+        )
+    )
+    for event in events:
+        await store.mark_failed(event.id, "hook", error="HTTP 400: nope", next_attempt_at=None)
+    await store.close()
+
+    out = io.StringIO()
+    assert await cli.dead_letters(config, "list", None, out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("EVENT ID")
+    assert [line.split()[0] for line in lines[1:3]] == [e.id for e in events]
+    assert "prod/nightly-etl: HTTP 400: nope" in lines[1]
+    assert lines[-1] == "dead letters: 2"
+
+    out = io.StringIO()
+    assert await cli.dead_letters(config, "retry", [events[1].id], out) == 0
+    assert out.getvalue().startswith("requeued: 1 ")
+    store = await SQLiteStore.open(config.store.path)
+    try:
+        assert [d.event.id for d in await store.dead_letters()] == [events[0].id]
+    finally:
+        await store.close()

@@ -1,0 +1,240 @@
+"""Routing: which channels each event goes to, as a table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.notify_fixtures import make_config, make_event
+from watcher.clock import ManualClock
+from watcher.databricks.models import JobSettings
+from watcher.events import EventType
+from watcher.notify.router import address_key, parse_key, route, router_for
+
+NOW = datetime(2023, 11, 14, 22, 0, tzinfo=UTC)
+E = EventType
+
+CHANNELS: dict[str, Any] = {
+    "console": {"type": "console"},
+    "slack": {"type": "slack", "url": "https://hooks.slack.invalid/fake"},
+    "pd": {"type": "pagerduty", "routing_key": "fake-routing-key"},
+    "hook": {"type": "webhook", "url": "https://hooks.invalid/a"},
+    "dbx": {"type": "webhook", "url": "https://hooks.invalid/b", "format": "databricks"},
+    "mail": {"type": "email", "host": "smtp.invalid", "sender": "watcher@example.com"},
+}
+
+ROUTES: list[dict[str, Any]] = [
+    {"match": {"tags": {"team": "ml"}}, "channels": ["slack"]},
+    {"match": {"names": ["nightly-*"], "event_types": ["run_failed"]}, "channels": ["pd"]},
+    {"match": {"workspaces": ["staging"]}, "channels": ["console"], "continue": True},
+    {"match": {"triggers": ["ONE_TIME"]}, "channels": ["hook"]},
+    {"match": {"run_types": ["SUBMIT_RUN"]}, "channels": ["dbx"]},
+    {"match": {"job_ids": [7]}, "channels": ["hook"], "continue": True},
+    {"match": {"job_ids": [7]}, "channels": ["slack"]},
+    {"match": {}, "channels": ["console"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("event_kwargs", "expected"),
+    [
+        pytest.param({"tags": {"team": "ml"}}, ["slack"], id="tag match, first match wins"),
+        pytest.param({"name": "nightly-etl"}, ["pd"], id="name glob and event type"),
+        pytest.param(
+            {"name": "nightly-etl", "type_": E.RUN_SUCCEEDED}, ["console"], id="type mismatch"
+        ),
+        pytest.param({"workspace": "staging", "name": "x"}, ["console"], id="continue to default"),
+        pytest.param(
+            {"workspace": "staging", "name": "x", "trigger": "ONE_TIME"},
+            ["console", "hook"],
+            id="continue then a later match stops",
+        ),
+        pytest.param({"name": "x", "run_type": "SUBMIT_RUN"}, ["dbx"], id="run type"),
+        pytest.param({"name": "x", "job_id": 7}, ["hook", "slack"], id="continue by job id"),
+        pytest.param({"name": "other"}, ["console"], id="default route"),
+        pytest.param(
+            {"name": "x", "run_type": "SUBMIT_RUN", "type_": E.JOB_RECOVERED},
+            [],
+            id="matched route whose channel cannot express recovery",
+        ),
+    ],
+)
+def test_route_table(event_kwargs: dict[str, Any], expected: list[str]) -> None:
+    """Routes are tried in order; the first match decides unless it says continue; an
+    empty match at the end is the default route."""
+    config = make_config(channels=CHANNELS, routes=ROUTES)
+    event = make_event(**event_kwargs)
+    routing = route(event, config=config, job_settings=None, now=NOW)
+    assert (routing.channels, routing.silenced) == (expected, [])
+
+
+@pytest.mark.parametrize(
+    ("type_", "expected"),
+    [
+        (E.RUN_STARTED, ["console", "slack", "hook", "dbx"]),
+        (E.RUN_FAILED, ["console", "slack", "pd", "hook", "dbx"]),
+        (E.RUN_DURATION_EXCEEDED, ["console", "slack", "pd", "hook", "dbx"]),
+        (E.JOB_RECOVERED, ["console", "slack", "pd", "hook"]),
+        (E.RUN_CANCELED, ["console", "slack", "hook", "dbx"]),
+    ],
+)
+def test_without_routes_every_channel_gets_what_it_can_express(
+    type_: EventType, expected: list[str]
+) -> None:
+    """No routes configured: every channel receives every event type it accepts
+    (PagerDuty pages on failures and breaches and resolves on recovery only; the
+    Databricks webhook format has no recovery). Email without recipients is still listed."""
+    channels = {k: v for k, v in CHANNELS.items() if k != "mail"}
+    config = make_config(channels=channels)
+    assert route(make_event(type_), config=config, job_settings=None, now=NOW).channels == expected
+
+
+def test_no_route_matches_means_no_delivery() -> None:
+    """Routes without a default: an event no route matches goes nowhere."""
+    config = make_config(
+        channels=CHANNELS, routes=[{"match": {"job_ids": [1]}, "channels": ["pd"]}]
+    )
+    assert route(make_event(job_id=2), config=config, job_settings=None, now=NOW).channels == []
+
+
+@pytest.mark.parametrize(
+    ("now", "silenced"),
+    [
+        (datetime(2023, 11, 14, 21, 59, tzinfo=UTC), False),
+        (datetime(2023, 11, 14, 22, 0, tzinfo=UTC), True),
+        (datetime(2023, 11, 14, 22, 59, tzinfo=UTC), True),
+        (datetime(2023, 11, 14, 23, 0, tzinfo=UTC), False),
+    ],
+)
+def test_silence_window(now: datetime, silenced: bool) -> None:
+    """A matching silence holds every channel back between starts_at (inclusive) and
+    ends_at (exclusive): the channels are reported as silenced, none delivered."""
+    config = make_config(
+        channels=CHANNELS,
+        routes=[{"channels": ["slack", "pd"]}],
+        silences=[
+            {
+                "match": {"names": ["nightly-*"]},
+                "starts_at": "2023-11-14T22:00:00Z",
+                "ends_at": "2023-11-14T23:00:00Z",
+                "comment": "maintenance",
+            }
+        ],
+    )
+    routing = route(make_event(), config=config, job_settings=None, now=now)
+    if silenced:
+        assert (routing.channels, routing.silenced) == ([], ["slack", "pd"])
+    else:
+        assert (routing.channels, routing.silenced) == (["slack", "pd"], [])
+    other = route(make_event(name="hourly"), config=config, job_settings=None, now=now)
+    assert other.channels == ["slack", "pd"]
+
+
+SETTINGS = JobSettings.model_validate(
+    {
+        "name": "nightly-etl",
+        "email_notifications": {
+            "on_start": ["start@example.com"],
+            "on_failure": ["Oncall@Example.com", "oncall@example.com", "bad address", "x@y\r\nz"],
+            "on_duration_warning_threshold_exceeded": ["slow@example.com"],
+        },
+        "webhook_notifications": {
+            "on_failure": [{"id": "dest-1"}, {"id": "dest-unknown"}],
+            "on_success": [{"id": "dest-2"}],
+        },
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("type_", "expected"),
+    [
+        (E.RUN_STARTED, ["console", "mail:start@example.com"]),
+        (E.RUN_FAILED, ["console", "slack", "mail:Oncall@Example.com"]),
+        (E.RUN_CANCELED, ["console", "slack", "mail:Oncall@Example.com"]),
+        (E.RUN_SKIPPED, ["console", "slack", "mail:Oncall@Example.com"]),
+        (E.RUN_SUCCEEDED, ["console", "pd"]),
+        (E.RUN_DURATION_EXCEEDED, ["console", "mail:slow@example.com"]),
+        (E.JOB_RECOVERED, ["console"]),
+    ],
+)
+def test_job_notifications_are_honoured_like_databricks(
+    type_: EventType, expected: list[str]
+) -> None:
+    """With honour_job_notifications, the job's webhook destinations map through
+    `destinations` (unknown ids ignored) and its addresses go through the email channel as
+    `<channel>:<address>` keys (deduplicated case-insensitively, invalid ones dropped);
+    on_failure covers failed, canceled and skipped runs; recovery maps to nothing.
+    PagerDuty ignores success even when a destination points there."""
+    config = make_config(
+        channels=CHANNELS,
+        routes=[{"channels": ["console"]}],
+        destinations={"dest-1": "slack", "dest-2": "pd"},
+        honour_job_notifications=True,
+    )
+    routing = route(make_event(type_), config=config, job_settings=SETTINGS, now=NOW)
+    pd_accepts = type_ in (E.RUN_FAILED, E.RUN_DURATION_EXCEEDED, E.JOB_RECOVERED)
+    assert routing.channels == [c for c in expected if c != "pd" or pd_accepts]
+
+
+def test_job_notifications_off_by_default_and_without_settings() -> None:
+    """Job notification settings are ignored unless honour_job_notifications is on, and
+    unknown settings (None) add nothing."""
+    config = make_config(channels=CHANNELS, routes=[{"channels": ["console"]}])
+    assert route(make_event(), config=config, job_settings=SETTINGS, now=NOW).channels == [
+        "console"
+    ]
+    on = make_config(
+        channels=CHANNELS, routes=[{"channels": ["console"]}], honour_job_notifications=True
+    )
+    assert route(make_event(), config=on, job_settings=None, now=NOW).channels == ["console"]
+
+
+def test_marked_email_channel_carries_job_addresses_and_duplicates_collapse() -> None:
+    """The email channel marked job_notifications is used instead of the first one, and a
+    channel named by both a route and a destination is delivered once."""
+    channels = dict(CHANNELS)
+    channels["mail2"] = {**CHANNELS["mail"], "job_notifications": True}
+    config = make_config(
+        channels=channels,
+        routes=[{"channels": ["slack"]}],
+        destinations={"dest-1": "slack"},
+        honour_job_notifications=True,
+    )
+    routing = route(make_event(), config=config, job_settings=SETTINGS, now=NOW)
+    assert routing.channels == ["slack", "mail2:Oncall@Example.com"]
+
+
+@pytest.mark.parametrize(
+    ("key", "parsed"),
+    [
+        ("mail", ("mail", None)),
+        ("mail:alice@example.com", ("mail", "alice@example.com")),
+        ("slack", ("slack", None)),
+        ("slack:alice@example.com", None),
+        ("mail:not an address", None),
+        ("gone", None),
+    ],
+)
+def test_channel_keys(key: str, parsed: tuple[str, str | None] | None) -> None:
+    """Outbox keys are a channel name, or an email channel name, ':' and one address."""
+    config = make_config(channels=CHANNELS)
+    assert parse_key(key, dict(config.channels)) == parsed
+    if parsed and parsed[1]:
+        assert address_key(*parsed) == key  # type: ignore[arg-type]
+
+
+def test_router_for_reads_the_clock_for_silences() -> None:
+    """The pipeline-shaped router returns (channels, silenced) at the clock's time."""
+    config = make_config(
+        channels=CHANNELS,
+        routes=[{"channels": ["slack"]}],
+        silences=[{"starts_at": "2023-11-14T22:00:00Z", "ends_at": "2023-11-14T23:00:00Z"}],
+    )
+    clock = ManualClock(start=NOW.timestamp() - 60)
+    router = router_for(config, clock=clock)
+    assert router(make_event(), None) == (["slack"], [])
+    clock.advance(120)
+    assert router(make_event(), None) == ([], ["slack"])

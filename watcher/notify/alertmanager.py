@@ -1,0 +1,112 @@
+"""Prometheus Alertmanager: alerts pushed to POST /api/v2/alerts.
+
+An alert's identity is its label set, stable per job (`DatabricksJobFailed`) and per job and
+rule (`DatabricksRunDurationExceeded`), so re-sending is idempotent and `job_recovered`
+resolves the failure alert by sending the same labels with `endsAt` = the recovery time
+(at least a minute in the past).
+Firing alerts carry `endsAt` = send time + `resolve_after`: a breach nobody resolves expires.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.events import Event, EventType
+from watcher.notify.base import Failed, Result, Sent, iso
+from watcher.notify.config import AlertmanagerChannelConfig
+from watcher.notify.http import HttpPoster
+from watcher.notify.templates import Template, context
+from watcher.notify.text import one_line, truncate
+
+_ANNOTATION_LIMIT = 4096
+RESOLVE_SKEW = timedelta(minutes=1)
+
+
+class AlertmanagerChannel:
+    def __init__(self, name: str, config: AlertmanagerChannelConfig, *, clock: Clock) -> None:
+        self._name = name
+        self._config = config
+        self._clock = clock
+        self._summary = Template(
+            "summary.txt.j2",
+            flavour="text",
+            override=config.summary_template,
+            field=f"channels.{name}.summary_template",
+        )
+        self._http = HttpPoster(timeout=config.timeout, clock=clock, ca_bundle=config.ca_bundle)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> AlertmanagerChannelConfig:
+        return self._config
+
+    def labels(self, event: Event) -> dict[str, str]:
+        if event.test:
+            alertname, severity = "DatabricksWatcherTest", "none"
+        elif event.type == EventType.RUN_DURATION_EXCEEDED:
+            alertname, severity = "DatabricksRunDurationExceeded", self._config.duration_severity
+        else:
+            alertname, severity = "DatabricksJobFailed", self._config.severity
+        labels = {**self._config.labels, "alertname": alertname, "severity": severity}
+        labels["workspace"] = event.workspace
+        if event.job.job_id is not None:
+            labels["job_id"] = str(event.job.job_id)
+        else:
+            labels["run_id"] = str(event.run.run_id)
+        if event.type == EventType.RUN_DURATION_EXCEEDED and event.rule is not None:
+            labels["rule"] = truncate(one_line(event.rule.name), 200)
+        if event.test:
+            labels["event_id"] = event.id
+        return labels
+
+    def alert(self, event: Event) -> dict[str, Any] | None:
+        """The alert to post; None for event types this channel does not alert on."""
+        resolving = event.type == EventType.JOB_RECOVERED and not event.test
+        if not resolving and event.type not in self._config.trigger_on and not event.test:
+            return None
+        values = context(event)
+        annotations = {
+            "summary": truncate(one_line(self._summary.render(event)), _ANNOTATION_LIMIT),
+            "job_name": values["job_name"],
+            "event_id": event.id,
+            "event_type": str(event.type),
+            "run_id": str(event.run.run_id),
+        }
+        for key in ("result_state", "state_message", "run_page_url"):
+            if values[key]:
+                annotations[key] = truncate(str(values[key]), _ANNOTATION_LIMIT)
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
+        if resolving:
+            # An endsAt in Alertmanager's future does not resolve (the firing endsAt wins),
+            # so stay clear of clock skew between the workspace, us and Alertmanager.
+            starts = ends = min(event.occurred_at, now - RESOLVE_SKEW)
+        else:
+            starts = event.occurred_at
+            ends = max(event.occurred_at, now) + timedelta(seconds=self._config.resolve_after)
+        alert: dict[str, Any] = {
+            "labels": self.labels(event),
+            "annotations": annotations,
+            "startsAt": iso(starts),
+            "endsAt": iso(ends),
+        }
+        if values["run_page_url"]:
+            alert["generatorURL"] = values["run_page_url"]
+        return alert
+
+    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
+        if recipient is not None:
+            return Failed("an Alertmanager channel has no recipients")
+        alert = self.alert(event)
+        if alert is None:
+            return Sent(f"nothing to send: {event.type} raises no alert")
+        url = str(self._config.url).rstrip("/") + "/api/v2/alerts"
+        return await self._http.post(url, json.dumps([alert], ensure_ascii=False).encode())
+
+    async def close(self) -> None:
+        await self._http.close()

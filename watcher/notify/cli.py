@@ -1,0 +1,56 @@
+"""The alert commands of the CLI: `watcher test-alert` and `watcher alerts list|retry`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TextIO
+
+from watcher.config import Config
+from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
+from watcher.notify.testalert import TestAlertError, send_test_alert
+from watcher.store.base import Store
+
+StoreOpener = Callable[[Config], Awaitable[Store]]
+
+
+async def _open_sqlite(config: Config) -> Store:
+    from watcher.store.sqlite import SQLiteStore
+
+    return await SQLiteStore.open(config.store.path)
+
+
+async def test_alert(config: Config, channel: str, out: TextIO) -> int:
+    """Exit code 0 when the test alert was accepted, 1 otherwise (with the reason)."""
+    try:
+        print(await send_test_alert(config, channel, stream=out), file=out)
+    except TestAlertError as exc:
+        print(f"watcher: {exc}", file=out)
+        return 1
+    return 0
+
+
+async def dead_letters(
+    config: Config,
+    action: str,
+    event_ids: Sequence[str] | None,
+    out: TextIO,
+    *,
+    open_store: StoreOpener = _open_sqlite,
+) -> int:
+    """`list` prints the dead letters; `retry` requeues them (all, or the given events)."""
+    store = await open_store(config)
+    try:
+        if action == "list":
+            lines = await list_dead_letters(store)
+            for line in lines:
+                print(line, file=out)
+            print(f"dead letters: {max(0, len(lines) - 1)}", file=out)
+            return 0
+        count = await retry_dead_letters(
+            store, now=time.time(), event_ids=list(event_ids) if event_ids else None
+        )
+        print(f"requeued: {count} (the running watcher delivers them)", file=out)
+        return 0
+    finally:
+        await store.close()

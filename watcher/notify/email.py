@@ -1,0 +1,143 @@
+"""Email over SMTP (aiosmtplib): STARTTLS that is required rather than opportunistic, or
+implicit TLS, optional auth, and a multipart text + HTML message from templates.
+
+Headers are built with the `email` package's SMTP policy from single-line values, so a job
+name containing CR/LF can never add a header or a recipient; the HTML part is autoescaped.
+The `Message-ID` derives from the event id: a duplicate delivery is recognisable as one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.policy
+import email.utils
+import ssl
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from watcher.clock import Clock
+from watcher.events import Event
+from watcher.notify.base import Failed, Result, Retry, Sent, excerpt, redact
+from watcher.notify.config import EmailChannelConfig
+from watcher.notify.templates import Template
+from watcher.notify.text import one_line, truncate
+
+SUBJECT_LIMIT = 250
+BODY_LIMIT = 100_000
+
+
+def _smtp_result(code: int, message: str) -> Result:
+    # SMTP says it itself: 4yz is transient, 5yz permanent.
+    text = f"SMTP {code}: {excerpt(message)}"
+    return Retry(text) if 400 <= code < 500 else Failed(text)
+
+
+class EmailChannel:
+    def __init__(self, name: str, config: EmailChannelConfig, *, clock: Clock) -> None:
+        self._name = name
+        self._config = config
+        self._clock = clock
+        prefix = f"channels.{name}"
+        self._subject = Template(
+            "subject.txt.j2",
+            flavour="text",
+            override=config.subject_template,
+            field=f"{prefix}.subject_template",
+        )
+        self._text = Template(
+            "email.txt.j2",
+            flavour="text",
+            override=config.text_template,
+            field=f"{prefix}.text_template",
+        )
+        self._html = Template(
+            "email.html.j2",
+            flavour="html",
+            override=config.html_template,
+            field=f"{prefix}.html_template",
+        )
+        self._secrets = [config.password.get_secret_value()] if config.password else []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> EmailChannelConfig:
+        return self._config
+
+    def message(self, event: Event, recipients: list[str]) -> EmailMessage:
+        msg = EmailMessage(policy=email.policy.SMTP)
+        msg["Subject"] = truncate(one_line(self._subject.render(event)), SUBJECT_LIMIT)
+        msg["From"] = self._config.sender
+        msg["To"] = ", ".join(recipients)
+        msg["Date"] = email.utils.formatdate(self._clock.time(), usegmt=True)
+        domain = email.utils.parseaddr(self._config.sender)[1].rpartition("@")[2] or "watcher"
+        msg["Message-ID"] = f"<{event.id}@{domain}>"
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Watcher-Event-Id"] = event.id
+        msg["X-Watcher-Event-Type"] = str(event.type)
+        msg.set_content(truncate(self._text.render(event), BODY_LIMIT))
+        msg.add_alternative(truncate(self._html.render(event), BODY_LIMIT), subtype="html")
+        return msg
+
+    def _client(self) -> aiosmtplib.SMTP:
+        config = self._config
+        context = ssl.create_default_context(
+            cafile=str(config.ca_bundle) if config.ca_bundle else None
+        )
+        return aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            use_tls=config.security == "tls",
+            # True, not None: without STARTTLS the send fails instead of going out in clear.
+            start_tls=config.security == "starttls",
+            tls_context=context,
+            timeout=config.timeout,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+        )
+
+    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
+        recipients = [recipient] if recipient is not None else list(self._config.recipients)
+        if not recipients:
+            return Failed("no recipients configured")
+        result = await self._send(self.message(event, recipients))
+        if isinstance(result, Sent):
+            return result
+        error = redact(result.error, self._secrets)
+        return Retry(error, result.after) if isinstance(result, Retry) else Failed(error)
+
+    async def _send(self, msg: EmailMessage) -> Result:
+        where = f"{self._config.host}:{self._config.port}"
+        smtp = self._client()
+        try:
+            await smtp.connect()
+            refused, _ = await smtp.send_message(msg)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0]
+            return _smtp_result(first.code, f"{first.recipient}: {first.message}")
+        except aiosmtplib.SMTPResponseException as exc:
+            return _smtp_result(exc.code, exc.message)
+        except (aiosmtplib.SMTPTimeoutError, TimeoutError):
+            return Retry(f"{where}: timed out")
+        except ssl.SSLError as exc:
+            return Retry(f"{where}: TLS failed: {exc.reason or type(exc).__name__}")
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+            return Retry(f"cannot connect to {where}: {type(exc).__name__}")
+        except aiosmtplib.SMTPException as exc:
+            # e.g. the server does not offer STARTTLS: never fall back to clear text.
+            return Retry(f"{where}: {excerpt(exc.message)}")
+        finally:
+            with contextlib.suppress(Exception):
+                # The message is accepted before QUIT; a failing QUIT must not resend it.
+                if smtp.is_connected:
+                    await smtp.quit()
+            smtp.close()
+        if refused:
+            return Sent("refused by the server: " + ", ".join(sorted(refused)))
+        return Sent()
+
+    async def close(self) -> None:
+        return None

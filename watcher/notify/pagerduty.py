@@ -1,0 +1,131 @@
+"""PagerDuty Events API v2: trigger an incident on a failure or a duration breach, resolve
+it when the job recovers.
+
+The dedup_key is stable per job (`<workspace>/<job>/failed`) and per job and rule for
+duration breaches (`<workspace>/<job>/duration/<rule>`): repeated failures of a job update
+one incident instead of paging again, retries of one delivery are idempotent, and
+`job_recovered` resolves exactly the failure incident. Test alerts use their own key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.events import Event, EventType
+from watcher.notify.base import Failed, Result, Sent, iso
+from watcher.notify.config import PagerDutyChannelConfig
+from watcher.notify.http import HttpPoster
+from watcher.notify.templates import Template, context
+from watcher.notify.text import one_line, truncate
+
+SUMMARY_LIMIT = 1024
+_FIELD_LIMIT = 255
+_DEDUP_LIMIT = 255
+
+
+def dedup_key(event: Event) -> str:
+    """The incident an event belongs to (see the module docstring)."""
+    if event.test:
+        return f"watcher-test/{event.id}"
+    subject = (
+        f"job/{event.job.job_id}" if event.job.job_id is not None else f"run/{event.run.run_id}"
+    )
+    kind = "failed"
+    if event.type == EventType.RUN_DURATION_EXCEEDED:
+        kind = f"duration/{event.rule.name if event.rule else 'default'}"
+    key = f"{event.workspace}/{subject}/{kind}"
+    if len(key) > _DEDUP_LIMIT:
+        # Long rule names (task keys) are hashed: still stable, still within PagerDuty's limit.
+        key = key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return key
+
+
+class PagerDutyChannel:
+    def __init__(self, name: str, config: PagerDutyChannelConfig, *, clock: Clock) -> None:
+        self._name = name
+        self._config = config
+        self._summary = Template(
+            "summary.txt.j2",
+            flavour="text",
+            override=config.summary_template,
+            field=f"channels.{name}.summary_template",
+        )
+        self._http = HttpPoster(
+            timeout=config.timeout, clock=clock, secrets=[config.routing_key.get_secret_value()]
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> PagerDutyChannelConfig:
+        return self._config
+
+    def message(self, event: Event) -> dict[str, Any] | None:
+        """The Events API v2 body; None for event types this channel does not page on."""
+        key = self._config.routing_key.get_secret_value()
+        if event.type == EventType.JOB_RECOVERED and not event.test:
+            return {"routing_key": key, "event_action": "resolve", "dedup_key": dedup_key(event)}
+        if event.type not in self._config.trigger_on and not event.test:
+            return None
+        values = context(event)
+        severity = (
+            self._config.duration_severity
+            if event.type == EventType.RUN_DURATION_EXCEEDED
+            else self._config.severity
+        )
+        body: dict[str, Any] = {
+            "routing_key": key,
+            "event_action": "trigger",
+            "dedup_key": dedup_key(event),
+            "client": "databricks run watcher",
+            "payload": {
+                "summary": truncate(one_line(self._summary.render(event)), SUMMARY_LIMIT),
+                "source": truncate(values["workspace"], _FIELD_LIMIT),
+                "severity": severity,
+                "timestamp": iso(event.occurred_at),
+                "component": truncate(values["job_name"], _FIELD_LIMIT),
+                "group": truncate(values["workspace"], _FIELD_LIMIT),
+                "class": str(event.type),
+                "custom_details": {
+                    key: values[key]
+                    for key in (
+                        "event_id",
+                        "type",
+                        "workspace",
+                        "job_id",
+                        "job_name",
+                        "run_id",
+                        "attempt_number",
+                        "life_cycle_state",
+                        "result_state",
+                        "state_message",
+                        "duration",
+                        "rule",
+                        "observed",
+                        "run_page_url",
+                        "test",
+                    )
+                },
+            },
+        }
+        if values["run_page_url"]:
+            body["links"] = [{"href": values["run_page_url"], "text": "Databricks run"}]
+            body["client_url"] = values["run_page_url"]
+        return body
+
+    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
+        if recipient is not None:
+            return Failed("a PagerDuty channel has no recipients")
+        body = self.message(event)
+        if body is None:
+            return Sent(f"nothing to send: {event.type} does not page")
+        url = str(self._config.url)
+        return await self._http.post(url, json.dumps(body, ensure_ascii=False).encode())
+
+    async def close(self) -> None:
+        await self._http.close()

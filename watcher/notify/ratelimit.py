@@ -1,0 +1,38 @@
+"""A token bucket on an injected clock: `burst` sends at once, then `rate` per second."""
+
+from __future__ import annotations
+
+import asyncio
+
+from watcher.clock import Clock
+
+
+class TokenBucket:
+    def __init__(self, *, rate: float, burst: int, clock: Clock) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+
+    async def acquire(self) -> float:
+        """Take one token, waiting (first come, first served) until there is one; returns
+        the seconds waited on the clock."""
+        waited = 0.0
+        async with self._lock:
+            while True:
+                self._refill()
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return waited
+                delay = (1 - self._tokens) / self._rate
+                waited += delay
+                await self._clock.sleep(delay)

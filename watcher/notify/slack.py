@@ -1,0 +1,91 @@
+"""Slack incoming webhook: a fallback `text` plus blocks (header, mrkdwn details, context,
+a button to the run), each cut to Slack's limits. The URL is a secret and never logged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.events import Event
+from watcher.notify.base import Failed, Result
+from watcher.notify.config import SlackChannelConfig
+from watcher.notify.http import HttpPoster
+from watcher.notify.templates import Template, context
+from watcher.notify.text import slack_escape, truncate
+
+HEADER_LIMIT = 150
+SECTION_LIMIT = 3000
+TEXT_LIMIT = 3000
+URL_LIMIT = 3000
+
+
+def _plain(text: str) -> dict[str, str]:
+    # plain_text is never parsed for mrkdwn, links or mentions.
+    return {"type": "plain_text", "text": text}
+
+
+class SlackChannel:
+    def __init__(self, name: str, config: SlackChannelConfig, *, clock: Clock) -> None:
+        self._name = name
+        self._config = config
+        self._details = Template(
+            "slack.md.j2",
+            flavour="slack",
+            override=config.text_template,
+            field=f"channels.{name}.text_template",
+        )
+        self._http = HttpPoster(
+            timeout=config.timeout, clock=clock, secrets=[config.url.get_secret_value()]
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> SlackChannelConfig:
+        return self._config
+
+    def message(self, event: Event) -> dict[str, Any]:
+        values = context(event)
+        headline = ("[TEST] " if event.test else "") + values["title"]
+        footer = f"{values['workspace']} · {values['type']} · event {values['event_id']}"
+        blocks: list[dict[str, Any]] = [
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": truncate(headline, HEADER_LIMIT)},
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": truncate(self._details.render(event), SECTION_LIMIT),
+                },
+            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(footer)}]},
+        ]
+        url = values["run_page_url"]
+        if url and len(url) <= URL_LIMIT:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "text": {"type": "plain_text", "text": "Open run"},
+                            "url": url,
+                        }
+                    ],
+                }
+            )
+        return {"text": truncate(slack_escape(headline), TEXT_LIMIT), "blocks": blocks}
+
+    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
+        if recipient is not None:
+            return Failed("a Slack channel has no recipients")
+        body = json.dumps(self.message(event), ensure_ascii=False).encode()
+        return await self._http.post(self._config.url.get_secret_value(), body)
+
+    async def close(self) -> None:
+        await self._http.close()

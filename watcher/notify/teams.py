@@ -1,0 +1,97 @@
+"""Microsoft Teams through a Workflows webhook: a message with one Adaptive Card, kept under
+Teams' 28 KB message limit. The URL is a secret and never logged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.events import Event, EventType
+from watcher.notify.base import Failed, Result
+from watcher.notify.config import TeamsChannelConfig
+from watcher.notify.http import HttpPoster
+from watcher.notify.templates import Template, context
+from watcher.notify.text import markdown_escape, truncate, truncate_bytes
+
+CARD_TEXT_LIMIT = 20_000  # bytes: the whole message must stay under 28 KB
+_TITLE_LIMIT = 300
+_COLOURS: dict[str, str] = {
+    EventType.RUN_FAILED: "Attention",
+    EventType.RUN_DURATION_EXCEEDED: "Warning",
+    EventType.RUN_CANCELED: "Warning",
+    EventType.RUN_SKIPPED: "Warning",
+    EventType.RUN_SUCCEEDED: "Good",
+    EventType.JOB_RECOVERED: "Good",
+}
+
+
+class TeamsChannel:
+    def __init__(self, name: str, config: TeamsChannelConfig, *, clock: Clock) -> None:
+        self._name = name
+        self._config = config
+        self._details = Template(
+            "teams.md.j2",
+            flavour="markdown",
+            override=config.text_template,
+            field=f"channels.{name}.text_template",
+        )
+        self._http = HttpPoster(
+            timeout=config.timeout, clock=clock, secrets=[config.url.get_secret_value()]
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> TeamsChannelConfig:
+        return self._config
+
+    def message(self, event: Event) -> dict[str, Any]:
+        values = context(event)
+        headline = ("[TEST] " if event.test else "") + values["title"]
+        card: dict[str, Any] = {
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [
+                {
+                    "type": "TextBlock",
+                    "text": markdown_escape(truncate(headline, _TITLE_LIMIT)),
+                    "size": "Large",
+                    "weight": "Bolder",
+                    "color": _COLOURS.get(event.type, "Default"),
+                    "wrap": True,
+                },
+                {
+                    "type": "TextBlock",
+                    "text": truncate_bytes(self._details.render(event), CARD_TEXT_LIMIT),
+                    "wrap": True,
+                },
+            ],
+            "msteams": {"width": "Full"},
+        }
+        if values["run_page_url"]:
+            card["actions"] = [
+                {"type": "Action.OpenUrl", "title": "Open run", "url": values["run_page_url"]}
+            ]
+        return {
+            "type": "message",
+            "attachments": [
+                {
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "contentUrl": None,
+                    "content": card,
+                }
+            ],
+        }
+
+    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
+        if recipient is not None:
+            return Failed("a Teams channel has no recipients")
+        body = json.dumps(self.message(event), ensure_ascii=False).encode()
+        return await self._http.post(self._config.url.get_secret_value(), body)
+
+    async def close(self) -> None:
+        await self._http.close()
