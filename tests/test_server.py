@@ -1,0 +1,115 @@
+"""/metrics, /healthz, /readyz and /status over real HTTP, on the real daemon wiring."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import TOKEN
+from watcher.app import Daemon, build, close, run_once
+from watcher.clock import ManualClock
+from watcher.config import Config
+from watcher.server import Probes, StatusServer
+from watcher.simulator import Simulator
+
+
+@pytest.fixture
+async def daemon(sim: Simulator, clock: ManualClock, tmp_path: Path) -> AsyncIterator[Daemon]:
+    config = Config.model_validate(
+        {
+            "workspaces": [
+                {
+                    "name": "prod",
+                    "host": sim.url,
+                    "poll_interval": 30,
+                    "auth": {"type": "pat", "token": TOKEN},
+                },
+            ],
+            "store": {"path": str(tmp_path / "s.db")},
+        }
+    )
+    built = await build(config, clock=clock)
+    built.server = StatusServer(
+        registry=built.metrics.registry,
+        probes=Probes(
+            workspaces=built.workspace_health, ping_store=built.store.ping, status=built.status
+        ),
+        clock=clock,
+        ready_after_missed_polls=3,
+    )
+    await built.server.start("127.0.0.1", 0)
+    yield built
+    await close(built)
+
+
+async def _get(daemon: Daemon, path: str, **headers: str) -> tuple[int, str, str]:
+    assert daemon.server is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(daemon.server.url + path, headers=headers) as resp,
+    ):
+        return resp.status, resp.headers["Content-Type"], await resp.text()
+
+
+async def test_metrics_in_text_and_openmetrics(
+    daemon: Daemon, sim: Simulator, clock: ManualClock
+) -> None:
+    """Prometheus text by default, OpenMetrics when asked; both carry the daemon's series."""
+    sim.workspace.start_run(sim.workspace.create_job("etl"), execution_s=1)
+    await run_once(daemon)
+    clock.advance(60)
+    await run_once(daemon)
+    status, content_type, body = await _get(daemon, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    assert 'watcher_build_info{version="0.1.0"} 1.0' in body
+    assert 'watcher_api_requests_total{code="200",endpoint="runs/list",workspace="prod"}' in body
+    assert (
+        'databricks_runs_finished_total{job_id="1",result_state="SUCCESS",workspace="prod"} 1.0'
+        in body
+    )
+    status, content_type, body = await _get(
+        daemon, "/metrics", Accept="application/openmetrics-text"
+    )
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith("# EOF")
+
+
+async def test_readiness_follows_polls_and_the_store(daemon: Daemon, clock: ManualClock) -> None:
+    """Ready while every workspace polled within N intervals and the store takes writes;
+    not ready, saying why, otherwise. Liveness stays up throughout."""
+    daemon.pollers[0].status.last_success_at = clock.time()
+    status, _, body = await _get(daemon, "/readyz")
+    assert (status, body) == (200, '{"ready": true, "problems": []}')
+    clock.advance(3 * 30 + 1)
+    status, _, body = await _get(daemon, "/readyz")
+    assert status == 503
+    assert "workspace prod: last successful poll 91s ago" in body
+    daemon.pollers[0].status.last_success_at = clock.time()
+    blocker = sqlite3.connect(daemon.config.store.path, timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        status, _, body = await _get(daemon, "/readyz")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert status == 503
+    assert "cannot be written" in body
+    assert (await _get(daemon, "/healthz"))[0] == 200
+
+
+async def test_status_reports_workspaces_and_outbox(daemon: Daemon, sim: Simulator) -> None:
+    """/status is a small JSON summary: workspaces, active runs, outbox depth."""
+    sim.workspace.start_run(sim.workspace.create_job("etl"), execution_s=600)
+    await run_once(daemon)
+    status, _, body = await _get(daemon, "/status")
+    data = json.loads(body)
+    assert status == 200
+    assert data["workspaces"][0]["name"] == "prod"
+    assert data["workspaces"][0]["active_runs"] == 1
+    assert (data["outbox_pending"], data["dead_letters"]) == (0, 0)

@@ -1,0 +1,317 @@
+"""The composition root: the one place that builds the daemon from its configuration.
+Every dependency is injectable as a keyword, so tests run the real wiring in simulated
+time against simulated workspaces."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO, cast
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from watcher import __version__
+from watcher.clock import Clock, SystemClock
+from watcher.config import Config, OAuthConfig, WorkspaceConfig
+from watcher.databricks import (
+    Auth,
+    JobsClient,
+    OAuthM2M,
+    RetryPolicy,
+    StaticToken,
+    Timeouts,
+    TokenFile,
+)
+from watcher.databricks.client import AttemptHook
+from watcher.events import Event
+from watcher.metrics import Metrics
+from watcher.notify.base import Channel
+from watcher.notify.channels import build_channels, close_channels
+from watcher.notify.dispatcher import Dispatcher
+from watcher.notify.router import router_for
+from watcher.pipeline import CommitReport, Pipeline
+from watcher.poller import Poller, PollStatus, run_poll_loop
+from watcher.server import Probes, StatusServer, WorkspaceHealth
+from watcher.store.base import CycleCommit, Store
+from watcher.store.sqlite import SQLiteStore
+
+log = structlog.get_logger(__name__)
+
+ClientFactory = Callable[[WorkspaceConfig, AttemptHook], JobsClient]
+PRUNE_EVERY = 3600.0
+OUTBOX_STATS_EVERY = 15.0
+
+
+def make_auth(workspace: WorkspaceConfig, clock: Clock) -> Auth:
+    auth = workspace.auth
+    if isinstance(auth, OAuthConfig):
+        return OAuthM2M(
+            host=str(workspace.host),
+            client_id=auth.client_id,
+            client_secret=auth.client_secret,
+            clock=clock,
+        )
+    if auth.token_file is not None:
+        return TokenFile(auth.token_file)
+    assert auth.token is not None
+    return StaticToken(auth.token)
+
+
+def make_client(workspace: WorkspaceConfig, on_attempt: AttemptHook, clock: Clock) -> JobsClient:
+    return JobsClient(
+        host=str(workspace.host),
+        auth=make_auth(workspace, clock),
+        api_version=workspace.api_version,
+        requests_per_second=workspace.requests_per_second,
+        timeouts=Timeouts(connect=workspace.connect_timeout, total=workspace.request_timeout),
+        retry=RetryPolicy(budget=workspace.retry_budget),
+        ca_bundle=workspace.ca_bundle,
+        clock=clock,
+        on_attempt=on_attempt,
+    )
+
+
+@dataclass
+class Daemon:
+    """The running parts, for the CLI, the server probes and tests."""
+
+    config: Config
+    store: Store
+    metrics: Metrics
+    pipeline: Pipeline
+    pollers: list[Poller]
+    clients: list[JobsClient]
+    channels: dict[str, Channel]
+    dispatcher: Dispatcher
+    server: StatusServer | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def workspace_health(self) -> list[WorkspaceHealth]:
+        return [_health(p.status, p.interval) for p in self.pollers]
+
+    async def status(self) -> dict[str, Any]:
+        stats = await self.store.outbox_stats()
+        return {
+            "version": __version__,
+            "workspaces": [
+                {
+                    "name": p.workspace,
+                    "last_success_at": p.status.last_success_at,
+                    "consecutive_failures": p.status.consecutive_failures,
+                    "last_error": p.status.last_error,
+                    "cycles": p.status.cycles,
+                    "active_runs": len(
+                        (await self.store.workspace_state(p.workspace)).active_run_ids
+                    ),
+                }
+                for p in self.pollers
+            ],
+            "outbox_pending": stats.pending,
+            "dead_letters": stats.dead,
+        }
+
+
+def _health(status: PollStatus, interval: float) -> WorkspaceHealth:
+    return WorkspaceHealth(
+        name=status.workspace,
+        poll_interval=interval,
+        last_success_at=status.last_success_at,
+        consecutive_failures=status.consecutive_failures,
+        last_error=status.last_error,
+    )
+
+
+async def build(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    store: Store | None = None,
+    make_jobs_client: ClientFactory | None = None,
+    console: TextIO | None = None,
+    dry_run: bool = False,
+) -> Daemon:
+    """Open the store and build clients, pollers, the pipeline, channels, the dispatcher
+    and metrics (nothing runs yet). A store that cannot be opened raises StoreError naming
+    the database; a bad channel template raises naming its field. With `dry_run`, cycles
+    decide their events but commit nothing."""
+    clock = clock or SystemClock()
+    metrics = Metrics(
+        registry=registry or CollectorRegistry(auto_describe=True),
+        run_buckets=config.metrics.run_buckets,
+        jobs=config.metrics.jobs,
+    )
+    channels = build_channels(config, clock=clock, stream=console)
+    store = store or await SQLiteStore.open(config.store.path)
+    if dry_run:
+        store = cast(Store, _DryRun(store))
+    dispatcher = Dispatcher(
+        store=store, channels=channels, clock=clock, on_result=metrics.observe_delivery
+    )
+
+    def committed(report: CommitReport) -> None:
+        metrics.observe_commit(report)
+        if report.events:
+            dispatcher.wake()
+
+    pipeline = Pipeline(
+        store=store,
+        health_rules=config.health_rules,
+        startup=config.startup,
+        clock=clock,
+        route=router_for(config, clock=clock),
+        on_commit=committed,
+    )
+    clients: list[JobsClient] = []
+    pollers: list[Poller] = []
+    for workspace in config.workspaces:
+        hook = metrics.attempt_hook(workspace.name)
+        if make_jobs_client is None:
+            client = make_client(workspace, hook, clock)
+        else:
+            client = make_jobs_client(workspace, hook)
+        clients.append(client)
+        pollers.append(
+            Poller(
+                config=workspace,
+                startup=config.startup,
+                client=client,
+                state=store,
+                clock=clock,
+            )
+        )
+        metrics.poll_interval.labels(workspace.name).set(workspace.poll_interval)
+    return Daemon(config, store, metrics, pipeline, pollers, clients, channels, dispatcher)
+
+
+async def run_once(daemon: Daemon) -> list[Event]:
+    """One cycle per workspace, all at once; the events each committed."""
+    results = await asyncio.gather(*(p.poll() for p in daemon.pollers))
+    events: list[Event] = []
+    for result in results:
+        events.extend(await daemon.pipeline.handle(result))
+    return events
+
+
+async def serve(
+    daemon: Daemon,
+    *,
+    stop: asyncio.Event,
+    clock: Clock | None = None,
+    on_ready: Callable[[Daemon], None] | None = None,
+    shutdown_grace: float = 10.0,
+) -> int:
+    """Run until `stop` is set (exit code 0) or a background task dies (exit code 1).
+
+    On stop, polling ends (a commit in progress finishes), in-flight deliveries get
+    `shutdown_grace` seconds (undelivered ones stay pending in the store for the next
+    start), then what is left is cancelled and everything closed: well inside
+    Kubernetes' 30 s termination grace period."""
+    clock = clock or SystemClock()
+    config = daemon.config
+    daemon.server = StatusServer(
+        registry=daemon.metrics.registry,
+        probes=Probes(
+            workspaces=daemon.workspace_health,
+            ping_store=daemon.store.ping,
+            status=daemon.status,
+        ),
+        clock=clock,
+        ready_after_missed_polls=config.server.ready_after_missed_polls,
+    )
+    await daemon.server.start(config.server.host, config.server.port)
+    inner_stop = asyncio.Event()
+
+    loops = [
+        asyncio.create_task(
+            run_poll_loop(
+                poller=p,
+                handle=daemon.pipeline.handle,
+                clock=clock,
+                stop=inner_stop,
+                on_cycle=daemon.metrics.observe_cycle,
+            ),
+            name=f"poll:{p.workspace}",
+        )
+        for p in daemon.pollers
+    ]
+    housekeeping = asyncio.create_task(
+        _housekeeping(daemon, clock, inner_stop), name="housekeeping"
+    )
+    others = [
+        asyncio.create_task(
+            daemon.dispatcher.run(stop=inner_stop, grace=shutdown_grace), name="dispatcher"
+        )
+    ]
+    daemon.tasks = [*loops, housekeeping, *others]
+    log.info(
+        "watcher_started",
+        version=__version__,
+        workspaces=[w.name for w in config.workspaces],
+        metrics_url=f"{daemon.server.url}/metrics",
+    )
+    if on_ready is not None:
+        on_ready(daemon)
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    done, _ = await asyncio.wait([stopper, *daemon.tasks], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    for task in done:
+        if task is stopper:
+            continue
+        code = 1
+        exc = task.exception() if not task.cancelled() else None
+        log.error("background_task_died", task=task.get_name(), error=repr(exc), exc_info=exc)
+    inner_stop.set()
+    log.info("watcher_stopping", reason="signal" if code == 0 else "task failure")
+    # The loops finish a commit in progress; the dispatcher gives in-flight sends its own
+    # grace and leaves the rest pending in the store.
+    _, pending = await asyncio.wait(daemon.tasks, timeout=shutdown_grace + 2)
+    for task in [*pending, stopper]:
+        task.cancel()
+    await asyncio.gather(*daemon.tasks, stopper, return_exceptions=True)
+    await close(daemon)
+    log.info("watcher_stopped", exit_code=code)
+    return code
+
+
+async def close(daemon: Daemon) -> None:
+    if daemon.server is not None:
+        await daemon.server.stop()
+    for client in daemon.clients:
+        await client.close()
+    await close_channels(daemon.channels)
+    await daemon.store.close()
+
+
+async def _housekeeping(daemon: Daemon, clock: Clock, stop: asyncio.Event) -> None:
+    """Keep the outbox gauges fresh and prune the database now and then."""
+    last_prune = float("-inf")
+    while not stop.is_set():
+        daemon.metrics.set_outbox(await daemon.store.outbox_stats())
+        if clock.monotonic() - last_prune >= PRUNE_EVERY:
+            last_prune = clock.monotonic()
+            pruned = await daemon.store.prune(
+                now=clock.time(),
+                run_retention_days=daemon.config.store.run_retention_days,
+                event_retention_days=daemon.config.store.event_retention_days,
+            )
+            if pruned.runs or pruned.events:
+                log.info("store_pruned", runs=pruned.runs, events=pruned.events)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=OUTBOX_STATS_EVERY)
+
+
+class _DryRun:
+    """A store whose commits write nothing: reads pass through, commits report their events."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
+        return list(commit.events)

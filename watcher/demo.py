@@ -1,0 +1,91 @@
+"""`watcher demo`: the whole system in one command, on a simulated workspace in
+accelerated time, with alerts printed to the console. No account, no config file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from watcher.app import Daemon, build, serve
+from watcher.clock import AcceleratedClock
+from watcher.config import Config
+from watcher.simulator import RandomWorkload, Simulator, WorkloadSpec
+
+TOKEN = "dapi-demo-simulator-token"  # noqa: S105 - the simulator's own, accepts nothing else
+ALERTING = [
+    "run_succeeded",
+    "run_failed",
+    "run_canceled",
+    "run_skipped",
+    "run_duration_exceeded",
+    "job_recovered",
+]
+
+
+def demo_config(*, url: str, store: Path, port: int) -> Config:
+    return Config.model_validate(
+        {
+            "workspaces": [
+                {
+                    "name": "demo",
+                    "host": url,
+                    "auth": {"type": "pat", "token": TOKEN},
+                    "poll_interval": 15,
+                    "job_settings_ttl": 300,
+                }
+            ],
+            "store": {"path": str(store)},
+            "server": {"host": "127.0.0.1", "port": port},
+            "startup": {"lookback": 0},
+            "channels": {"console": {"type": "console"}},
+            "routes": [{"match": {"event_types": ALERTING}, "channels": ["console"]}],
+        }
+    )
+
+
+async def run_demo(
+    *,
+    duration: float | None,
+    speed: float,
+    port: int,
+    jobs: int,
+    seed: int,
+    out: TextIO,
+) -> int:
+    clock = AcceleratedClock(speed=speed)
+    sim = Simulator(clock=clock, tokens={TOKEN})
+    RandomWorkload(sim.workspace, WorkloadSpec(jobs=jobs, seed=seed))
+    url = await sim.start("127.0.0.1", 0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def banner(daemon: Daemon) -> None:
+        assert daemon.server is not None
+        print(f"watcher demo: {jobs} simulated jobs, time x{speed:g}", file=out)
+        print(f"  simulated Databricks workspace  {url}  (token {TOKEN})", file=out)
+        print(f"  Prometheus metrics              {daemon.server.url}/metrics", file=out)
+        print(f"  status and readiness            {daemon.server.url}/status  /readyz", file=out)
+        stop_hint = f"for {duration:g} s" if duration else "until Ctrl-C"
+        print(f"  alerts follow, {stop_hint}:", file=out, flush=True)
+
+    async def stop_later() -> None:
+        if duration is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=duration)
+            stop.set()
+
+    timer = asyncio.create_task(stop_later())
+    try:
+        with tempfile.TemporaryDirectory(prefix="watcher-demo-") as tmp:
+            config = demo_config(url=url, store=Path(tmp) / "demo.db", port=port)
+            daemon = await build(config, clock=clock, console=out)
+            return await serve(daemon, stop=stop, clock=clock, on_ready=banner, shutdown_grace=2)
+    finally:
+        timer.cancel()
+        await sim.stop()

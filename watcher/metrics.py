@@ -1,0 +1,310 @@
+"""Prometheus metrics on an injected CollectorRegistry (never the global one).
+
+Run metrics are observed from committed transitions only, so a run is counted once
+whatever the poller saw; the daemon's own health comes from hooks on the client, the poll
+loops and the dispatcher. No run_id or free text is ever a label; job names travel only in
+`databricks_job_info`, to be joined with `group_left`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from watcher import __version__
+from watcher.config import JobFilter, MetricsConfig
+from watcher.databricks.client import Attempt
+from watcher.pipeline import CommitReport
+from watcher.poller import PollStatus
+from watcher.store.base import OutboxStats, RunRecord
+from watcher.tracker import Category, classify
+
+API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_RUN_LABELS = ("workspace", "job_id", "result_state")
+_JobKey = tuple[str, str]
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+class Metrics:
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry,
+        run_buckets: Sequence[float] = MetricsConfig().run_buckets,
+        jobs: JobFilter | None = None,
+    ) -> None:
+        self.registry = registry
+        self._jobs = jobs or JobFilter()
+        r = registry
+        self.phase_seconds = {
+            phase: Histogram(
+                f"databricks_run_{phase}_duration_seconds",
+                f"Run {phase} duration of finished runs, seconds.",
+                _RUN_LABELS,
+                buckets=run_buckets,
+                registry=r,
+            )
+            for phase in ("queue", "setup", "execution", "cleanup")
+        }
+        self.duration_seconds = Histogram(
+            "databricks_run_duration_seconds",
+            "Total duration of finished runs (run_duration, else the phase sum), seconds.",
+            _RUN_LABELS,
+            buckets=run_buckets,
+            registry=r,
+        )
+        self.runs_started = Counter(
+            "databricks_runs_started", "Runs seen starting.", ("workspace", "job_id"), registry=r
+        )
+        self.runs_finished = Counter(
+            "databricks_runs_finished",
+            "Runs seen finishing, by result state.",
+            _RUN_LABELS,
+            registry=r,
+        )
+        self.runs_active = Gauge(
+            "databricks_runs_active",
+            "Active runs by life-cycle state.",
+            ("workspace", "life_cycle_state"),
+            registry=r,
+        )
+        self.rule_breaches = Counter(
+            "databricks_run_duration_rule_breaches",
+            "RUN_DURATION_SECONDS rule breaches.",
+            ("workspace", "job_id", "rule"),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "databricks_job_last_success_timestamp_seconds",
+            "End time of the job's latest successful run, epoch seconds.",
+            ("workspace", "job_id"),
+            registry=r,
+        )
+        self.last_finish = Gauge(
+            "databricks_job_last_finish_timestamp_seconds",
+            "End time of the job's latest finished run, epoch seconds.",
+            ("workspace", "job_id"),
+            registry=r,
+        )
+        self.job_info = Gauge(
+            "databricks_job_info",
+            "Job names (value 1): join with group_left.",
+            ("workspace", "job_id", "job_name"),
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "watcher_api_requests",
+            "Jobs API HTTP attempts by endpoint and status code.",
+            ("workspace", "endpoint", "code"),
+            registry=r,
+        )
+        self.api_latency = Histogram(
+            "watcher_api_request_duration_seconds",
+            "Jobs API request latency, seconds.",
+            ("workspace", "endpoint"),
+            buckets=API_BUCKETS,
+            registry=r,
+        )
+        self.api_retries = Counter(
+            "watcher_api_retries",
+            "Jobs API attempts that were retried.",
+            ("workspace", "endpoint", "code"),
+            registry=r,
+        )
+        self.api_throttled = Counter(
+            "watcher_api_throttled_seconds",
+            "Seconds spent waiting for the client rate limit.",
+            ("workspace",),
+            registry=r,
+        )
+        self.cycle_seconds = Histogram(
+            "watcher_poll_cycle_duration_seconds",
+            "Duration of poll cycles, seconds.",
+            ("workspace",),
+            buckets=CYCLE_BUCKETS,
+            registry=r,
+        )
+        self.cycles = Counter(
+            "watcher_poll_cycles", "Poll cycles by outcome.", ("workspace", "outcome"), registry=r
+        )
+        self.last_poll = Gauge(
+            "watcher_last_successful_poll_timestamp_seconds",
+            "When the workspace was last polled and committed successfully, epoch seconds.",
+            ("workspace",),
+            registry=r,
+        )
+        self.poll_interval = Gauge(
+            "watcher_poll_interval_seconds",
+            "Configured poll interval, seconds.",
+            ("workspace",),
+            registry=r,
+        )
+        self.alerts_sent = Counter(
+            "watcher_alerts_sent", "Alerts delivered.", ("channel",), registry=r
+        )
+        self.alerts_failed = Counter(
+            "watcher_alerts_failed", "Failed alert delivery attempts.", ("channel",), registry=r
+        )
+        self.alerts_dead = Counter(
+            "watcher_alerts_dead_lettered",
+            "Alerts given up and dead-lettered.",
+            ("channel",),
+            registry=r,
+        )
+        self.alerts_silenced = Counter(
+            "watcher_alerts_silenced", "Alerts held back by a silence.", ("channel",), registry=r
+        )
+        self.outbox_pending = Gauge(
+            "watcher_outbox_pending", "Alert deliveries waiting to be sent.", registry=r
+        )
+        self.dead_letters = Gauge(
+            "watcher_dead_letters", "Alert deliveries in the dead-letter state.", registry=r
+        )
+        self.build_info = Gauge(
+            "watcher_build_info", "Build information (value 1).", ("version",), registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        # Label sets created per job, so a deleted job's series can be removed.
+        self._series: dict[_JobKey, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(
+            set
+        )
+        self._job_names: dict[_JobKey, str] = {}
+        self._timestamps: dict[tuple[str, str, str], float] = {}
+        self._active_states: dict[str, set[str]] = defaultdict(set)
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def attempt_hook(self, workspace: str) -> _AttemptHook:
+        return _AttemptHook(self, workspace)
+
+    def observe_cycle(self, status: PollStatus, ok: bool) -> None:
+        """Hook for the poll loops: one call per finished cycle."""
+        ws = status.workspace
+        self.cycles.labels(ws, "success" if ok else "failure").inc()
+        if ok and status.last_cycle_seconds is not None:
+            self.cycle_seconds.labels(ws).observe(status.last_cycle_seconds)
+        if ok and status.last_success_at is not None:
+            self.last_poll.labels(ws).set(status.last_success_at)
+
+    def observe_delivery(self, channel: str, outcome: str, seconds: float) -> None:
+        counter = {"sent": self.alerts_sent, "failed": self.alerts_failed, "dead": self.alerts_dead}
+        if outcome in counter:
+            counter[outcome].labels(channel).inc()
+
+    def set_outbox(self, stats: OutboxStats) -> None:
+        self.outbox_pending.set(stats.pending)
+        self.dead_letters.set(stats.dead)
+
+    def observe_commit(self, report: CommitReport) -> None:
+        ws = report.workspace
+        allowed = {
+            job.job_id: self._jobs.allows(job.job_id, job.name, job.tags)
+            for job in report.jobs.values()
+        }
+        for job in report.jobs.values():
+            if allowed[job.job_id]:
+                self._set_job_name(ws, str(job.job_id), job.name or "")
+        for transition in report.transitions:
+            job_id = transition.record.job_id
+            if allowed.get(job_id, self._jobs.allows(job_id, None, {})) if job_id else True:
+                self._observe_transition(ws, transition.previous, transition.record)
+        for event in report.events:
+            if event.type == "run_duration_exceeded" and event.rule is not None:
+                job_id = event.job.job_id
+                if job_id is None or allowed.get(job_id, True):
+                    labels = (ws, str(job_id), event.rule.name)
+                    self._labels(self.rule_breaches, ws, str(job_id), labels).inc()
+        for state, count in report.active_by_state.items():
+            self.runs_active.labels(ws, state).set(count)
+        for state in self._active_states[ws] - set(report.active_by_state):
+            self.runs_active.labels(ws, state).set(0)
+        self._active_states[ws] |= set(report.active_by_state)
+        for job_id in report.deleted_jobs:
+            self._forget_job(ws, str(job_id))
+        for channel in report.silenced:
+            self.alerts_silenced.labels(channel).inc()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _observe_transition(self, ws: str, previous: RunRecord | None, record: RunRecord) -> None:
+        job_id = str(record.job_id)
+        first_seen = previous is None
+        if first_seen and not record.terminal:
+            self._labels(self.runs_started, ws, job_id, (ws, job_id)).inc()
+        if not record.terminal or (previous is not None and previous.terminal):
+            return
+        category, raw = classify(record.snapshot)
+        if category is Category.ACTIVE:
+            return  # closed out because it vanished, not finished: nothing to measure
+        if first_seen:  # seen only finished: its start is implied
+            self._labels(self.runs_started, ws, job_id, (ws, job_id)).inc()
+        run = record.snapshot
+        labels = (ws, job_id, raw or "UNKNOWN")
+        self._labels(self.runs_finished, ws, job_id, labels).inc()
+        phases = {
+            "queue": run.queue_duration,
+            "setup": run.setup_duration,
+            "execution": run.execution_duration,
+            "cleanup": run.cleanup_duration,
+        }
+        for phase, ms in phases.items():
+            if ms is not None:
+                self._labels(self.phase_seconds[phase], ws, job_id, labels).observe(ms / 1000)
+        if (total := run.duration_ms) is not None:
+            self._labels(self.duration_seconds, ws, job_id, labels).observe(total / 1000)
+        if run.end_time:
+            self._raise_to(self.last_finish, ws, job_id, run.end_time / 1000)
+            if category is Category.SUCCESS:
+                self._raise_to(self.last_success, ws, job_id, run.end_time / 1000)
+
+    def _raise_to(self, gauge: Gauge, ws: str, job_id: str, value: float) -> None:
+        """Set a per-job timestamp unless a later one is already set (runs may be
+        committed out of end order)."""
+        key = (gauge._name, ws, job_id)
+        if value > self._timestamps.get(key, float("-inf")):
+            self._timestamps[key] = value
+            self._labels(gauge, ws, job_id, (ws, job_id)).set(value)
+
+    def _labels(self, metric: _M, ws: str, job_id: str, labels: tuple[str, ...]) -> _M:
+        """metric.labels(...), remembering the label set under its job."""
+        self._series[(ws, job_id)].add((metric, labels))
+        return metric.labels(*labels)
+
+    def _set_job_name(self, ws: str, job_id: str, name: str) -> None:
+        key = (ws, job_id)
+        old = self._job_names.get(key)
+        if old == name:
+            return
+        if old is not None:
+            self.job_info.remove(ws, job_id, old)
+            self._series[key].discard((self.job_info, (ws, job_id, old)))
+        self._job_names[key] = name
+        self._labels(self.job_info, ws, job_id, (ws, job_id, name)).set(1)
+
+    def _forget_job(self, ws: str, job_id: str) -> None:
+        for metric, labels in self._series.pop((ws, job_id), set()):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+        self._job_names.pop((ws, job_id), None)
+        self._timestamps = {k: v for k, v in self._timestamps.items() if k[1:] != (ws, job_id)}
+
+
+class _AttemptHook:
+    def __init__(self, metrics: Metrics, workspace: str) -> None:
+        self._m = metrics
+        self._ws = workspace
+
+    def __call__(self, attempt: Attempt) -> None:
+        m, ws = self._m, self._ws
+        m.api_requests.labels(ws, attempt.endpoint, attempt.code).inc()
+        m.api_latency.labels(ws, attempt.endpoint).observe(attempt.seconds)
+        if attempt.will_retry:
+            m.api_retries.labels(ws, attempt.endpoint, attempt.code).inc()
+        if attempt.throttled_seconds > 0:
+            m.api_throttled.labels(ws).inc(attempt.throttled_seconds)

@@ -1,0 +1,116 @@
+"""The HTTP side of the daemon: /metrics for Prometheus, /healthz and /readyz for
+Kubernetes, and a small JSON /status for humans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics import exposition as openmetrics
+
+from watcher.clock import Clock
+from watcher.store.base import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceHealth:
+    name: str
+    poll_interval: float
+    last_success_at: float | None
+    consecutive_failures: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What the server asks the running daemon."""
+
+    workspaces: Callable[[], list[WorkspaceHealth]]
+    ping_store: Callable[[], Awaitable[None]]
+    status: Callable[[], Awaitable[dict[str, Any]]]
+
+
+class StatusServer:
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry,
+        probes: Probes,
+        clock: Clock,
+        ready_after_missed_polls: int,
+    ) -> None:
+        self._registry = registry
+        self._probes = probes
+        self._clock = clock
+        self._missed = ready_after_missed_polls
+        self._started_at = clock.time()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        return app
+
+    async def start(self, host: str, port: int) -> str:
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        bound = server.sockets[0].getsockname()
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - display only
+        self.url = f"http://{shown}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        accept = request.headers.get("Accept", "")
+        if "application/openmetrics-text" in accept:
+            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+            content_type = openmetrics.CONTENT_TYPE_LATEST
+        else:
+            body = text_format.generate_latest(self._registry)
+            content_type = text_format.CONTENT_TYPE_LATEST
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        # Answering at all proves the event loop is alive.
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = await self.problems()
+        status = 503 if problems else 200
+        return web.json_response({"ready": not problems, "problems": problems}, status=status)
+
+    async def problems(self) -> list[str]:
+        """Why the daemon is not ready; empty when it is."""
+        problems: list[str] = []
+        try:
+            await self._probes.ping_store()
+        except StoreError as exc:
+            problems.append(str(exc))
+        now = self._clock.time()
+        for ws in self._probes.workspaces():
+            since = ws.last_success_at if ws.last_success_at is not None else self._started_at
+            if now - since > self._missed * ws.poll_interval:
+                when = "never" if ws.last_success_at is None else f"{now - since:.0f}s ago"
+                detail = f": {ws.last_error}" if ws.last_error else ""
+                problems.append(f"workspace {ws.name}: last successful poll {when}{detail}")
+        return problems
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._probes.status())
