@@ -124,6 +124,31 @@ async def test_a_restart_does_not_observe_old_runs_again(rig: Rig) -> None:
     assert again.value("databricks_runs_finished_total", **labels) == 0
 
 
+async def test_a_restart_restores_job_timestamps_and_names(rig: Rig) -> None:
+    """Last success / last finish and the job's name come back from the store at start,
+    so "no success for N hours" alerts keep working across restarts."""
+    ws = rig.sim.workspace
+    job = ws.create_job("etl")
+    ok = ws.start_run(job, execution_s=10)
+    rig.clock.advance(100)
+    ws.start_run(job, execution_s=10, result="FAILED")
+    rig.clock.advance(100)
+    await rig.cycle()
+    again = await _rig(rig.sim, rig.clock, rig.store)
+    again.metrics.restore(await rig.store.job_times())
+    await again.client.close()
+    labels = {"workspace": "prod", "job_id": str(job)}
+    success_end = ws.runs[ok].end_ms
+    assert success_end is not None
+    assert (
+        again.value("databricks_job_last_success_timestamp_seconds", **labels) == success_end / 1000
+    )
+    assert again.value("databricks_job_last_finish_timestamp_seconds", **labels) == rig.value(
+        "databricks_job_last_finish_timestamp_seconds", **labels
+    )
+    assert again.value("databricks_job_info", **labels, job_name="etl") == 1
+
+
 async def test_renames_keep_one_series_and_deleted_jobs_vanish(rig: Rig) -> None:
     """A renamed job keeps its job_id series with one info series under the new name; a
     job deleted from the workspace loses its per-job series."""

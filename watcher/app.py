@@ -148,6 +148,7 @@ async def build(
     store = store or await SQLiteStore.open(config.store.path)
     if dry_run:
         store = cast(Store, _DryRun(store))
+    metrics.restore(await store.job_times())
     dispatcher = Dispatcher(
         store=store, channels=channels, clock=clock, on_result=metrics.observe_delivery
     )

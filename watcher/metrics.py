@@ -21,7 +21,7 @@ from watcher.config import JobFilter, MetricsConfig
 from watcher.databricks.client import Attempt
 from watcher.pipeline import CommitReport
 from watcher.poller import PollStatus
-from watcher.store.base import OutboxStats, RunRecord
+from watcher.store.base import JobTimes, OutboxStats, RunRecord
 from watcher.tracker import Category, classify
 
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -200,6 +200,20 @@ class Metrics:
     def set_outbox(self, stats: OutboxStats) -> None:
         self.outbox_pending.set(stats.pending)
         self.dead_letters.set(stats.dead)
+
+    def restore(self, jobs: Sequence[JobTimes]) -> None:
+        """Per-job timestamps and names from the store, at start: a job that has not
+        succeeded since the restart still shows when it last did."""
+        for job in jobs:
+            if not self._jobs.allows(job.job_id, job.name, job.tags):
+                continue
+            ws, job_id = job.workspace, str(job.job_id)
+            if job.name is not None:
+                self._set_job_name(ws, job_id, job.name)
+            if job.last_finish_ms is not None:
+                self._raise_to(self.last_finish, ws, job_id, job.last_finish_ms / 1000)
+            if job.last_success_ms is not None:
+                self._raise_to(self.last_success, ws, job_id, job.last_success_ms / 1000)
 
     def observe_commit(self, report: CommitReport) -> None:
         ws = report.workspace

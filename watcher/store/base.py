@@ -100,6 +100,19 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class JobTimes:
+    """A job's latest finish and success (epoch ms) among the stored runs, with its name
+    and tags: restores the per-job timestamp metrics after a restart."""
+
+    workspace: str
+    job_id: int
+    name: str | None
+    tags: dict[str, str]
+    last_finish_ms: int | None
+    last_success_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     pending: int
     dead: int
@@ -118,6 +131,8 @@ class Store(Protocol):
     async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]: ...
 
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]: ...
+
+    async def job_times(self) -> list[JobTimes]: ...
 
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
         """Write records, events, deliveries and the watermark atomically. Events whose id

@@ -19,6 +19,7 @@ from watcher.store.base import (
     Delivery,
     DeliveryStatus,
     JobRecord,
+    JobTimes,
     OutboxStats,
     PruneResult,
     RunRecord,
@@ -264,6 +265,29 @@ class SQLiteStore:
         return rows
 
     @_locked
+    async def job_times(self) -> list[JobTimes]:
+        async with self._db.execute(
+            "SELECT r.workspace, r.job_id, j.name, j.tags, MAX(r.end_time), "
+            "MAX(CASE WHEN r.result_state IN ('SUCCESS', 'SUCCESS_WITH_FAILURES') "
+            "THEN r.end_time END) FROM runs r LEFT JOIN jobs j "
+            "ON j.workspace = r.workspace AND j.job_id = r.job_id "
+            "WHERE r.terminal = 1 AND r.end_time IS NOT NULL AND r.job_id IS NOT NULL "
+            "GROUP BY r.workspace, r.job_id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            JobTimes(
+                workspace=r[0],
+                job_id=int(r[1]),
+                name=r[2],
+                tags=json.loads(r[3]) if r[3] else {},
+                last_finish_ms=r[4],
+                last_success_ms=r[5],
+            )
+            for r in rows
+        ]
+
+    @_locked
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
         now = commit.committed_at
         inserted: list[Event] = []
@@ -312,7 +336,7 @@ class SQLiteStore:
                         event.workspace,
                         event.job.job_id,
                         event.type.value,
-                        event.model_dump_json(),
+                        event.model_dump_json(exclude_none=True),
                         now,
                     ),
                 )
