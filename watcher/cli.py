@@ -108,7 +108,7 @@ async def _once(config: Config, dry_run: bool) -> int:
     daemon = await build(config, dry_run=dry_run)
     try:
         for event in await run_once(daemon):
-            print(event.model_dump_json(), flush=True)
+            print(event.model_dump_json(exclude_none=True), flush=True)
     finally:
         await close(daemon)
     return 0
