@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import pytest
+import ssl
+from pathlib import Path
 
-from tests.conftest import ClientFactory
+import pytest
+import trustme
+from pydantic import SecretStr
+
+from tests.conftest import TOKEN, ClientFactory
 from watcher.clock import ManualClock
 from watcher.databricks import (
     ApiError,
     Attempt,
+    DatabricksError,
+    JobsClient,
     MalformedResponse,
     RetryBudgetExceeded,
     RetryPolicy,
+    StaticToken,
     Timeouts,
 )
 from watcher.databricks.client import throttler_for
@@ -211,3 +219,30 @@ async def test_rate_limit_bounds_requests_in_flight_per_window(
     # Five pass at once (microseconds); the sixth waits for the one-second window.
     throttled = [a for a in attempts if a.throttled_seconds > 0.5]
     assert len(throttled) == 1
+
+
+async def test_tls_is_verified_and_a_custom_ca_bundle_is_honoured(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    """Over HTTPS the server certificate is verified: an untrusted one fails at once
+    (no retries), and the workspace's ca_bundle makes it trusted."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    sim = Simulator(clock=clock, tokens={TOKEN})
+    url = await sim.start(ssl_context=server_ctx)
+    job = sim.workspace.create_job("tls")
+    auth = StaticToken(SecretStr(TOKEN))
+    untrusted = JobsClient(host=url, auth=auth, clock=clock)
+    trusted = JobsClient(host=url, auth=auth, clock=clock, ca_bundle=bundle)
+    try:
+        with pytest.raises(DatabricksError, match="not trusted"):
+            await untrusted.get_job(job)
+        assert clock.slept == []
+        assert (await trusted.get_job(job)).job_id == job
+    finally:
+        await untrusted.close()
+        await trusted.close()
+        await sim.stop()

@@ -25,6 +25,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.databricks.auth import Auth
 from watcher.databricks.errors import (
     ApiError,
+    DatabricksError,
     MalformedResponse,
     RetryBudgetExceeded,
     parse_error_body,
@@ -293,6 +294,13 @@ class JobsClient:
                         self._note_server_time(resp.headers.get("Date"), loop_time() - started)
                         if status in (429, 503):
                             retry_after = self._retry_after(resp.headers.get("Retry-After"))
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    # Retrying cannot fix a certificate: say so at once.
+                    self._report(endpoint, "tls_error", started, False, throttled)
+                    raise DatabricksError(
+                        f"{endpoint}: TLS certificate of {self.host} not trusted: "
+                        f"{exc.certificate_error}"
+                    ) from None
                 except TimeoutError:
                     code, problem = "timeout", "request timed out"
                 except aiohttp.ClientError as exc:

@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -93,15 +94,19 @@ class Simulator:
         app.router.add_get("/sim/state", self._ctl_state)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on `host:port` (0: any free port), over TLS with `ssl_context`; the URL."""
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
         bound_port = server.sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{bound_port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://{host}:{bound_port}"
         return self.url
 
     async def stop(self) -> None:
