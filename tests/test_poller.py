@@ -420,7 +420,8 @@ async def test_catch_up_is_bounded_by_max_catchup_yet_stored_active_runs_close(
 ) -> None:
     """After downtime longer than startup.max_catchup, runs that ended before the catch-up
     window are skipped (and the truncation is logged), but runs the store held active are
-    still closed out."""
+    still closed out, and a run that started before the window but ended inside it is seen
+    (on 2.1+ too, where start_time_from filters on start)."""
     w = await make_world(version="2.1", startup=StartupConfig(max_catchup=3600))
     job = w.ws.create_job("etl")
     long_id = w.ws.start_run(job, execution_s=1800)
@@ -428,6 +429,7 @@ async def test_catch_up_is_bounded_by_max_catchup_yet_stored_active_runs_close(
     await w.cycle()
     clock.advance(60)
     early = w.ws.start_run(job, setup_s=1, execution_s=60, cleanup_s=1)
+    straddling = w.ws.start_run(w.ws.create_job("slow"), execution_s=2.9 * 3600, result="FAILED")
     clock.advance(3 * 3600)
     late = w.ws.start_run(job, setup_s=1, execution_s=60, cleanup_s=1)
     clock.advance(300)
@@ -436,6 +438,7 @@ async def test_catch_up_is_bounded_by_max_catchup_yet_stored_active_runs_close(
         result = await w.cycle()
     seen = by_id(result)
     assert early not in seen
+    assert seen[straddling].result_state == "FAILED"
     assert seen[late].is_terminal
     assert seen[long_id].is_terminal
     [warning] = [e for e in logs if e["event"] == "poll_catchup_truncated"]
@@ -624,6 +627,36 @@ async def test_vanished_run_is_closed_out_once(
     mark = len(w.sim.requests)
     assert (await w.cycle()).vanished == []
     assert w.calls(mark)["runs/get"] == 0
+
+
+async def test_a_run_or_job_we_may_not_read_does_not_stall_the_workspace(
+    make_world: WorldFactory, clock: ManualClock
+) -> None:
+    """A 403 on one run's runs/get or one job's jobs/get is logged and skipped: the cycle
+    commits, the run stays stored as active and is asked for again; a bare 404 from a
+    proxy is not taken for "does not exist", so the run is not closed out."""
+    w = await make_world()
+    job = w.ws.create_job("etl")
+    run_id = w.ws.start_run(job, execution_s=600)
+    await w.cycle()
+    w.ws.force(run_id, "BLOCKED")  # no longer listed as active: runs/get must find it
+    clock.advance(30)
+    denied = '{"error_code": "PERMISSION_DENIED", "message": "no"}'
+    w.sim.faults.add(Fault(kind="status", endpoint="runs/get", status=403, body=denied))
+    w.sim.faults.add(Fault(kind="status", endpoint="jobs/get", status=403, body=denied))
+    result = await w.cycle()
+    assert (result.vanished, by_id(result)) == ([], {})
+    assert run_id in (await w.store.workspace_state("ws")).active_run_ids
+    clock.advance(30)
+    w.sim.faults.add(
+        Fault(kind="status", endpoint="runs/get", status=404, body="<html>nginx</html>")
+    )
+    result = await w.cycle()
+    assert (result.vanished, by_id(result)) == ([], {})
+    assert run_id in (await w.store.workspace_state("ws")).active_run_ids
+    clock.advance(30)
+    result = await w.cycle()
+    assert by_id(result)[run_id].state.life_cycle_state == "BLOCKED"
 
 
 class PeakClient(JobsClient):

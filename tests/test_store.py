@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -197,6 +198,34 @@ async def test_pruning_bounds_the_database(store: SQLiteStore) -> None:
     assert (result.runs, result.events) == (1, 1)
     assert set(await store.get_runs("prod", [1, 2])) == {2}
     assert await store.event_ids() == [event(2).id, event(3).id]
+
+
+async def test_pruning_keeps_runs_that_are_still_active(store: SQLiteStore) -> None:
+    """A run active for longer than the retention keeps its record (else its start and
+    breach would be alerted again)."""
+    old_start = int(NOW * 1000) - 90 * 86_400_000
+    await store.commit_cycle(commit(runs=[record(1, start=old_start)]))
+    result = await store.prune(now=NOW, run_retention_days=60, event_retention_days=14)
+    assert result.runs == 0
+    assert (await store.workspace_state("prod")).active_run_ids == {1}
+
+
+async def test_an_unreadable_payload_is_dead_lettered_not_blocking(store: SQLiteStore) -> None:
+    """A stored event that cannot be decoded is dead-lettered; every other alert still
+    comes due. Fields a newer release added are simply ignored."""
+    events = [event(1, job_id=7), event(2, job_id=8), event(3, job_id=9)]
+    await store.commit_cycle(commit(events=events, channels={e.id: ["ops"] for e in events}))
+    conn = sqlite3.connect(store.path)
+    conn.execute("UPDATE events SET payload = '{\"id\": 1}' WHERE id = ?", (event(1).id,))
+    newer = event(3).model_dump() | {"added_by_a_newer_release": True}
+    conn.execute(
+        "UPDATE events SET payload = ? WHERE id = ?", (json.dumps(newer, default=str), event(3).id)
+    )
+    conn.commit()
+    conn.close()
+    due = await store.due_deliveries(now=NOW, limit=10)
+    assert sorted(d.event.run.run_id for d in due) == [2, 3]
+    assert (await store.outbox_stats()).dead == 1
 
 
 async def test_reopening_keeps_everything(tmp_path: Path) -> None:

@@ -64,6 +64,16 @@ def settings(**fields: Any) -> JobSettings:
 # -- classification ------------------------------------------------------------------
 
 
+def _status(state: str, code: str | None = None, kind: str | None = None) -> Run:
+    """A run described only by the newer `status` object (no classic `state`)."""
+    status: dict[str, Any] = {"state": state}
+    if code is not None:
+        status["termination_details"] = {"code": code, "type": kind}
+    return Run.model_validate(
+        {"run_id": 42, "start_time": T0, "end_time": T0 + 1 if code else 0, "status": status}
+    )
+
+
 @pytest.mark.parametrize(
     ("snapshot", "category", "raw"),
     [
@@ -95,12 +105,27 @@ def settings(**fields: Any) -> JobSettings:
         (done("SUCCESS", life="FROZEN"), Category.SUCCESS, "SUCCESS"),
         (done(None, life="FROZEN"), Category.FAILURE, "FROZEN"),
         (run("FROZEN"), Category.ACTIVE, "FROZEN"),
+        (_status("RUNNING"), Category.ACTIVE, "RUNNING"),
+        (_status("TERMINATED", "SUCCESS", "SUCCESS"), Category.SUCCESS, "SUCCESS"),
+        (_status("TERMINATED", "USER_CANCELED", "SUCCESS"), Category.CANCELED, "CANCELED"),
+        (
+            _status("TERMINATED", "RUN_EXECUTION_ERROR", "CLIENT_ERROR"),
+            Category.FAILURE,
+            "RUN_EXECUTION_ERROR",
+        ),
+        (_status("TERMINATED", "SKIPPED", "SUCCESS"), Category.SKIPPED, "SKIPPED"),
+        (
+            _status("TERMINATED", "DRIVER_ERROR", "INTERNAL_ERROR"),
+            Category.FAILURE,
+            "INTERNAL_ERROR",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_classification(snapshot: Run, category: Category, raw: str) -> None:
     """Result and life-cycle states map to categories per DESIGN.md §3; unknown values
-    of a finished run fail, with the raw value kept; unknown active states stay active."""
+    of a finished run fail, with the raw value kept; unknown active states stay active;
+    without `state`, the newer `status` object decides."""
     assert classify(snapshot) == (category, raw)
 
 
@@ -210,7 +235,7 @@ LAST_ATTEMPT = {"notification_settings": {"alert_on_last_attempt": True}}
             },
             "FAILED",
             0,
-            [],
+            ["run_failed"],
         ),
         (
             {
@@ -237,15 +262,17 @@ LAST_ATTEMPT = {"notification_settings": {"alert_on_last_attempt": True}}
         "timeout-retried",
         "upstream-never-retried",
         "success",
-        "2.1-task-level:first",
-        "2.1-task-level:last",
+        "2.1-task-retries-are-inside-the-run",
+        "2.1-task-retries-last",
     ],
 )
 def test_alert_on_last_attempt(
     job_settings: dict[str, Any], result: str, attempt: int, expected: list[str]
 ) -> None:
-    """With alert_on_last_attempt, a failed attempt the retry policy will retry neither
-    pages nor counts as the job's failure; the last attempt does, carrying its number."""
+    """With alert_on_last_attempt, a failed attempt that job-level max_retries (API 2.0)
+    will retry as a new run neither pages nor counts as the job's failure; the last
+    attempt does, carrying its number. Task-level retries (2.1+) happen inside the job
+    run, so a job run that ends failed always pages."""
     job = JobContext(job_id=7, name="nightly-etl", settings=settings(**job_settings))
     evaluation = step(None, done(result, attempt_number=attempt), job=job)
     assert types(evaluation) == expected
@@ -294,7 +321,7 @@ def test_alert_on_last_attempt(
                 ]
             },
             done("CANCELED"),
-            [],
+            ["run_canceled"],
         ),
         ({}, done(None, life="SKIPPED"), ["run_skipped"]),
     ],
@@ -302,7 +329,8 @@ def test_alert_on_last_attempt(
 def test_skipped_and_canceled_suppression(
     job_settings: dict[str, Any], snapshot: Run, expected: list[str]
 ) -> None:
-    """no_alert_for_skipped_runs / no_alert_for_canceled_runs hold back exactly their events."""
+    """Job-level no_alert_for_skipped_runs / no_alert_for_canceled_runs hold back exactly
+    their events; a task's own flag governs task notifications, not the job's events."""
     job = JobContext(job_id=7, settings=settings(**job_settings))
     assert types(step(None, snapshot, job=job)) == expected
 
@@ -446,6 +474,12 @@ def test_backfilled_runs_are_recorded_silently() -> None:
     assert active.events == ()
     finished = step(active.record, done("FAILED"))
     assert types(finished) == ["run_failed"]
+    # A run breaching its duration rule right now is news, not history.
+    job = JobContext(job_id=7, settings=settings(**HEALTH_100))
+    late = step(None, run("RUNNING"), job=job, now=T0 + 500_000, backfill=True)
+    assert types(late) == ["run_duration_exceeded"]
+    old = step(None, done("SUCCESS", seconds=500), job=job, backfill=True)
+    assert old.events == ()
 
 
 def test_event_ids_are_deterministic_and_carry_the_snapshot() -> None:

@@ -36,7 +36,8 @@ def event_id(workspace: str, run_id: int, type_: str, rule: str | None = None) -
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Stored payloads outlive releases: fields a newer release wrote are ignored on read.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class JobRef(_Frozen):

@@ -149,8 +149,8 @@ class Poller:
         # The start instant in server time, with the skew this cycle's answers measured:
         # a fresh client knows none before its first answer.
         now_ms = _ms(started - skew_before + (client.server_offset or 0.0))
-        cutoff_ms = self._cutoff(state.watermark_ms, now_ms)
-        await self._walk_completed(got, cutoff_ms, stored_active)
+        cutoff_ms, start_from_ms = self._cutoff(state.watermark_ms, now_ms)
+        await self._walk_completed(got, cutoff_ms, start_from_ms, stored_active)
         vanished = await self._fetch_unlisted(got, stored_active - got.runs.keys())
 
         id_filter = self._config.jobs.include.job_ids
@@ -183,12 +183,16 @@ class Poller:
             requests=got.requests,
         )
 
-    def _cutoff(self, watermark_ms: int | None, now_ms: int) -> int:
-        """Completed runs that started and ended before this were committed already (or
-        lie outside the lookback / catch-up window)."""
+    def _cutoff(self, watermark_ms: int | None, now_ms: int) -> tuple[int, int]:
+        """(cutoff, start_from): completed runs that started and ended before the cutoff
+        were committed already (or lie outside the lookback / catch-up window); the server
+        may leave out runs that started before start_from. When catch-up is truncated, a
+        run that started before the new cutoff but ended after it still counts, so
+        start_from stays at the watermark's cutoff."""
         floor = now_ms - _ms(self._startup.max_catchup)
         if watermark_ms is None:
-            return max(floor, now_ms - _ms(self._startup.lookback))
+            first = max(floor, now_ms - _ms(self._startup.lookback))
+            return first, first
         cutoff = watermark_ms - _ms(self._config.completed_overlap) - _SKEW_SLACK_MS
         if cutoff < floor:
             log.warning(
@@ -197,16 +201,16 @@ class Poller:
                 skipped_seconds=(floor - cutoff) / 1000,
                 max_catchup=self._startup.max_catchup,
             )
-            return floor
-        return cutoff
+            return floor, cutoff
+        return cutoff, cutoff
 
     async def _walk_completed(
-        self, got: _Gathered, cutoff_ms: int, stored_active: Collection[int]
+        self, got: _Gathered, cutoff_ms: int, start_from_ms: int, stored_active: Collection[int]
     ) -> None:
         client = self._client
         # Newest first by start time (the reference) or by end time (newer docs): either
         # way, once a whole page started and ended before the cut-off, so does the rest.
-        start_from = cutoff_ms if client.supports_time_filters else None
+        start_from = start_from_ms if client.supports_time_filters else None
         # Leaving the walk early is safe: the client holds no connection between pages.
         async for page in client.list_runs(
             completed_only=True,
@@ -231,7 +235,14 @@ class Poller:
             except ApiError as exc:
                 if exc.is_not_found:
                     return run_id
-                raise
+                if not _refused(exc, "runs/get"):
+                    raise
+                # One run we may not read must not stall the workspace: it stays stored
+                # as active and is asked for again next cycle.
+                log.warning(
+                    "run_unreadable", workspace=self.workspace, run_id=run_id, error=str(exc)
+                )
+                return None
             got.add(run)
             return None
 
@@ -251,7 +262,13 @@ class Poller:
             except ApiError as exc:
                 if exc.is_not_found:
                     return job_id, None
-                raise
+                if not _refused(exc, "jobs/get"):
+                    raise
+                # Its runs are still watched, without the job's rules and settings.
+                log.warning(
+                    "job_unreadable", workspace=self.workspace, job_id=job_id, error=str(exc)
+                )
+                return job_id, None
 
         fetched = await _bounded(self._config.runs_get_concurrency, fetch, due)
         got.requests += len(due)
@@ -389,6 +406,12 @@ async def _bounded(limit: int, fn: Callable[[_K], Awaitable[_T]], items: Sequenc
 
 def _progress(run: Run) -> tuple[bool, int]:
     return (run.is_terminal, run.end_time or 0)
+
+
+def _refused(exc: ApiError, endpoint: str) -> bool:
+    """A client error of that very endpoint about that one object (403, 400): not a
+    failure of the cycle. Errors of the token endpoint, 401 and 429 are."""
+    return exc.endpoint == endpoint and exc.status in (400, 403, 404)
 
 
 def _ended_before(run: Run, cutoff_ms: int) -> bool:

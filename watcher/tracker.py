@@ -10,12 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from watcher.databricks.models import (
-    JobNotificationSettings,
-    JobSettings,
-    Run,
-    RunTask,
-)
+from watcher.databricks.models import JobSettings, Run, RunTask
 from watcher.databricks.models import RunLifeCycleState as L
 from watcher.databricks.models import RunResultState as R
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
@@ -57,9 +52,12 @@ TERMINAL_KEY = "terminal"
 def classify(run: Run) -> tuple[Category, str | None]:
     """The run's category and the raw value behind it. Unknown result states of a
     finished run count as failures (the raw value travels with the event); an unknown
-    life-cycle state is terminal only if the run has an end time."""
+    life-cycle state is terminal only if the run has an end time. Without the classic
+    `state`, the newer `status` object decides."""
     life = run.state.life_cycle_state
     result = run.state.result_state
+    if life is None and run.status is not None:
+        life, result = _from_status(run)
     if life == L.SKIPPED:
         return Category.SKIPPED, life
     if life == L.INTERNAL_ERROR:
@@ -73,6 +71,34 @@ def classify(run: Run) -> tuple[Category, str | None]:
     if result in _NOT_RUN:
         return Category.SKIPPED, result
     return Category.FAILURE, result or life
+
+
+# termination_details.code of the newer `status` object -> classic result state.
+_STATUS_RESULT = {
+    "SUCCESS": R.SUCCESS,
+    "SUCCESS_WITH_FAILURES": R.SUCCESS_WITH_FAILURES,
+    "CANCELED": R.CANCELED,
+    "USER_CANCELED": R.CANCELED,
+    "UPSTREAM_CANCELED": R.UPSTREAM_CANCELED,
+    "TIMEOUT": R.TIMEDOUT,
+    "MAX_CONCURRENT_RUNS_EXCEEDED": R.MAXIMUM_CONCURRENT_RUNS_REACHED,
+    "UPSTREAM_FAILED": R.UPSTREAM_FAILED,
+    "EXCLUDED": R.EXCLUDED,
+    "DISABLED": R.DISABLED,
+}
+
+
+def _from_status(run: Run) -> tuple[str | None, str | None]:
+    assert run.status is not None
+    details = run.status.termination_details
+    code = details.code if details else None
+    if code == "SKIPPED":
+        return L.SKIPPED, None
+    if run.status.state != L.TERMINATED:
+        return run.status.state, None
+    if details is not None and details.type == "INTERNAL_ERROR":
+        return L.INTERNAL_ERROR, code
+    return L.TERMINATED, _STATUS_RESULT.get(code or "", code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +205,14 @@ def evaluate(
             due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, ended))
 
     ref = JobRef(job_id=snapshot.job_id, name=job.name or snapshot.run_name, tags=dict(job.tags))
+    # Backfill (first start) records history without paging, except a run breaching its
+    # duration rule right now: that is news, not history.
     silent = backfill and not alert_on_backfill
     events: list[Event] = []
     for key, event_type, due_rule, observed_seconds, at_ms in due:
         emitted.add(key)
-        if silent:
+        live_breach = event_type is EventType.RUN_DURATION_EXCEEDED and category is Category.ACTIVE
+        if silent and not live_breach:
             continue
         events.append(
             Event(
@@ -270,38 +299,31 @@ def _elapsed_seconds(run: Run, rule: RuleRef, now_ms: int) -> float | None:
     return max(0, (end or now_ms) - start) / 1000
 
 
-def _notification_settings(settings: JobSettings | None) -> list[JobNotificationSettings]:
-    if settings is None:
-        return []
-    found = [settings.notification_settings] if settings.notification_settings else []
-    found += [t.notification_settings for t in settings.tasks if t.notification_settings]
-    return found
-
-
 def _flag(settings: JobSettings | None, name: str) -> bool:
-    """A notification flag set on the job, or (2.1+) on any of its tasks."""
-    if settings is not None and name == "no_alert_for_skipped_runs":
+    """A job-level notification flag. Task-level settings (2.1+) govern the task
+    notifications Databricks sends, not the job's own events."""
+    if settings is None:
+        return False
+    if name == "no_alert_for_skipped_runs":
         email = settings.email_notifications
         if email is not None and email.no_alert_for_skipped_runs:
             return True
-    return any(getattr(n, name) for n in _notification_settings(settings))
+    notification = settings.notification_settings
+    return notification is not None and bool(getattr(notification, name))
 
 
 def _will_be_retried(run: Run, settings: JobSettings | None, raw: str | None) -> bool:
-    """A failed attempt that the job's retry policy will retry, when the job asks to be
-    alerted on the last attempt only."""
-    if not _flag(settings, "alert_on_last_attempt") or settings is None:
+    """A failed attempt that the job's retry policy will retry as a new run, when the job
+    asks to be alerted on the last attempt only.
+
+    Only job-level max_retries (API 2.0) retry a job run as a new run. Task-level retries
+    (2.1+) happen inside the same job run, so a job run that ends failed has already used
+    them up: its failure is final and pages."""
+    if settings is None or not _flag(settings, "alert_on_last_attempt"):
         return False
-    if raw in _NOT_RETRIED:
+    max_retries = settings.max_retries
+    if raw in _NOT_RETRIED or not max_retries:
         return False
-    policies = [(settings.max_retries, settings.retry_on_timeout)] + [
-        (t.max_retries, t.retry_on_timeout) for t in settings.tasks
-    ]
-    for max_retries, retry_on_timeout in policies:
-        if max_retries is None or max_retries == 0:
-            continue
-        if raw == R.TIMEDOUT and not retry_on_timeout:
-            continue
-        if max_retries < 0 or (run.attempt_number or 0) < max_retries:
-            return True
-    return False
+    if raw == R.TIMEDOUT and not settings.retry_on_timeout:
+        return False
+    return max_retries < 0 or (run.attempt_number or 0) < max_retries

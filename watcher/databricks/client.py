@@ -275,6 +275,7 @@ class JobsClient:
         url = f"{self.host}/api/{self.api_version}/{path}"
         waited = 0.0
         attempts = 0
+        malformed = 0
         reauthenticated = False
         # Back-off waits and the budget follow the injected clock; latency and throttling
         # are measurements of real I/O, so they use the event loop's clock.
@@ -331,7 +332,10 @@ class JobsClient:
                         error_code, message = parse_error_body(body, status)
                         problem = f"HTTP {status} {error_code}: {message}"
             delay = retry_after if retry_after is not None else self._backoff(attempts)
-            if waited + delay > self._retry.budget:
+            malformed += code == "malformed"
+            # A garbled body is retried once (a truncated transfer); one that stays garbled
+            # will not heal within the budget.
+            if waited + delay > self._retry.budget or malformed > 1:
                 self._report(endpoint, code, started, False, throttled)
                 log.warning(
                     "api_retry_budget_exhausted",

@@ -29,12 +29,16 @@ class ApiError(DatabricksError):
 
     @property
     def is_not_found(self) -> bool:
-        """Databricks answers a missing job or run with 400 INVALID_PARAMETER_VALUE
-        "... does not exist." (newer endpoints use 404 RESOURCE_DOES_NOT_EXIST)."""
+        """The Jobs API's own word that a job or run does not exist: 400
+        INVALID_PARAMETER_VALUE "... does not exist." (newer endpoints: 404
+        RESOURCE_DOES_NOT_EXIST). A bare 404 (a proxy, a wrong path) is not: closing a
+        run on it could hide its failure."""
+        if self.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return True
         return (
-            self.status == 404
-            or self.error_code == "RESOURCE_DOES_NOT_EXIST"
-            or (self.status == 400 and "does not exist" in self.message)
+            self.status == 400
+            and self.error_code == "INVALID_PARAMETER_VALUE"
+            and "does not exist" in self.message
         )
 
 

@@ -47,7 +47,11 @@ class BaseChannelConfig(BaseModel):
     burst: int = Field(default=10, ge=1, description="Token-bucket size.")
     concurrency: int = Field(default=4, ge=1, description="Deliveries in flight at once.")
     timeout: float = Field(default=30.0, gt=0, description="Seconds for one delivery attempt.")
-    max_attempts: int = Field(default=12, ge=1, description="Attempts before dead-lettering.")
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        description="Attempts before dead-lettering (default: no limit; max_age decides).",
+    )
     max_age: float = Field(
         default=86_400.0, gt=0, description="Seconds after which an undelivered alert is dead."
     )

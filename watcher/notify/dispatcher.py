@@ -263,7 +263,7 @@ class Dispatcher:
         next_at: float | None = None
         if isinstance(result, Failed):
             error = f"permanent: {error}"
-        elif attempt >= config.max_attempts:
+        elif config.max_attempts is not None and attempt >= config.max_attempts:
             error = f"{error} (gave up after {attempt} attempts)"
         else:
             delay = result.after if result.after is not None else self._backoff(lane, attempt)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.clock import Clock
+from watcher.databricks.models import TERMINAL_LIFE_CYCLE_STATES
 from watcher.databricks.models import RunLifeCycleState as L
 from watcher.databricks.models import RunResultState as R
 
@@ -261,7 +262,7 @@ class Workspace:
         now = self.now_ms()
         if run.ended_by(now):
             raise ValueError(f"run {run_id} has already ended")
-        if life_cycle_state in ACTIVE_STATES:
+        if life_cycle_state not in TERMINAL_LIFE_CYCLE_STATES:
             run.hold_state = life_cycle_state
             return
         run.hold_state = None
@@ -362,6 +363,10 @@ class Workspace:
     # -- queries ---------------------------------------------------------------------
 
     def is_active(self, run: SimRun, now: int) -> bool:
+        """What runs/list?active_only=true lists: started, not ended, and not held in a
+        state outside QUEUED, PENDING, RUNNING, TERMINATING (BLOCKED, WAITING_FOR_RETRY)."""
+        if run.hold_state is not None and run.hold_state not in ACTIVE_STATES:
+            return False
         return run.start_ms <= now and not run.ended_by(now)
 
     def active_runs(self) -> list[SimRun]:

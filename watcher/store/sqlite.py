@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sqlite3
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
+from pydantic import ValidationError
 
 from watcher.databricks.models import Run
 from watcher.events import Event
@@ -105,7 +107,8 @@ def _locked(
 
 
 _DELIVERY_COLUMNS = (
-    "e.payload, d.channel, d.status, d.attempts, d.created_at, d.next_attempt_at, d.last_error"
+    "e.payload, d.channel, d.status, d.attempts, d.created_at, d.next_attempt_at, "
+    "d.last_error, d.event_id"
 )
 
 
@@ -131,7 +134,7 @@ class SQLiteStore:
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
             await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=2000")
             async with db.execute("PRAGMA quick_check") as cursor:
@@ -356,11 +359,17 @@ class SQLiteStore:
                 "updated_at=excluded.updated_at",
                 (commit.workspace, commit.watermark_ms, now),
             )
+            await self._db.execute("COMMIT")
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            await self._rollback()
             raise
-        await self._db.execute("COMMIT")
         return inserted
+
+    async def _rollback(self) -> None:
+        # After a failed COMMIT (disk full, I/O error) the transaction may still be
+        # open; if it is already gone, ROLLBACK fails harmlessly.
+        with contextlib.suppress(sqlite3.Error):
+            await self._db.execute("ROLLBACK")
 
     async def _add_deliveries(
         self, event_id: str, channels: Iterable[str], status: DeliveryStatus, now: float
@@ -394,7 +403,19 @@ class SQLiteStore:
         )
         params.extend([now, limit])
         async with self._db.execute(sql, params) as cursor:
-            return [_delivery(r) for r in await cursor.fetchall()]
+            rows = await cursor.fetchall()
+        due: list[Delivery] = []
+        for row in rows:
+            try:
+                due.append(_delivery(row))
+            except ValidationError as exc:
+                # One unreadable payload must not stop every other alert: dead-letter it.
+                await self._db.execute(
+                    "UPDATE deliveries SET status = 'dead', last_error = ? "
+                    "WHERE event_id = ? AND channel = ?",
+                    (f"stored event cannot be read: {exc.error_count()} errors", row[7], row[1]),
+                )
+        return due
 
     @_locked
     async def mark_delivered(self, event_id: str, channel: str, *, at: float) -> None:
@@ -422,7 +443,12 @@ class SQLiteStore:
             "WHERE d.status = 'dead' ORDER BY e.seq LIMIT ?",
             (limit,),
         ) as cursor:
-            return [_delivery(r) for r in await cursor.fetchall()]
+            rows = await cursor.fetchall()
+        deliveries = []
+        for row in rows:
+            with contextlib.suppress(ValidationError):  # unreadable: nothing to show or replay
+                deliveries.append(_delivery(row))
+        return deliveries
 
     @_locked
     async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
@@ -462,7 +488,10 @@ class SQLiteStore:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             runs = await self._db.execute(
-                "DELETE FROM runs WHERE COALESCE(end_time, start_time) < ?", (run_cutoff_ms,)
+                # Only finished runs: a run active for months must keep its record, or
+                # its start and breach would be alerted again.
+                "DELETE FROM runs WHERE terminal = 1 AND COALESCE(end_time, start_time) < ?",
+                (run_cutoff_ms,),
             )
             events = await self._db.execute(
                 "DELETE FROM events WHERE created_at < ? AND NOT EXISTS ("
@@ -470,10 +499,10 @@ class SQLiteStore:
                 "AND d.status IN ('pending', 'dead'))",
                 (event_cutoff,),
             )
+            await self._db.execute("COMMIT")
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            await self._rollback()
             raise
-        await self._db.execute("COMMIT")
         return PruneResult(runs=runs.rowcount, events=events.rowcount)
 
     @_locked
