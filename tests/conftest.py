@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from tests.notify_fixtures import Receiver
 from watcher.clock import ManualClock
 from watcher.databricks import JobsClient, RetryPolicy, StaticToken
 from watcher.simulator import Simulator
@@ -26,6 +27,15 @@ def clock() -> ManualClock:
 async def sim(clock: ManualClock) -> AsyncIterator[Simulator]:
     async with Simulator(clock=clock, tokens={TOKEN}) as simulator:
         yield simulator
+
+
+@pytest.fixture
+async def receiver(clock: ManualClock) -> AsyncIterator[Receiver]:
+    """A real HTTP receiver for webhook-style channels (tests/notify_fixtures.py)."""
+    r = Receiver(clock=clock)
+    await r.start()
+    yield r
+    await r.stop()
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 
-import pytest
 import structlog
 
 from tests.notify_fixtures import Receiver, make_event
@@ -24,14 +22,6 @@ from watcher.notify.slack import SlackChannel
 from watcher.notify.teams import TeamsChannel
 
 ROUTING_KEY = "fake-routing-key-0000"
-
-
-@pytest.fixture
-async def receiver(clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def test_slack_message_has_text_and_blocks(receiver: Receiver, clock: ManualClock) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ from watcher.notify import cli
 from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import CycleCommit
 from watcher.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-async def receiver(clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def test_test_alert_through_a_webhook(receiver: Receiver) -> None:

@@ -33,14 +33,6 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await db.close()
 
 
-@pytest.fixture
-async def receiver(clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
-
-
 async def enqueue(
     store: SQLiteStore, clock: ManualClock, events: Sequence[Event], channels: Sequence[str]
 ) -> None:

@@ -46,14 +46,6 @@ def hostile(huge: bool = False) -> Event:
 
 
 @pytest.fixture
-async def receiver(clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def smtp() -> AsyncIterator[SmtpServer]:
     server = await start_smtp()
     yield server
