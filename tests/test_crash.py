@@ -11,19 +11,18 @@ import random
 import signal
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from tests.conftest import TOKEN
+from tests.daemon_helpers import settle
 from watcher.clock import ManualClock
 from watcher.config import HealthRulesConfig, StartupConfig, WorkspaceConfig
 from watcher.databricks import JobsClient, StaticToken
 from watcher.pipeline import Pipeline
 from watcher.poller import Poller
 from watcher.simulator import Simulator, TaskPlan
-from watcher.simulator.server import LoggedRequest
 from watcher.store.sqlite import SQLiteStore
 
 STEPS = 24
@@ -118,29 +117,6 @@ def _describe(db: Path, ids: set[str]) -> str:
     return "\n".join(sorted(described))
 
 
-def _committed_at(db: Path) -> float | None:
-    """Local time of the latest cycle commit (the watermark row is rewritten by each)."""
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            row = conn.execute("SELECT updated_at FROM watermarks").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return None  # not created yet
-    return float(row[0]) if row else None
-
-
-def _starts_cycle(request: LoggedRequest) -> bool:
-    params = request.params
-    return (
-        request.endpoint == "runs/list"
-        and params.get("active_only") == "true"
-        and "page_token" not in params
-        and "offset" not in params
-    )
-
-
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """Across 30+ SIGKILLs of the real daemon at random instants (mid-poll, mid-commit,
     between cycles) and restarts from the same database, the union of committed events is
@@ -177,34 +153,28 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: P
                 stderr=asyncio.subprocess.PIPE,
             )
 
-        async def settle() -> None:
-            """Wait until a cycle that began after this point has committed, killing the
-            daemon at random instants on the way. A cycle begins with the first page of
-            active runs; it has committed once the watermark row is rewritten after it."""
+        async def tick() -> None:
+            """Between the checks of `settle`: (re)start the daemon, and kill it at
+            random instants on the way."""
             nonlocal process, kills
-            first = len(sim.requests)
-            began_by: float | None = None
-            while began_by is None or (_committed_at(db) or 0) <= began_by:
-                if began_by is None and any(_starts_cycle(r) for r in sim.requests[first:]):
-                    began_by = time.time()
-                if process is None or process.returncode is not None:
-                    process = await start()
-                if kills < KILLS and killer.random() < 0.6:
-                    await asyncio.sleep(killer.uniform(0.0, 0.5))
-                    process.send_signal(signal.SIGKILL)
-                    await process.wait()
-                    kills += 1
-                    continue
-                await asyncio.sleep(0.05)
+            if process is None or process.returncode is not None:
+                process = await start()
+            if kills < KILLS and killer.random() < 0.6:
+                await asyncio.sleep(killer.uniform(0.0, 0.5))
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+                kills += 1
+                return
+            await asyncio.sleep(0.05)
 
         for step in range(STEPS + 1):
-            await settle()
+            await settle(sim, db, tick=tick)
             if step < STEPS:
                 script(sim, step, rng, jobs)
                 clock.advance(STEP_SECONDS)
         for _ in range(12):
             clock.advance(STEP_SECONDS)
-            await settle()
+            await settle(sim, db, tick=tick)
         assert process is not None
         process.send_signal(signal.SIGTERM)
         _, stderr = await process.communicate()
