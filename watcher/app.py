@@ -5,7 +5,6 @@ time against simulated workspaces."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
@@ -14,7 +13,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from watcher import __version__
-from watcher.clock import Clock, SystemClock
+from watcher.clock import Clock, SystemClock, sleep_or_stop
 from watcher.config import Config, OAuthConfig, WorkspaceConfig
 from watcher.databricks import (
     Auth,
@@ -42,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 ClientFactory = Callable[[WorkspaceConfig, AttemptHook], JobsClient]
 PRUNE_EVERY = 3600.0
-OUTBOX_STATS_EVERY = 15.0
+OUTBOX_STATS_EVERY = 5.0
 
 
 def make_auth(workspace: WorkspaceConfig, clock: Clock) -> Auth:
@@ -301,8 +300,7 @@ async def _housekeeping(daemon: Daemon, clock: Clock, stop: asyncio.Event) -> No
             )
             if pruned.runs or pruned.events:
                 log.info("store_pruned", runs=pruned.runs, events=pruned.events)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=OUTBOX_STATS_EVERY)
+        await sleep_or_stop(clock, OUTBOX_STATS_EVERY, stop)
 
 
 class _DryRun:

@@ -96,9 +96,9 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 async def _run(config: Config) -> int:
     from watcher.app import build, serve
 
-    daemon = await build(config)
     stop = asyncio.Event()
-    _stop_on_signals(stop)
+    _stop_on_signals(stop)  # before build: a SIGTERM during start-up still stops cleanly
+    daemon = await build(config)
     return await serve(daemon, stop=stop)
 
 
