@@ -550,6 +550,43 @@ async def test_job_settings_are_cached_for_their_ttl(
 # -- filters, tasks, vanished runs, failures ---------------------------------------------
 
 
+@pytest.mark.parametrize(("version", "pages"), [("2.0", 1), ("2.1", 3), ("2.2", 3)])
+async def test_many_unknown_jobs_are_read_with_jobs_list_not_one_get_each(
+    make_world: WorldFactory, clock: ManualClock, version: str, pages: int
+) -> None:
+    """When more jobs need settings than a jobs/list walk has pages, the poller lists every
+    job (100 a page, tasks included) instead of one jobs/get per job; a job missing from
+    the list is taken as deleted. A few jobs later
+    are fetched one by one again (on 2.0, whose jobs/list is a single answer, listing
+    stays cheaper)."""
+    w = await make_world(version=version)
+    jobs = [
+        w.ws.create_job(f"job-{i}", task_keys=["t"], task_health_s={"t": 60}) for i in range(250)
+    ]
+    for job in jobs:
+        w.ws.start_run(job, execution_s=3600)
+    w.ws.delete_job(jobs[-1])  # its run goes on; the job is gone from the list
+    mark = len(w.sim.requests)
+    result = await w.cycle()
+    calls = w.calls(mark)
+    assert (calls["jobs/list"], calls["jobs/get"]) == (pages, 0)
+    assert len(result.jobs) == 249
+    assert jobs[-1] not in result.jobs
+    if version != "2.0":
+        first = result.jobs[jobs[0]]
+        assert first.settings.tasks[0].health is not None  # expand_tasks was asked
+    clock.advance(30)
+    newcomers = [w.ws.create_job(f"new-{i}") for i in range(2)]
+    for job in newcomers:
+        w.ws.start_run(job, execution_s=600)
+    mark = len(w.sim.requests)
+    result = await w.cycle()
+    calls = w.calls(mark)
+    # 2.0 lists every job in one unpaged answer: cheaper than two gets already.
+    assert (calls["jobs/list"], calls["jobs/get"]) == ((1, 0) if version == "2.0" else (0, 2))
+    assert set(newcomers) <= set(result.jobs)
+
+
 async def test_job_filters_use_settings_and_fall_back_to_run_name(
     make_world: WorldFactory,
 ) -> None:

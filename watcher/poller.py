@@ -6,6 +6,7 @@ have changed since the stored watermark, with as few Jobs API requests as the AP
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.config import StartupConfig, WorkspaceConfig
-from watcher.databricks.client import MAX_RUNS_LIMIT, JobsClient
+from watcher.databricks.client import MAX_JOBS_LIMIT, MAX_RUNS_LIMIT, JobsClient
 from watcher.databricks.errors import ApiError, DatabricksError
 from watcher.databricks.models import Job, Run
 from watcher.store.base import WorkspaceState
@@ -121,6 +122,7 @@ class Poller:
         # 2.0 has no expand_tasks; 2.1+ lists tasks only when asked.
         self._expand_tasks = client.api_version != "2.0"
         self._jobs: dict[int, tuple[float, Job | None]] = {}  # job_id -> (expires, settings)
+        self._job_count: int | None = None  # jobs in the workspace at the last jobs/list
         self._rng = random.Random(config.name)  # noqa: S311 - cache spread, not cryptography
         self.status = PollStatus(workspace=config.name)
 
@@ -270,14 +272,38 @@ class Poller:
                 )
                 return job_id, None
 
-        fetched = await _bounded(self._config.runs_get_concurrency, fetch, due)
-        got.requests += len(due)
+        fetched: list[tuple[int, Job | None]] = []
+        if len(due) > self._list_pages():
+            # Cheaper to list every job (100 a page; 2.0: one answer) than to get these.
+            listed = await self._list_all_jobs(got)
+            fetched = [(job_id, listed.get(job_id)) for job_id in due]  # absent: deleted
+            fetched += [(j, job) for j, job in listed.items() if j not in job_ids]
+        else:
+            fetched = await _bounded(self._config.runs_get_concurrency, fetch, due)
+            got.requests += len(due)
         # Forget what expired unused, so the cache holds only jobs that still run.
         self._jobs = {j: entry for j, entry in self._jobs.items() if entry[0] > now}
         ttl = self._config.job_settings_ttl
         for job_id, job in fetched:
             self._jobs[job_id] = (now + ttl * (1 - _TTL_SPREAD * self._rng.random()), job)
         return {job_id: self._jobs[job_id][1] for job_id in job_ids}
+
+    def _list_pages(self) -> int:
+        """Requests a jobs/list walk costs, as far as we know (before the first walk: a
+        guess of ten pages)."""
+        if self._client.api_version == "2.0":
+            return 1
+        if self._job_count is None:
+            return 10
+        return max(1, math.ceil(self._job_count / MAX_JOBS_LIMIT))
+
+    async def _list_all_jobs(self, got: _Gathered) -> dict[int, Job]:
+        listed: dict[int, Job] = {}
+        async for page in self._client.list_jobs(expand_tasks=True):
+            got.requests += 1
+            listed.update((job.job_id, job) for job in page.jobs)
+        self._job_count = len(listed)
+        return listed
 
     def _watched(self, run: Run, job: Job | None) -> bool:
         if job is not None:

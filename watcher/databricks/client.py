@@ -209,9 +209,14 @@ class JobsClient:
         ):
             yield page
 
-    async def list_jobs(self, *, name: str | None = None) -> AsyncGenerator[JobsPage, None]:
-        """Pages of jobs/list. API 2.0 answers every job in one unpaged response."""
+    async def list_jobs(
+        self, *, name: str | None = None, expand_tasks: bool = False
+    ) -> AsyncGenerator[JobsPage, None]:
+        """Pages of jobs/list. API 2.0 answers every job in one unpaged response; 2.1+
+        include the jobs' tasks (and with them task-level rules) only with expand_tasks."""
         params: Params = {} if name is None else {"name": name}
+        if expand_tasks and self.api_version != "2.0":
+            params["expand_tasks"] = _bool(True)
         if self.api_version == "2.0":
             yield await self._call("jobs/list", params, JobsPage)
             return

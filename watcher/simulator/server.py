@@ -383,7 +383,11 @@ class Simulator:
                 )
             jobs = jobs[offset:]
         page, has_more = jobs[:limit], len(jobs) > limit
-        body: dict[str, Any] = {"jobs": [job_json(j, version) for j in page]} if page else {}
+        listed = [job_json(j, version) for j in page]
+        if query.get("expand_tasks") != "true":
+            for job in listed:  # 2.1+ lists tasks only when asked
+                job["settings"] = {k: v for k, v in job["settings"].items() if k != "tasks"}
+        body: dict[str, Any] = {"jobs": listed} if listed else {}
         if version == "2.1":
             body["has_more"] = has_more
         if has_more:
