@@ -172,7 +172,9 @@ async def bench(version: str, overlap: float, cycles: int) -> list[Cycle]:
                 for request in sim.requests[mark:]:
                     by_endpoint[request.endpoint] = by_endpoint.get(request.endpoint, 0) + 1
                 minimum = math.ceil(len(active_ids) / limit) + math.ceil(ended / limit)
-                new_jobs = by_endpoint.get("jobs/get", 0)
+                # The job-settings term: one get per new job, or the pages of one jobs/list
+                # walk when that is cheaper.
+                new_jobs = by_endpoint.get("jobs/get", 0) + by_endpoint.get("jobs/list", 0)
                 results.append(
                     Cycle(
                         requests=result.requests,
@@ -193,7 +195,7 @@ def report(version: str, overlap: float, cycles: list[Cycle]) -> None:
     def mean(values: list[float]) -> float:
         return statistics.fmean(values) if values else 0.0
 
-    endpoints = ("runs/list", "runs/get", "jobs/get")
+    endpoints = ("runs/list", "runs/get", "jobs/get", "jobs/list")
     split = " ".join(
         f"{e}={mean([c.by_endpoint.get(e, 0) for c in cycles]):.1f}" for e in endpoints
     )
@@ -225,7 +227,8 @@ def main() -> None:
         f"~{ENDING_PER_CYCLE * MEAN_DURATION / INTERVAL:.0f} active; "
         f"{args.cycles} steady cycles after the first start\n"
         "minimum = ceil(active/limit) + ceil(ended since last cycle/limit); issue bound adds "
-        "stored-active runs gone from the active list, jobs/get and 1"
+        "stored-active runs gone from the active list,\n"
+        "job settings reads (jobs/get, or jobs/list pages) and 1"
     )
     for version in args.versions:
         for overlap in args.overlaps:

@@ -253,27 +253,31 @@ async def serve(
         workspaces=[w.name for w in config.workspaces],
         metrics_url=f"{daemon.server.url}/metrics",
     )
-    if on_ready is not None:
-        on_ready(daemon)
     stopper = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait([stopper, *daemon.tasks], return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    for task in done:
-        if task is stopper:
-            continue
-        code = 1
-        exc = task.exception() if not task.cancelled() else None
-        log.error("background_task_died", task=task.get_name(), error=repr(exc), exc_info=exc)
-    inner_stop.set()
-    log.info("watcher_stopping", reason="signal" if code == 0 else "task failure")
-    # The loops finish a commit in progress; the dispatcher gives in-flight sends its own
-    # grace and leaves the rest pending in the store.
-    _, pending = await asyncio.wait(daemon.tasks, timeout=shutdown_grace + 2)
-    for task in [*pending, stopper]:
-        task.cancel()
-    await asyncio.gather(*daemon.tasks, stopper, return_exceptions=True)
-    await close(daemon)
-    log.info("watcher_stopped", exit_code=code)
+    code = 1  # unless the wait below ends by `stop`
+    try:
+        if on_ready is not None:
+            on_ready(daemon)
+        done, _ = await asyncio.wait([stopper, *daemon.tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is stopper:
+                continue
+            code = 1
+            exc = task.exception() if not task.cancelled() else None
+            log.error("background_task_died", task=task.get_name(), error=repr(exc), exc_info=exc)
+    finally:
+        # Whatever ended the wait (stop, a dead task, an error here), shut down fully.
+        inner_stop.set()
+        log.info("watcher_stopping", reason="signal" if code == 0 else "failure")
+        # The loops finish a commit in progress; the dispatcher gives in-flight sends its
+        # own grace and leaves the rest pending in the store.
+        _, pending = await asyncio.wait(daemon.tasks, timeout=shutdown_grace + 2)
+        for task in [*pending, stopper]:
+            task.cancel()
+        await asyncio.gather(*daemon.tasks, stopper, return_exceptions=True)
+        await close(daemon)
+        log.info("watcher_stopped", exit_code=code)
     return code
 
 
