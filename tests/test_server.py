@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 
 from tests.conftest import TOKEN
-from watcher.app import Daemon, build, close, run_once
+from watcher.app import Daemon, build, close, run_once, serve
 from watcher.clock import ManualClock
 from watcher.config import Config
 from watcher.server import Probes, StatusServer
@@ -113,3 +115,22 @@ async def test_status_reports_workspaces_and_outbox(daemon: Daemon, sim: Simulat
     assert data["workspaces"][0]["name"] == "prod"
     assert data["workspaces"][0]["active_runs"] == 1
     assert (data["outbox_pending"], data["dead_letters"]) == (0, 0)
+
+
+async def test_a_dying_background_task_stops_the_daemon_with_exit_code_1(
+    daemon: Daemon, clock: ManualClock
+) -> None:
+    """When a background task dies (here: the database connection is gone), the daemon
+    logs it and serve() returns 1 instead of leaving a half-alive process."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(
+            serve(daemon, stop=stop, clock=clock, shutdown_grace=1, on_ready=lambda d: ready.set())
+        )
+        await ready.wait()
+        await daemon.store.close()  # every later store call fails
+        code = await asyncio.wait_for(running, timeout=30)
+    assert code == 1
+    died = [e for e in logs if e["event"] == "background_task_died"]
+    assert died
+    assert not stop.is_set()
