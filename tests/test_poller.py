@@ -647,6 +647,21 @@ async def test_multitask_runs_keep_their_tasks(
     assert by_id(result)[quick].tasks[1].state.result_state == "FAILED"  # type: ignore[union-attr]
 
 
+async def test_runs_with_more_than_100_tasks_are_read_whole_on_2_2(
+    make_world: WorldFactory, clock: ManualClock
+) -> None:
+    """API 2.2 lists at most 100 tasks per run; a run flagged has_more is read with
+    runs/get (which pages its tasks), so task-level rules see every task."""
+    w = await make_world(version="2.2")
+    keys = [f"t{i:03d}" for i in range(150)]
+    job = w.ws.create_job("wide", task_keys=keys)
+    run_id = w.ws.start_run(job, tasks=[TaskPlan(task_key=k) for k in keys])
+    mark = len(w.sim.requests)
+    result = await w.cycle()
+    assert [t.task_key for t in by_id(result)[run_id].tasks] == keys
+    assert w.calls(mark)["runs/get"] == 2  # two pages of tasks
+
+
 async def test_vanished_run_is_closed_out_once(
     make_world: WorldFactory, clock: ManualClock
 ) -> None:

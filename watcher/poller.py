@@ -67,7 +67,8 @@ class PollResult:
     """Server time at the start of the cycle, for ages of active runs: every snapshot was
     taken after it, so an age computed from it is never overstated."""
     requests: int
-    """API calls made (pages, runs/get, jobs/get); retries and 2.2 task pages not counted."""
+    """HTTP requests this cycle sent to the Jobs API: pages, runs/get, jobs/get, jobs/list,
+    retries and 2.2 task pages."""
 
 
 @dataclass(slots=True)
@@ -91,7 +92,6 @@ class _Gathered:
     """The runs of one cycle, one snapshot per run_id."""
 
     runs: dict[int, Run] = field(default_factory=dict)
-    requests: int = 0
 
     def add(self, run: Run) -> None:
         # Lists and runs/get are read at different instants: never let an older snapshot
@@ -140,12 +140,12 @@ class Poller:
         state = await self._state.workspace_state(self.workspace)
         stored_active = state.active_run_ids
         skew_before = client.server_offset or 0.0
+        requests_before = client.requests
         started = client.server_time()
         got = _Gathered()
         async for page in client.list_runs(
             active_only=True, expand_tasks=self._expand_tasks, overlap=self._overlap
         ):
-            got.requests += 1
             for run in page.runs:
                 got.add(run)
         # The start instant in server time, with the skew this cycle's answers measured:
@@ -153,7 +153,9 @@ class Poller:
         now_ms = _ms(started - skew_before + (client.server_offset or 0.0))
         cutoff_ms, start_from_ms = self._cutoff(state.watermark_ms, now_ms)
         await self._walk_completed(got, cutoff_ms, start_from_ms, stored_active)
-        vanished = await self._fetch_unlisted(got, stored_active - got.runs.keys())
+        # 2.2 lists at most 100 tasks of a run (has_more): runs/get pages through them all.
+        truncated = {r.run_id for r in got.runs.values() if r.has_more}
+        vanished = await self._fetch_unlisted(got, (stored_active - got.runs.keys()) | truncated)
 
         id_filter = self._config.jobs.include.job_ids
         candidates = [
@@ -182,7 +184,7 @@ class Poller:
             vanished=vanished,
             watermark_ms=now_ms,
             server_now_ms=now_ms,
-            requests=got.requests,
+            requests=client.requests - requests_before,
         )
 
     def _cutoff(self, watermark_ms: int | None, now_ms: int) -> tuple[int, int]:
@@ -220,7 +222,6 @@ class Poller:
             expand_tasks=self._expand_tasks,
             overlap=self._overlap,
         ):
-            got.requests += 1
             for run in page.runs:
                 if run.run_id in stored_active or not _ended_before(run, cutoff_ms):
                     got.add(run)
@@ -249,7 +250,6 @@ class Poller:
             return None
 
         outcomes = await _bounded(self._config.runs_get_concurrency, fetch, sorted(run_ids))
-        got.requests += len(run_ids)
         return [run_id for run_id in outcomes if run_id is not None]
 
     async def _job_settings(self, job_ids: set[int], got: _Gathered) -> dict[int, Job | None]:
@@ -280,7 +280,6 @@ class Poller:
             fetched += [(j, job) for j, job in listed.items() if j not in job_ids]
         else:
             fetched = await _bounded(self._config.runs_get_concurrency, fetch, due)
-            got.requests += len(due)
         # Forget what expired unused, so the cache holds only jobs that still run.
         self._jobs = {j: entry for j, entry in self._jobs.items() if entry[0] > now}
         ttl = self._config.job_settings_ttl
@@ -300,7 +299,6 @@ class Poller:
     async def _list_all_jobs(self, got: _Gathered) -> dict[int, Job]:
         listed: dict[int, Job] = {}
         async for page in self._client.list_jobs(expand_tasks=True):
-            got.requests += 1
             listed.update((job.job_id, job) for job in page.jobs)
         self._job_count = len(listed)
         return listed

@@ -117,6 +117,8 @@ class JobsClient:
         self._session: aiohttp.ClientSession | None = None
         self.server_offset: float | None = None
         """Seconds to add to the local clock to get the server's, from the Date header."""
+        self.requests = 0
+        """HTTP requests sent to the Jobs API so far, retries and task pages included."""
 
     async def __aenter__(self) -> JobsClient:
         return self
@@ -294,6 +296,7 @@ class JobsClient:
                 retry_after: float | None = None
                 try:
                     headers = {"Authorization": await self._auth.header(session)}
+                    self.requests += 1
                     async with session.get(url, params=params, headers=headers) as resp:
                         body = await resp.read()
                         status = resp.status

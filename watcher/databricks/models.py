@@ -215,6 +215,8 @@ class Run(_Model):
     tasks: list[RunTask] = Field(default_factory=list)
     # API 2.2 pages a run's tasks; the client merges the pages before handing the run out.
     next_page_token: str | None = Field(default=None, exclude=True)
+    # API 2.2 runs/list (expand_tasks) shows at most 100 tasks of a run and flags the rest.
+    has_more: bool | None = Field(default=None, exclude=True)
 
     @property
     def life_cycle_state(self) -> str | None:
