@@ -104,7 +104,7 @@ def test_empty_page_may_omit_runs_and_has_more() -> None:
             {"state": {"life_cycle_state": "RUNNING"}, "end_time": 0, "setup_duration": 5},
             False,
             False,
-            5,
+            None,
         ),
         (
             {
@@ -141,7 +141,8 @@ def test_empty_page_may_omit_runs_and_has_more() -> None:
 def test_end_time_zero_means_running_and_durations(
     body: dict[str, object], ended: bool, terminal: bool, duration: int | None
 ) -> None:
-    """end_time 0 is "not ended"; total duration is run_duration or the phase sum."""
+    """end_time 0 is "not ended"; total duration is run_duration or the phase sum, and
+    unknown (None) while the run is active."""
     run = Run.model_validate({"run_id": 1, **body})
     assert run.has_ended is ended
     assert run.is_terminal is terminal

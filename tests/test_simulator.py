@@ -366,3 +366,42 @@ async def test_random_workload_is_lively_and_reproducible(clock: ManualClock) ->
     results = [result for _, result, _ in first]
     assert results.count("SUCCESS") > results.count("FAILED") > 0
     assert any(attempt > 0 for _, _, attempt in first)
+
+
+async def test_in_run_retries_keep_one_job_run_with_task_attempts(
+    clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """With in-run retries (2.1+ task retries), a failing attempt is retried inside the
+    same job run: its task waits (WAITING_FOR_RETRY), the next attempt counts up, and the
+    job run ends once, with the last attempt's result; no new job run appears."""
+    async with Simulator(clock=clock, tokens={TOKEN}, in_run_retries=True) as sim:
+        job = sim.workspace.create_job("flaky", max_retries=2, min_retry_interval_ms=30_000)
+        run_id = sim.workspace.start_run(
+            job, setup_s=10, execution_s=50, cleanup_s=0, result="FAILED", retry_results=["FAILED"]
+        )
+        seen = []
+        for step in (20, 45, 40, 50, 40, 60):
+            clock.advance(step)
+            _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=run_id)
+            (task,) = run["tasks"]
+            seen.append(
+                (
+                    run["state"]["life_cycle_state"],
+                    run["state"].get("result_state"),
+                    task["state"]["life_cycle_state"],
+                    task["attempt_number"],
+                )
+            )
+        assert seen == [
+            ("RUNNING", None, "RUNNING", 0),
+            ("RUNNING", None, "WAITING_FOR_RETRY", 0),
+            ("RUNNING", None, "RUNNING", 1),
+            ("RUNNING", None, "WAITING_FOR_RETRY", 1),
+            ("RUNNING", None, "RUNNING", 2),
+            ("TERMINATED", "SUCCESS", "TERMINATED", 2),
+        ]
+        assert run["attempt_number"] == 0
+        assert run["end_time"] - run["start_time"] == 3 * 60_000 + 2 * 30_000
+        assert run["run_duration"] == 240_000
+        _, listed = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job)
+        assert [r["run_id"] for r in listed["runs"]] == [run_id]

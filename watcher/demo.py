@@ -57,7 +57,7 @@ async def run_demo(
     out: TextIO,
 ) -> int:
     clock = AcceleratedClock(speed=speed)
-    sim = Simulator(clock=clock, tokens={TOKEN})
+    sim = Simulator(clock=clock, tokens={TOKEN}, in_run_retries=True)  # as 2.1+ retry tasks
     RandomWorkload(sim.workspace, WorkloadSpec(jobs=jobs, seed=seed))
     url = await sim.start("127.0.0.1", 0)
     stop = asyncio.Event()

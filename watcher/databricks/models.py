@@ -237,8 +237,11 @@ class Run(_Model):
 
     @property
     def duration_ms(self) -> int | None:
-        """Total duration: `run_duration` for multitask runs, else the sum of the phases
-        (setup + execution + cleanup), as the reference defines it; None until known."""
+        """Total duration of a finished run: `run_duration` for multitask runs, else the
+        sum of the phases (setup + execution + cleanup), as the reference defines it. None
+        while the run is active (the phases so far are not its duration)."""
+        if not self.has_ended and not self.is_terminal:
+            return None
         if self.run_duration:
             return self.run_duration
         phases = (self.setup_duration, self.execution_duration, self.cleanup_duration)

@@ -87,8 +87,10 @@ def run_json(
             key=_ACTIVE_ORDER.index,
             default=L.TERMINATING,
         )
+    elif (attempt := _attempt(run, work))[2]:
+        life = L.RUNNING  # the job run waits while its task waits for a retry
     else:
-        life = _phase_state(work, run.setup_ms, run.execution_ms)
+        life = _phase_state(attempt[1], run.setup_ms, run.execution_ms)
     state: dict[str, Any] = {"life_cycle_state": life, "state_message": ""}
     if ended and run.result is not None:
         state["result_state"] = run.result
@@ -107,7 +109,7 @@ def run_json(
         "end_time": end if ended else 0,
         "queue_duration": min(max(elapsed, 0), run.queue_ms),
         "setup_duration": 0
-        if multitask or life == L.QUEUED or work < run.setup_ms
+        if multitask or life == L.QUEUED or _attempt(run, work)[1] < run.setup_ms
         else run.setup_ms,
         "execution_duration": run.execution_ms if ended and not multitask else 0,
         "cleanup_duration": run.cleanup_ms if ended and not multitask else 0,
@@ -119,8 +121,8 @@ def run_json(
     if end is not None and ended:
         body["run_duration"] = (
             end - run.start_ms - run.queue_ms
-            if multitask
-            else run.setup_ms + run.execution_ms + run.cleanup_ms
+            if multitask or run.failed_attempts
+            else run.attempt_ms
         )
     if version != "2.0":
         status: dict[str, Any] = {"state": _STATUS_STATE.get(life, life)}
@@ -131,17 +133,51 @@ def run_json(
             status["termination_details"] = {"code": code, "type": kind, "message": ""}
         body["status"] = status
     if with_tasks:
-        plans = run.tasks or [
-            TaskPlan(
-                task_key="main",
-                setup_ms=run.setup_ms,
-                execution_ms=run.execution_ms,
-                cleanup_ms=run.cleanup_ms,
-                result=run.result or R.SUCCESS,
-                run_id=run.run_id,
-            )
-        ]
-        body["tasks"] = [_task_json(p, run, now, ended, url) for p in plans]
+        body["tasks"] = (
+            [_task_json(p, run, now, ended, url) for p in run.tasks]
+            if run.tasks
+            else [_single_task_json(run, now, ended, url)]
+        )
+    return body
+
+
+def _attempt(run: SimRun, work: int) -> tuple[int, int, bool]:
+    """(attempt number, ms into that attempt, waiting for the next attempt) of a
+    single-task run `work` ms after its queue."""
+    if not run.failed_attempts:
+        return 0, work, False
+    cycle = run.attempt_ms + run.retry_interval_ms
+    attempt = min(run.failed_attempts, max(0, work) // cycle)
+    offset = work - attempt * cycle
+    return attempt, offset, attempt < run.failed_attempts and offset >= run.attempt_ms
+
+
+def _single_task_json(run: SimRun, now: int, ended: bool, url: str) -> dict[str, Any]:
+    """The one task of a single-task run, as 2.1+ show it; with in-run retries, its
+    latest attempt (each attempt is a task run of its own)."""
+    started = run.start_ms + run.queue_ms
+    attempt, offset, waiting = _attempt(run, now - started)
+    task_start = started + attempt * (run.attempt_ms + run.retry_interval_ms)
+    body: dict[str, Any] = {
+        "run_id": run.run_id if attempt == 0 else run.run_id * 100 + attempt,
+        "task_key": "main",
+        "attempt_number": attempt,
+        "start_time": task_start if now >= started else 0,
+        "end_time": task_start + run.attempt_ms if ended else 0,
+        "setup_duration": run.setup_ms if now >= started and offset >= run.setup_ms else 0,
+        "execution_duration": run.execution_ms if ended else 0,
+        "cleanup_duration": run.cleanup_ms if ended else 0,
+        "run_page_url": f"{url}/run/{run.run_id}",
+    }
+    if ended:
+        life, result = run.end_state, run.result
+    elif now < started:
+        life, result = (L.QUEUED if run.queue_ms else L.PENDING), None
+    elif waiting:
+        life, result = L.WAITING_FOR_RETRY, None
+    else:
+        life, result = _phase_state(offset, run.setup_ms, run.execution_ms), None
+    body["state"] = {"life_cycle_state": life} | ({"result_state": result} if result else {})
     return body
 
 

@@ -63,9 +63,10 @@ class Simulator:
         oauth_clients: dict[str, str] | None = None,
         oauth_token_ttl: int = 3600,
         completed_order: Literal["start_time", "end_time"] = "start_time",
+        in_run_retries: bool = False,
     ) -> None:
         self.clock = clock or SystemClock()
-        self.workspace = Workspace(clock=self.clock)
+        self.workspace = Workspace(clock=self.clock, in_run_retries=in_run_retries)
         self.tokens = set(tokens or {"dapi-simulator-token"})
         self.oauth_clients = dict(oauth_clients or {})
         self.oauth_token_ttl = oauth_token_ttl

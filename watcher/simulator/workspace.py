@@ -75,7 +75,14 @@ class SimRun:
     # Outcomes of the retries that follow a failure, in order (then SUCCESS).
     retry_results: list[str] = field(default_factory=list)
     hold_state: str | None = None
-    retry_handled: bool = False
+    # In-run retries (2.1+ task retries): failed attempts before the final one, each
+    # followed by the job's min_retry_interval.
+    failed_attempts: int = 0
+    retry_interval_ms: int = 0
+
+    @property
+    def attempt_ms(self) -> int:
+        return self.setup_ms + self.execution_ms + self.cleanup_ms
 
     @property
     def end_ms(self) -> int | None:
@@ -84,7 +91,8 @@ class SimRun:
         if self.tasks:
             longest = max(t.setup_ms + t.execution_ms + t.cleanup_ms for t in self.tasks)
             return self.start_ms + self.queue_ms + longest
-        return self.start_ms + self.queue_ms + self.setup_ms + self.execution_ms + self.cleanup_ms
+        retries = self.failed_attempts * (self.attempt_ms + self.retry_interval_ms)
+        return self.start_ms + self.queue_ms + retries + self.attempt_ms
 
     def ended_by(self, now: int) -> bool:
         end = self.end_ms
@@ -101,9 +109,14 @@ ListHook = Callable[["Workspace", list[SimRun]], None]
 class Workspace:
     """Jobs and runs of one simulated workspace. All times are epoch milliseconds."""
 
-    def __init__(self, *, clock: Clock, workspace_id: int = 1234567890123456) -> None:
+    def __init__(
+        self, *, clock: Clock, workspace_id: int = 1234567890123456, in_run_retries: bool = False
+    ) -> None:
         self.clock = clock
         self.workspace_id = workspace_id
+        self.in_run_retries = in_run_retries
+        """Retry a failed single-task run inside the same run, as 2.1+ task retries do
+        (task attempts, WAITING_FOR_RETRY between them), instead of as new runs (2.0)."""
         self.jobs: dict[int, SimJob] = {}
         self.runs: dict[int, SimRun] = {}
         self._by_start: list[tuple[int, int]] = []  # sorted (start_ms, run_id)
@@ -232,8 +245,25 @@ class Workspace:
             tasks=plans,
             retry_results=list(retry_results or []),
         )
+        if self.in_run_retries and not plans and run.result in RETRIED_RESULTS:
+            self._plan_in_run_retries(run, job)
         self._add(run)
         return run_id
+
+    @staticmethod
+    def _plan_in_run_retries(run: SimRun, job: SimJob) -> None:
+        """The attempts a failing run makes within itself: each retried outcome from
+        retry_results (then SUCCESS) until one is not retried or max_retries is spent."""
+        outcomes = [run.result or R.FAILED, *run.retry_results]
+        attempt = 0
+        while outcomes[attempt] in RETRIED_RESULTS and attempt < job.max_retries:
+            attempt += 1
+            if attempt == len(outcomes):
+                outcomes.append(R.SUCCESS)
+        run.failed_attempts = attempt
+        run.retry_interval_ms = job.min_retry_interval_ms
+        run.result = outcomes[attempt]
+        run.retry_results = []
 
     def _add(self, run: SimRun) -> None:
         self.runs[run.run_id] = run
@@ -282,6 +312,10 @@ class Workspace:
                     if result_state is not None:
                         plan.result = result_state
         else:
+            cycle = run.attempt_ms + run.retry_interval_ms
+            if run.failed_attempts:  # ends within the attempt under way
+                run.failed_attempts = min(run.failed_attempts, remaining // cycle)
+                remaining -= run.failed_attempts * cycle
             run.setup_ms, run.execution_ms, run.cleanup_ms = _fit(
                 run.setup_ms, run.execution_ms, run.cleanup_ms, remaining
             )
@@ -322,7 +356,7 @@ class Workspace:
 
     def _schedule_retry(self, run: SimRun) -> None:
         job = self.jobs.get(run.job_id)
-        if job is None or run.result not in RETRIED_RESULTS:
+        if job is None or run.result not in RETRIED_RESULTS or self.in_run_retries:
             return
         if run.attempt_number >= job.max_retries:
             return
