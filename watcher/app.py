@@ -39,7 +39,6 @@ from watcher.store.sqlite import SQLiteStore
 
 log = structlog.get_logger(__name__)
 
-ClientFactory = Callable[[WorkspaceConfig, AttemptHook], JobsClient]
 PRUNE_EVERY = 3600.0
 OUTBOX_STATS_EVERY = 5.0
 
@@ -129,7 +128,6 @@ async def build(
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
     store: Store | None = None,
-    make_jobs_client: ClientFactory | None = None,
     console: TextIO | None = None,
     dry_run: bool = False,
 ) -> Daemon:
@@ -168,11 +166,7 @@ async def build(
     clients: list[JobsClient] = []
     pollers: list[Poller] = []
     for workspace in config.workspaces:
-        hook = metrics.attempt_hook(workspace.name)
-        if make_jobs_client is None:
-            client = make_client(workspace, hook, clock)
-        else:
-            client = make_jobs_client(workspace, hook)
+        client = make_client(workspace, metrics.attempt_hook(workspace.name), clock)
         clients.append(client)
         pollers.append(
             Poller(

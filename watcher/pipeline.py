@@ -15,9 +15,8 @@ from watcher.poller import PollResult
 from watcher.store.base import CycleCommit, JobRecord, RunRecord, Store
 from watcher.tracker import JobContext, evaluate, job_duration_rules
 
-Routing = tuple[Sequence[str], Sequence[str]]
-"""(channels to deliver to, channels held back by a silence)."""
-Router = Callable[[Event, JobSettings | None], Routing]
+Router = Callable[[Event, JobSettings | None], tuple[Sequence[str], Sequence[str]]]
+"""(event, job settings) -> (channels to deliver to, channels held back by a silence)."""
 
 
 @dataclass(frozen=True, slots=True)

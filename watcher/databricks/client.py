@@ -48,7 +48,7 @@ class Attempt:
     """One HTTP attempt, reported to the metrics hook."""
 
     endpoint: str
-    # HTTP status as text, or "timeout", "connection_error", "malformed".
+    # HTTP status as text, or "timeout", "connection_error", "malformed", "tls_error".
     code: str
     seconds: float
     will_retry: bool
