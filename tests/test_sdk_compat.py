@@ -111,3 +111,37 @@ async def test_databricks_sdk_reads_the_simulator(sim: Simulator, clock: ManualC
     # The SDK paged runs/list with tokens and asked the 2.2 API.
     assert {r.version for r in sim.requests} == {"2.2"}
     assert any("page_token" in r.params for r in sim.api_requests("runs/list"))
+
+
+async def test_databricks_sdk_repairs_a_run_and_reads_its_history(
+    sim: Simulator, clock: ManualClock
+) -> None:
+    """jobs.repair_run re-runs a failed run's failed task under the same run id, and
+    jobs.get_run(include_history=True) reads the repair_history, ORIGINAL then REPAIR."""
+    job = sim.workspace.create_job("multi", task_keys=["extract", "load"])
+    run_id = sim.workspace.start_run(
+        job, tasks=[TaskPlan("extract"), TaskPlan("load", result="FAILED")]
+    )
+    clock.advance(600)
+    loop = asyncio.get_running_loop()
+    # Built off the loop: the client asks the host for its metadata as it starts.
+    client = await loop.run_in_executor(None, lambda: WorkspaceClient(host=sim.url, token=TOKEN))
+    waiter: Any = await loop.run_in_executor(
+        None, lambda: client.jobs.repair_run(run_id, rerun_all_failed_tasks=True)
+    )
+    clock.advance(600)
+    run: Any = await loop.run_in_executor(
+        None, lambda: client.jobs.get_run(run_id, include_history=True)
+    )
+
+    assert run.state.result_state.value == "SUCCESS"
+    history = run.repair_history
+    assert [(h.type.value, h.id) for h in history] == [
+        ("ORIGINAL", None),
+        ("REPAIR", waiter.response.repair_id),
+    ]
+    assert [h.state.result_state.value for h in history] == ["FAILED", "SUCCESS"]
+    load = next(t for t in run.tasks if t.task_key == "load")
+    assert history[1].task_run_ids == [load.run_id]
+    assert load.run_id not in history[0].task_run_ids
+    assert [r.endpoint for r in sim.requests] == ["runs/repair", "runs/get"]

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import TOKEN
 from watcher.clock import ManualClock
 from watcher.simulator import Fault, RandomWorkload, Simulator, TaskPlan, WorkloadSpec
+from watcher.simulator.server import LoggedRequest
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -20,6 +21,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def _post(
+    http: aiohttp.ClientSession, sim: Simulator, path: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(f"{sim.url}{path}", json=body, headers=AUTH) as resp:
+        return resp.status, await resp.json(content_type=None)
 
 
 async def _get(
@@ -155,7 +163,7 @@ async def test_held_state_stays_until_forced_again(
 @pytest.mark.parametrize(
     ("version", "limit", "message"),
     [
-        ("2.0", 1001, "Invalid limit 1001 - it has to be no more than 1000."),
+        ("2.0", 1000, "Invalid limit 1000 - it has to be no more than 999."),
         ("2.1", 26, "Invalid limit 26 - it has to be no more than 25."),
         ("2.2", -1, "Invalid limit -1 - it has to be no more than 25."),
     ],
@@ -405,3 +413,335 @@ async def test_in_run_retries_keep_one_job_run_with_task_attempts(
         assert run["run_duration"] == 240_000
         _, listed = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job)
         assert [r["run_id"] for r in listed["runs"]] == [run_id]
+
+
+def _ids(body: dict[str, Any]) -> list[int]:
+    return [r["run_id"] for r in body.get("runs", [])]
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
+async def test_repairs_rerun_a_failed_run_under_the_same_run_id(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession, version: str
+) -> None:
+    """A repaired run is active again under its own run_id: QUEUED, PENDING, RUNNING,
+    TERMINATING with end_time 0 (listed by active_only, not completed_only), then ends
+    with the repair's result. A first repair fails again, a second (which must name the
+    first as latest_repair_id) succeeds; include_history shows ORIGINAL and each REPAIR,
+    with new task run ids, and run_duration adds up the run and its repairs."""
+    api = f"/api/{version}/jobs"
+    job = sim.workspace.create_job("etl")
+    run_id = sim.workspace.start_run(job, result="FAILED")  # setup 10, execution 60, cleanup 5
+    start = sim.workspace.now_ms()
+    clock.advance(100)
+    first = sim.workspace.repair_run(run_id, queue_s=5, result="FAILED")
+    seen = []
+    for step in (2, 8, 40, 28, 22):
+        clock.advance(step)
+        _, run = await _get(http, sim, f"{api}/runs/get", run_id=run_id)
+        _, active = await _get(http, sim, f"{api}/runs/list", active_only="true")
+        _, completed = await _get(http, sim, f"{api}/runs/list", completed_only="true")
+        seen.append(
+            (
+                run["state"]["life_cycle_state"],
+                run["state"].get("result_state"),
+                run["end_time"],
+                run_id in _ids(active),
+                run_id in _ids(completed),
+            )
+        )
+        assert run["start_time"] == start
+        assert "repair_history" not in run
+    assert seen == [
+        ("QUEUED", None, 0, True, False),
+        ("PENDING", None, 0, True, False),
+        ("RUNNING", None, 0, True, False),
+        ("TERMINATING", None, 0, True, False),
+        ("TERMINATED", "FAILED", start + 180_000, False, True),
+    ]
+
+    status, body = await _post(http, sim, f"{api}/runs/repair", {"run_id": run_id})
+    assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    status, body = await _post(
+        http, sim, f"{api}/runs/repair", {"run_id": run_id, "latest_repair_id": first}
+    )
+    assert status == 200
+    second = body["repair_id"]
+    assert second > first
+    assert sim.api_requests("runs/repair")[-1] == LoggedRequest(
+        version, "runs/repair", {}, 200, "POST"
+    )
+    clock.advance(30)
+    _, run = await _get(http, sim, f"{api}/runs/get", run_id=run_id, include_history="true")
+    assert (run["state"]["life_cycle_state"], run["end_time"]) == ("RUNNING", 0)
+    assert run["repair_history"][-1]["end_time"] == 0
+    assert "result_state" not in run["repair_history"][-1]["state"]
+
+    clock.advance(100)
+    _, run = await _get(http, sim, f"{api}/runs/get", run_id=run_id, include_history="true")
+    assert run["state"]["result_state"] == "SUCCESS"
+    assert run["end_time"] == start + 200_000 + 75_000
+    assert run["run_duration"] == 3 * 75_000
+    history = run.pop("repair_history")
+    assert [(h["type"], h.get("id")) for h in history] == [
+        ("ORIGINAL", None),
+        ("REPAIR", first),
+        ("REPAIR", second),
+    ]
+    assert [(h["start_time"] - start, h["end_time"] - start) for h in history] == [
+        (0, 75_000),
+        (100_000, 180_000),
+        (200_000, 275_000),
+    ]
+    assert [h["state"]["result_state"] for h in history] == ["FAILED", "FAILED", "SUCCESS"]
+    task_runs = [h["task_run_ids"] for h in history]
+    assert task_runs[0] == [run_id]
+    assert len({t for ids in task_runs for t in ids}) == 3  # each repair: a new task run
+    if version == "2.0":
+        assert "status" not in history[0]
+    else:
+        assert [h["status"]["state"] for h in history] == ["TERMINATED"] * 3
+        assert run["status"]["termination_details"]["code"] == "SUCCESS"
+        assert [t["run_id"] for t in run["tasks"]] == task_runs[2]
+    _, listed = await _get(http, sim, f"{api}/runs/list", include_history="true")
+    assert [r["run_id"] for r in listed["runs"]] == [run_id]  # no new runs appeared
+    assert "repair_history" not in listed["runs"][0]
+
+
+async def test_multitask_repair_reruns_only_the_failed_task(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """rerun_all_failed_tasks re-runs the failed task alone, with a new task run id and
+    the repair's times; the task that succeeded keeps its run id, times and result; the
+    run's result is the worst task's once the repair ends."""
+    job = sim.workspace.create_job("multi", task_keys=["a", "b"])
+    run_id = sim.workspace.start_run(
+        job,
+        tasks=[
+            TaskPlan("a", execution_ms=30_000),
+            TaskPlan("b", execution_ms=90_000, result="FAILED"),
+        ],
+    )
+    clock.advance(100)
+    _, before = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=run_id)
+    old = {t["task_key"]: t for t in before["tasks"]}
+    status, _ = await _post(
+        http, sim, "/api/2.1/jobs/runs/repair", {"run_id": run_id, "rerun_all_failed_tasks": True}
+    )
+    assert status == 200
+    clock.advance(30)
+    _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=run_id)
+    tasks = {t["task_key"]: t for t in run["tasks"]}
+    assert run["state"]["life_cycle_state"] == "RUNNING"
+    assert tasks["a"] == old["a"]
+    assert tasks["b"]["run_id"] != old["b"]["run_id"]
+    assert tasks["b"]["state"] == {"life_cycle_state": "RUNNING"}
+    assert tasks["b"]["start_time"] == before["start_time"] + 100_000
+    clock.advance(100)
+    _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=run_id, include_history="true")
+    assert run["state"]["result_state"] == "SUCCESS"
+    assert run["run_duration"] == 90_000 + 75_000
+    assert [h["task_run_ids"] for h in run["repair_history"]] == [
+        [old["a"]["run_id"], old["b"]["run_id"]],
+        [tasks["b"]["run_id"]],
+    ]
+
+
+async def test_repair_is_refused_while_the_run_is_in_progress(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """Only a finished run can be repaired: a running one (or one still under repair) is
+    a 400 INVALID_STATE; unknown task keys are a 400 INVALID_PARAMETER_VALUE."""
+    job = sim.workspace.create_job("j")
+    run_id = sim.workspace.start_run(job)
+    clock.advance(30)
+    status, body = await _post(http, sim, "/api/2.2/jobs/runs/repair", {"run_id": run_id})
+    assert (status, body["error_code"]) == (400, "INVALID_STATE")
+    assert f"Run {run_id} is in progress" in body["message"]
+    clock.advance(60)
+    repair_id = sim.workspace.repair_run(run_id)
+    with pytest.raises(ValueError, match="in progress"):
+        sim.workspace.repair_run(run_id)
+    clock.advance(600)
+    status, body = await _post(
+        http,
+        sim,
+        "/api/2.2/jobs/runs/repair",
+        {"run_id": run_id, "latest_repair_id": repair_id, "rerun_tasks": ["nope"]},
+    )
+    assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+
+
+async def test_a_failed_repair_is_not_retried(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """Job retries (new runs, the 2.0 model) follow failed runs, never failed repairs."""
+    job = sim.workspace.create_job("flaky", max_retries=2)
+    run_id = sim.workspace.start_run(job, result="FAILED")
+    clock.advance(600)
+    sim.workspace.repair_run(run_id, result="FAILED")
+    clock.advance(3600)
+    _, body = await _get(http, sim, "/api/2.0/jobs/runs/list", job_id=job)
+    assert [(r["run_id"] == run_id, r["state"]["result_state"]) for r in body["runs"]] == [
+        (False, "SUCCESS"),  # the one retry of the original failure
+        (True, "FAILED"),
+    ]
+
+
+async def test_a_just_repaired_old_run_completes_first_by_end_time(
+    clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """With completed runs ordered by end time, a repaired run leaves completed_only
+    while under repair and comes back first, by its new end, before newer runs."""
+    async with Simulator(clock=clock, tokens={TOKEN}, completed_order="end_time") as sim:
+        job = sim.workspace.create_job("j")
+        old = sim.workspace.start_run(job, result="FAILED")
+        clock.advance(3600)
+        newer = sim.workspace.start_run(job)
+        clock.advance(600)
+        path = "/api/2.1/jobs/runs/list"
+        _, body = await _get(http, sim, path, completed_only="true")
+        assert _ids(body) == [newer, old]
+        sim.workspace.repair_run(old)
+        clock.advance(10)
+        _, body = await _get(http, sim, path, completed_only="true")
+        assert _ids(body) == [newer]
+        clock.advance(600)
+        _, body = await _get(http, sim, path, completed_only="true")
+        assert _ids(body) == [old, newer]
+
+
+async def test_a_run_born_blocked_waits_for_release(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """A run born BLOCKED stays so, unlisted by active_only, until released; then it
+    goes PENDING, RUNNING, ... and ends its setup + execution + cleanup after release."""
+    job = sim.workspace.create_job("j")
+    run_id = sim.workspace.start_run(job, hold_state="BLOCKED", queue_s=30)
+    path = "/api/2.1/jobs/runs"
+    clock.advance(3600)
+    _, run = await _get(http, sim, f"{path}/get", run_id=run_id)
+    assert (run["state"]["life_cycle_state"], run["status"]["state"]) == ("BLOCKED", "BLOCKED")
+    assert run["end_time"] == 0
+    assert (run["tasks"][0]["state"]["life_cycle_state"], run["tasks"][0]["start_time"]) == (
+        "BLOCKED",
+        0,
+    )
+    _, active = await _get(http, sim, f"{path}/list", active_only="true")
+    _, everything = await _get(http, sim, f"{path}/list")
+    assert (_ids(active), _ids(everything)) == ([], [run_id])
+    sim.workspace.release(run_id)
+    released = sim.workspace.now_ms()
+    seen = []
+    for step in (0, 10, 60, 5):
+        clock.advance(step)
+        _, run = await _get(http, sim, f"{path}/get", run_id=run_id)
+        _, active = await _get(http, sim, f"{path}/list", active_only="true")
+        seen.append((run["state"]["life_cycle_state"], _ids(active)))
+    assert seen == [
+        ("PENDING", [run_id]),
+        ("RUNNING", [run_id]),
+        ("TERMINATING", [run_id]),
+        ("TERMINATED", []),
+    ]
+    assert run["end_time"] == released + 75_000
+    with pytest.raises(ValueError, match="not held"):
+        sim.workspace.release(run_id)
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
+async def test_runs_limit_maxima_are_configurable(
+    clock: ManualClock, http: aiohttp.ClientSession, version: str
+) -> None:
+    """The largest runs/list limit per version is a constructor argument (here the 26
+    a live 2.1 server once answered with); a limit up to it is served, one past is not."""
+    maxima = {"2.0": 999, "2.1": 26, "2.2": 25}
+    async with Simulator(clock=clock, tokens={TOKEN}, runs_limit_max={"2.1": 26}) as sim:
+        path = f"/api/{version}/jobs/runs/list"
+        status, _ = await _get(http, sim, path, limit=maxima[version])
+        assert status == 200
+        status, body = await _get(http, sim, path, limit=maxima[version] + 1)
+        assert (status, body["message"]) == (
+            400,
+            f"Invalid limit {maxima[version] + 1} - it has to be no more than {maxima[version]}.",
+        )
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
+async def test_poisoned_runs_and_jobs_show_their_overrides_everywhere(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession, version: str
+) -> None:
+    """Poisoned fields replace the real ones in every rendering (runs/list, runs/get,
+    jobs/get, jobs/list), a lone surrogate written as the JSON escape \\ud800; a
+    poisoned job's "settings" merges into its settings."""
+    api = f"/api/{version}/jobs"
+    job = sim.workspace.create_job("j", tags={"team": "data"})
+    run_id = sim.workspace.start_run(job)
+    healthy = sim.workspace.start_run(job)
+    clock.advance(100)
+    sim.workspace.poison_run(run_id, {"start_time": "yesterday", "run_name": "bad \ud800 name"})
+    sim.workspace.poison_job(job, {"settings": {"name": 42}, "created_time": None})
+    for path, params in [("runs/list", {}), ("runs/get", {"run_id": run_id})]:
+        async with http.get(f"{sim.url}{api}/{path}", params=params, headers=AUTH) as resp:
+            raw = await resp.text()
+        assert '"bad \\ud800 name"' in raw
+    _, listed = await _get(http, sim, f"{api}/runs/list")
+    by_id = {r["run_id"]: r for r in listed["runs"]}
+    assert by_id[run_id]["start_time"] == "yesterday"
+    assert isinstance(by_id[healthy]["start_time"], int)
+    _, run = await _get(http, sim, f"{api}/runs/get", run_id=run_id)
+    assert (run["start_time"], run["run_name"]) == ("yesterday", "bad \ud800 name")
+    _, got = await _get(http, sim, f"{api}/get", job_id=job)
+    _, jobs = await _get(http, sim, f"{api}/list")
+    for body in (got, jobs["jobs"][0]):
+        assert body["created_time"] is None
+        assert body["settings"]["name"] == 42
+        assert body["settings"]["tags"] == {"team": "data"}
+
+
+async def test_date_header_can_be_left_out(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    """With send_date off, no response carries a Date header, not even the one aiohttp
+    adds by itself: API answers, API errors and control answers alike."""
+    sim.send_date = False
+    for url, headers in [
+        (f"{sim.url}/api/2.1/jobs/list", AUTH),
+        (f"{sim.url}/api/2.1/jobs/list", {}),
+        (f"{sim.url}/sim/state", {}),
+    ]:
+        async with http.get(url, headers=headers) as resp:
+            assert "Date" not in resp.headers, (url, resp.status)
+    sim.send_date = True
+    async with http.get(f"{sim.url}/api/2.1/jobs/list", headers=AUTH) as resp:
+        assert "Date" in resp.headers
+
+
+async def test_control_api_repairs_releases_and_poisons(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """Through /sim/ another process can start a run born BLOCKED and release it, repair
+    a finished run with a scripted outcome, and poison a run and a job."""
+
+    async def post(path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        async with http.post(f"{sim.url}{path}", json=body) as resp:
+            return resp.status, await resp.json(content_type=None) if resp.ok else {}
+
+    job = sim.workspace.create_job("ctl")
+    _, born = await post("/sim/runs", {"job_id": job, "hold_state": "BLOCKED"})
+    clock.advance(60)
+    assert (await post(f"/sim/runs/{born['run_id']}/repair", {}))[0] == 409
+    assert (await post(f"/sim/runs/{born['run_id']}/release", {}))[0] == 200
+    clock.advance(100)
+    status, repair = await post(
+        f"/sim/runs/{born['run_id']}/repair", {"execution_s": 20, "result": "TIMEDOUT"}
+    )
+    assert status == 200
+    clock.advance(40)
+    _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=born["run_id"])
+    assert run["state"]["result_state"] == "TIMEDOUT"
+    assert run["end_time"] - run["start_time"] == 160_000 + 35_000
+    assert repair["repair_id"] > born["run_id"]
+    assert (await post(f"/sim/runs/{born['run_id']}/poison", {"run_name": None}))[0] == 200
+    assert (await post(f"/sim/jobs/{job}/poison", {"job_id": "x"}))[0] == 200
+    assert (await post(f"/sim/jobs/{job}/poison", ["not", "an", "object"]))[0] == 400
+    _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=born["run_id"])
+    _, got = await _get(http, sim, "/api/2.1/jobs/get", job_id=job)
+    assert (run["run_name"], got["job_id"]) == (None, "x")

@@ -20,10 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watcher.clock import Clock, SystemClock
 from watcher.simulator.faults import Fault, FaultPlan
-from watcher.simulator.render import job_json, run_json
-from watcher.simulator.workspace import NotFoundError, SimRun, TaskPlan, Workspace
+from watcher.simulator.render import job_json, poisoned, run_json
+from watcher.simulator.workspace import (
+    InProgressError,
+    NotFoundError,
+    SimRun,
+    TaskPlan,
+    Workspace,
+)
 
-MAX_RUNS_LIMIT = {"2.0": 1000, "2.1": 25, "2.2": 25}
+# runs/list 2.0 takes a limit "greater than 0 and less than 1000"; 2.1+ at most 25.
+MAX_RUNS_LIMIT = {"2.0": 999, "2.1": 25, "2.2": 25}
 MAX_JOBS_LIMIT = 100
 MAX_JOBS_OFFSET = 1000
 TASK_PAGE = 100  # 2.2 pages tasks of runs/get and jobs/get, and caps them in runs/list
@@ -49,6 +56,7 @@ class LoggedRequest:
     endpoint: str
     params: dict[str, str]
     status: int
+    method: str = "GET"
 
 
 class Simulator:
@@ -64,9 +72,14 @@ class Simulator:
         oauth_token_ttl: int = 3600,
         completed_order: Literal["start_time", "end_time"] = "start_time",
         in_run_retries: bool = False,
+        runs_limit_max: dict[str, int] | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         self.workspace = Workspace(clock=self.clock, in_run_retries=in_run_retries)
+        self.runs_limit_max = dict(MAX_RUNS_LIMIT) | (runs_limit_max or {})
+        """Largest runs/list limit per API version (limit=0 asks for it)."""
+        self.send_date: bool = True
+        """False: responses carry no Date header at all, as from a server that omits it."""
         self.tokens = set(tokens or {"dapi-simulator-token"})
         self.oauth_clients = dict(oauth_clients or {})
         self.oauth_token_ttl = oauth_token_ttl
@@ -82,12 +95,18 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
+        app.on_response_prepare.append(self._set_date)
         app.router.add_get("/api/{version}/jobs/{path:.+}", self._api)
+        app.router.add_post("/api/{version}/jobs/{path:.+}", self._api_post)
         app.router.add_get("/.well-known/databricks-config", self._host_metadata)
         app.router.add_post("/oidc/v1/token", self._oauth_token)
         app.router.add_post("/sim/jobs", self._ctl_create_job)
+        app.router.add_post("/sim/jobs/{job_id}/poison", self._ctl_poison_job)
         app.router.add_post("/sim/runs", self._ctl_start_run)
         app.router.add_post("/sim/runs/{run_id}/force", self._ctl_force)
+        app.router.add_post("/sim/runs/{run_id}/release", self._ctl_release)
+        app.router.add_post("/sim/runs/{run_id}/repair", self._ctl_repair)
+        app.router.add_post("/sim/runs/{run_id}/poison", self._ctl_poison_run)
         app.router.add_delete("/sim/runs/{run_id}", self._ctl_delete_run)
         app.router.add_post("/sim/advance", self._ctl_advance)
         app.router.add_post("/sim/faults", self._ctl_add_fault)
@@ -155,13 +174,23 @@ class Simulator:
                 raw = bytes(response.body)  # type: ignore[arg-type]
                 body = raw[: len(raw) // 2] if fault.kind == "truncated" else b'{"runs": "oops"'
                 response = web.Response(body=body, status=200, content_type="application/json")
-        response.headers["Date"] = formatdate(self.clock.time(), usegmt=True)
         if is_api:
             self._log(version, endpoint, request, response.status)
         return response
 
+    async def _set_date(self, request: web.Request, response: web.StreamResponse) -> None:
+        """The Date header tells the simulated time, so clients can measure clock skew.
+        aiohttp stamps a real Date on every response before this hook runs, so the hook
+        replaces it, or removes it when `send_date` is off."""
+        if self.send_date:
+            response.headers["Date"] = formatdate(self.clock.time(), usegmt=True)
+        else:
+            response.headers.popall("Date", None)
+
     def _log(self, version: str, endpoint: str, request: web.Request, status: int) -> None:
-        self.requests.append(LoggedRequest(version, endpoint, dict(request.query), status))
+        self.requests.append(
+            LoggedRequest(version, endpoint, dict(request.query), status, request.method)
+        )
 
     # -- auth ------------------------------------------------------------------------
 
@@ -226,29 +255,48 @@ class Simulator:
         )
 
     async def _api(self, request: web.Request) -> web.Response:
+        query = request.query
         version = request.match_info["version"]
-        endpoint = _endpoint(request)
+        base = f"{request.scheme}://{request.host}"
+        return self._answer(
+            request,
+            {
+                "runs/list": lambda: self._list_runs(query, version, base),
+                "runs/get": lambda: self._get_run(query, version, base),
+                "jobs/get": lambda: self._get_job(query, version),
+                "jobs/list": lambda: self._list_jobs(query, version),
+            },
+        )
+
+    async def _api_post(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            body = None
+        return self._answer(request, {"runs/repair": lambda: self._repair_run(body)})
+
+    def _answer(
+        self, request: web.Request, handlers: dict[str, Callable[[], dict[str, Any]]]
+    ) -> web.Response:
+        """What every Jobs API call goes through: version, credentials, the workspace
+        brought up to now, then the endpoint's handler."""
+        version = request.match_info["version"]
+        what = f"{request.method} {request.path}"
         if version not in VERSIONS:
-            raise ApiProblem(404, "ENDPOINT_NOT_FOUND", f"No API found for 'GET /{version}'")
+            raise ApiProblem(404, "ENDPOINT_NOT_FOUND", f"No API found for '{what}'")
         self._authenticate(request)
         self.workspace.settle()
-        query = request.query
-        base = f"{request.scheme}://{request.host}"
-        handlers: dict[str, Callable[[], dict[str, Any]]] = {
-            "runs/list": lambda: self._list_runs(query, version, base),
-            "runs/get": lambda: self._get_run(query, version, base),
-            "jobs/get": lambda: self._get_job(query, version),
-            "jobs/list": lambda: self._list_jobs(query, version),
-        }
-        handle = handlers.get(endpoint)
+        handle = handlers.get(_endpoint(request))
         if handle is None:
-            raise ApiProblem(404, "ENDPOINT_NOT_FOUND", f"No API found for 'GET {request.path}'")
+            raise ApiProblem(404, "ENDPOINT_NOT_FOUND", f"No API found for '{what}'")
         try:
             return web.json_response(handle())
         except NotFoundError as exc:
             raise _invalid(str(exc.args[0])) from None
 
-    def _render(self, run: SimRun, version: str, base: str, with_tasks: bool) -> dict[str, Any]:
+    def _render(
+        self, run: SimRun, version: str, base: str, with_tasks: bool, with_history: bool = False
+    ) -> dict[str, Any]:
         return run_json(
             run,
             now=self.workspace.now_ms(),
@@ -256,10 +304,11 @@ class Simulator:
             base_url=base,
             workspace_id=self.workspace.workspace_id,
             with_tasks=with_tasks,
+            with_history=with_history,
         )
 
     def _list_runs(self, query: Any, version: str, base: str) -> dict[str, Any]:
-        max_limit = MAX_RUNS_LIMIT[version]
+        max_limit = self.runs_limit_max[version]
         limit = _int(query, "limit", 20)
         if limit == 0:
             limit = max_limit
@@ -336,6 +385,9 @@ class Simulator:
                     if len(tasks) > TASK_PAGE:
                         run_body["tasks"] = tasks[:TASK_PAGE]
                         run_body["has_more"] = True
+            body["runs"] = [
+                poisoned(b, r.overrides) for b, r in zip(body["runs"], page, strict=True)
+            ]
         if version != "2.2":
             body["has_more"] = has_more
         if newer and has_more:
@@ -347,28 +399,59 @@ class Simulator:
         if run_id is None:
             raise _invalid("Missing required field: run_id")
         run = self.workspace.get_run(run_id)
-        body = self._render(run, version, base, with_tasks=version != "2.0" or bool(run.tasks))
+        body = self._render(
+            run,
+            version,
+            base,
+            with_tasks=version != "2.0" or bool(run.tasks),
+            with_history=query.get("include_history") == "true",
+        )
         if version == "2.2":
             _page_tasks(body, "tasks", query.get("page_token"))
-        return body
+        return poisoned(body, run.overrides)
+
+    def _repair_run(self, request: Any) -> dict[str, Any]:
+        """runs/repair: the run must have ended, and a repeated repair must name the
+        latest repair it follows (latest_repair_id), as Databricks checks."""
+        if not isinstance(request, dict) or not isinstance(request.get("run_id"), int):
+            raise _invalid("Missing required field: run_id")
+        run = self.workspace.get_run(request["run_id"])
+        rerun_tasks = request.get("rerun_tasks")
+        if rerun_tasks is not None and request.get("rerun_all_failed_tasks"):
+            raise _invalid("Only one of rerun_tasks and rerun_all_failed_tasks can be used.")
+        if request.get("latest_repair_id") != run.repair_id:
+            raise _invalid(
+                f"latest_repair_id {request.get('latest_repair_id')} does not match the "
+                f"latest repair {run.repair_id} of run {run.run_id}."
+            )
+        if rerun_tasks is not None and not (
+            isinstance(rerun_tasks, list) and all(isinstance(k, str) for k in rerun_tasks)
+        ):
+            raise _invalid("rerun_tasks must be a list of task keys.")
+        try:
+            return {"repair_id": self.workspace.repair_run(run.run_id, rerun_tasks=rerun_tasks)}
+        except InProgressError as exc:
+            raise ApiProblem(400, "INVALID_STATE", str(exc)) from None
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
 
     def _get_job(self, query: Any, version: str) -> dict[str, Any]:
         job_id = _int(query, "job_id", None)
         if job_id is None:
             raise _invalid("Missing required field: job_id")
-        body: dict[str, Any] = json.loads(
-            json.dumps(job_json(self.workspace.get_job(job_id), version))
-        )
+        job = self.workspace.get_job(job_id)
+        body: dict[str, Any] = json.loads(json.dumps(job_json(job, version)))
         if version == "2.2":
             _page_tasks(body["settings"], "tasks", query.get("page_token"), holder=body)
-        return body
+        return poisoned(body, job.overrides)
 
     def _list_jobs(self, query: Any, version: str) -> dict[str, Any]:
         jobs = sorted(self.workspace.jobs.values(), key=lambda j: j.job_id)
         if name := query.get("name"):
             jobs = [j for j in jobs if j.settings.get("name") == name]
         if version == "2.0":
-            return {"jobs": [job_json(j, version) for j in jobs]} if jobs else {}
+            listed = [poisoned(job_json(j, version), j.overrides) for j in jobs]
+            return {"jobs": listed} if listed else {}
         limit = _int(query, "limit", 20)
         if not 0 < limit <= MAX_JOBS_LIMIT:
             raise _invalid(f"Invalid limit {limit} - it has to be no more than {MAX_JOBS_LIMIT}.")
@@ -388,6 +471,7 @@ class Simulator:
         if query.get("expand_tasks") != "true":
             for job in listed:  # 2.1+ lists tasks only when asked
                 job["settings"] = {k: v for k, v in job["settings"].items() if k != "tasks"}
+        listed = [poisoned(body, j.overrides) for body, j in zip(listed, page, strict=True)]
         body: dict[str, Any] = {"jobs": listed} if listed else {}
         if version == "2.1":
             body["has_more"] = has_more
@@ -410,7 +494,48 @@ class Simulator:
             run_id = self.workspace.start_run(tasks=tasks, **fields)
         except NotFoundError as exc:
             raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
         return web.json_response({"run_id": run_id})
+
+    async def _ctl_release(self, request: web.Request) -> web.Response:
+        try:
+            self.workspace.release(int(request.match_info["run_id"]))
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        except ValueError as exc:
+            raise web.HTTPConflict(text=str(exc)) from None
+        return web.json_response({})
+
+    async def _ctl_repair(self, request: web.Request) -> web.Response:
+        spec = await _parse(request, RepairSpec)
+        try:
+            repair_id = self.workspace.repair_run(
+                int(request.match_info["run_id"]), **spec.model_dump()
+            )
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        except InProgressError as exc:
+            raise web.HTTPConflict(text=str(exc)) from None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        return web.json_response({"repair_id": repair_id})
+
+    async def _ctl_poison_run(self, request: web.Request) -> web.Response:
+        overrides = await _parse_object(request)
+        try:
+            self.workspace.poison_run(int(request.match_info["run_id"]), overrides)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        return web.json_response({})
+
+    async def _ctl_poison_job(self, request: web.Request) -> web.Response:
+        overrides = await _parse_object(request)
+        try:
+            self.workspace.poison_job(int(request.match_info["job_id"]), overrides)
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        return web.json_response({})
 
     async def _ctl_force(self, request: web.Request) -> web.Response:
         spec = await _parse(request, ForceSpec)
@@ -496,6 +621,16 @@ class RunSpec(_Spec):
     run_type: str = "JOB_RUN"
     tasks: list[TaskSpec] = Field(default_factory=list)
     retry_results: list[str] | None = None
+    hold_state: str | None = None
+
+
+class RepairSpec(_Spec):
+    rerun_tasks: list[str] | None = None
+    queue_s: float = 0.0
+    setup_s: float = 10.0
+    execution_s: float = 60.0
+    cleanup_s: float = 5.0
+    result: str = "SUCCESS"
 
 
 class ForceSpec(_Spec):
@@ -515,6 +650,17 @@ async def _parse(request: web.Request, model: type[_S]) -> _S:
         return model.model_validate_json(await request.read())
     except ValidationError as exc:
         raise web.HTTPBadRequest(text=exc.json()) from None
+
+
+async def _parse_object(request: web.Request) -> dict[str, Any]:
+    """A JSON object body, kept as sent (poison may hold anything JSON can)."""
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return body
 
 
 def _endpoint(request: web.Request) -> str:

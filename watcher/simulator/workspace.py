@@ -3,7 +3,7 @@ derived from the clock.
 
 A run is a plan (queue, setup, execution and cleanup durations and an outcome) laid on a
 start time; its snapshot at any instant is computed, so advancing the clock by a day costs
-nothing. Forcing a state rewrites the plan from now on.
+nothing. Forcing a state, releasing a hold or repairing a run rewrites the plan from now on.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ class NotFoundError(KeyError):
     """A job or run that does not exist (answered as 400 INVALID_PARAMETER_VALUE)."""
 
 
+class InProgressError(ValueError):
+    """A run asked to do what only a finished run can (answered as 400 INVALID_STATE)."""
+
+
 @dataclass
 class TaskPlan:
     task_key: str
@@ -36,6 +40,12 @@ class TaskPlan:
     cleanup_ms: int = 0
     result: str = R.SUCCESS
     run_id: int = 0
+    start_ms: int | None = None
+    """Pinned start of a task that a repair left alone; None: right after the run's queue."""
+
+    @property
+    def total_ms(self) -> int:
+        return self.setup_ms + self.execution_ms + self.cleanup_ms
 
 
 @dataclass
@@ -44,6 +54,8 @@ class SimJob:
     settings: dict[str, Any]
     created_time: int
     creator_user_name: str = "someone@example.com"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Poisoned fields, laid over every rendering of the job."""
 
     @property
     def max_retries(self) -> int:
@@ -54,12 +66,27 @@ class SimJob:
         return int(self.settings.get("min_retry_interval_millis") or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A finished item of a run's repair history: the original run or one repair."""
+
+    repair_id: int | None  # None: the original run
+    start_ms: int
+    end_ms: int
+    end_state: str
+    result: str | None
+    duration_ms: int
+    task_run_ids: tuple[int, ...]
+
+
 @dataclass
 class SimRun:
     run_id: int
     job_id: int
     number_in_job: int
     start_ms: int
+    plan_start_ms: int
+    """When the current plan began: the run's start, or the instant of its latest repair."""
     queue_ms: int
     setup_ms: int
     execution_ms: int
@@ -79,20 +106,46 @@ class SimRun:
     # followed by the job's min_retry_interval.
     failed_attempts: int = 0
     retry_interval_ms: int = 0
+    task_run_id: int = 0
+    """Run id of a single-task run's one task (0: the run's own id, until a repair)."""
+    repair_id: int | None = None  # of the repair under way or last done
+    history: list[Segment] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Poisoned fields, laid over every rendering of the run."""
 
     @property
     def attempt_ms(self) -> int:
         return self.setup_ms + self.execution_ms + self.cleanup_ms
+
+    def task_start_ms(self, task: TaskPlan) -> int:
+        return self.plan_start_ms + self.queue_ms if task.start_ms is None else task.start_ms
 
     @property
     def end_ms(self) -> int | None:
         if self.hold_state is not None:
             return None
         if self.tasks:
-            longest = max(t.setup_ms + t.execution_ms + t.cleanup_ms for t in self.tasks)
-            return self.start_ms + self.queue_ms + longest
+            return max(self.task_start_ms(t) + t.total_ms for t in self.tasks)
         retries = self.failed_attempts * (self.attempt_ms + self.retry_interval_ms)
-        return self.start_ms + self.queue_ms + retries + self.attempt_ms
+        return self.plan_start_ms + self.queue_ms + retries + self.attempt_ms
+
+    @property
+    def plan_duration_ms(self) -> int:
+        """The current plan's share of run_duration: its work after the queue, once ended."""
+        end = self.end_ms
+        return 0 if end is None else end - self.plan_start_ms - self.queue_ms
+
+    @property
+    def run_duration_ms(self) -> int:
+        """The run and all its repairs, as the reference defines run_duration."""
+        return sum(s.duration_ms for s in self.history) + self.plan_duration_ms
+
+    @property
+    def task_run_ids(self) -> list[int]:
+        """Task runs of the current plan (a repair's: only the tasks it re-ran)."""
+        if not self.tasks:
+            return [self.task_run_id or self.run_id]
+        return [t.run_id for t in self.tasks if t.start_ms is None]
 
     def ended_by(self, now: int) -> bool:
         end = self.end_ms
@@ -215,22 +268,28 @@ class Workspace:
         tasks: list[TaskPlan] | None = None,
         retry_results: list[str] | None = None,
         start_ms: int | None = None,
+        hold_state: str | None = None,
     ) -> int:
         """Start a run now (or at `start_ms`, for history). Multitask runs take `tasks`,
-        which run side by side after the queue; their worst outcome is the run's."""
+        which run side by side after the queue; their worst outcome is the run's. A
+        `hold_state` (such as BLOCKED) keeps the run there until `release`d."""
+        if hold_state in TERMINAL_LIFE_CYCLE_STATES:
+            raise ValueError(f"cannot hold a run in terminal state {hold_state}")
         job = self.get_job(job_id)
         run_id = next(self._ids)
         number = 1 + sum(1 for r in self.runs.values() if r.job_id == job_id)
         plans = [TaskPlan(**vars(t)) for t in tasks or []]
         for plan in plans:
-            plan.run_id = next(self._ids)
+            plan.run_id, plan.start_ms = next(self._ids), None
         if end_state == L.SKIPPED:
             result, queue_s, setup_s, execution_s, cleanup_s = None, 0, 0, 0, 0
+        start = self.now_ms() if start_ms is None else start_ms
         run = SimRun(
             run_id=run_id,
             job_id=job_id,
             number_in_job=number,
-            start_ms=self.now_ms() if start_ms is None else start_ms,
+            start_ms=start,
+            plan_start_ms=start,
             queue_ms=int(queue_s * 1000),
             setup_ms=int(setup_s * 1000),
             execution_ms=int(execution_s * 1000),
@@ -244,6 +303,7 @@ class Workspace:
             run_name=str(job.settings.get("name", "")),
             tasks=plans,
             retry_results=list(retry_results or []),
+            hold_state=hold_state,
         )
         if self.in_run_retries and not plans and run.result in RETRIED_RESULTS:
             self._plan_in_run_retries(run, job)
@@ -296,18 +356,18 @@ class Workspace:
             run.hold_state = life_cycle_state
             return
         run.hold_state = None
-        elapsed = max(0, now - run.start_ms)
+        elapsed = max(0, now - run.plan_start_ms)
         run.queue_ms = min(run.queue_ms, elapsed)
         remaining = elapsed - run.queue_ms
         if run.tasks:
-            longest = max(run.tasks, key=lambda t: t.setup_ms + t.execution_ms + t.cleanup_ms)
+            last = max(run.tasks, key=lambda t: run.task_start_ms(t) + t.total_ms)
             for plan in run.tasks:
-                if (
-                    plan is longest
-                    or plan.setup_ms + plan.execution_ms + plan.cleanup_ms > remaining
-                ):
+                if plan is last or run.task_start_ms(plan) + plan.total_ms > now:
                     plan.setup_ms, plan.execution_ms, plan.cleanup_ms = _fit(
-                        plan.setup_ms, plan.execution_ms, plan.cleanup_ms, remaining
+                        plan.setup_ms,
+                        plan.execution_ms,
+                        plan.cleanup_ms,
+                        max(0, now - run.task_start_ms(plan)),
                     )
                     if result_state is not None:
                         plan.result = result_state
@@ -321,6 +381,64 @@ class Workspace:
             )
         run.end_state = life_cycle_state
         run.result = result_state
+
+    def release(self, run_id: int) -> None:
+        """End a run's hold: its plan carries on from now, the held time counting as its
+        queue, so it goes PENDING, RUNNING, ... and ends after its setup, execution and
+        cleanup."""
+        run = self.get_run(run_id)
+        if run.hold_state is None:
+            raise ValueError(f"run {run_id} is not held")
+        run.hold_state = None
+        run.queue_ms = max(0, self.now_ms() - run.plan_start_ms)
+
+    def repair_run(
+        self,
+        run_id: int,
+        *,
+        rerun_tasks: list[str] | None = None,
+        queue_s: float = 0.0,
+        setup_s: float = 10.0,
+        execution_s: float = 60.0,
+        cleanup_s: float = 5.0,
+        result: str = R.SUCCESS,
+    ) -> int:
+        """Re-run a finished run's failed tasks (or `rerun_tasks`; a single-task run's one
+        task) under the same run_id, from now; the new repair_id. The run is active again
+        until the repair ends with `result` for the tasks it re-ran."""
+        run = self.get_run(run_id)
+        if not run.ended_by(self.now_ms()):
+            raise InProgressError(f"Run {run_id} is in progress and cannot be repaired.")
+        keys = _repaired_keys(run, rerun_tasks)
+        run.history.append(_segment(run))
+        phases = int(setup_s * 1000), int(execution_s * 1000), int(cleanup_s * 1000)
+        for plan in run.tasks:
+            if plan.task_key in keys:
+                plan.setup_ms, plan.execution_ms, plan.cleanup_ms = phases
+                plan.result, plan.run_id, plan.start_ms = result, next(self._ids), None
+            else:  # keeps its times from the earlier attempt, whatever the new queue
+                plan.start_ms = run.task_start_ms(plan)
+        run.setup_ms, run.execution_ms, run.cleanup_ms = phases
+        run.plan_start_ms, run.queue_ms = self.now_ms(), int(queue_s * 1000)
+        run.result = _worst(run.tasks) if run.tasks else result
+        run.end_state = L.TERMINATED
+        # A repair is one attempt: no task retries inside it.
+        run.failed_attempts, run.retry_interval_ms, run.retry_results = 0, 0, []
+        run.task_run_id = 0 if run.tasks else next(self._ids)
+        run.repair_id = next(self._ids)
+        self._unsettled.add(run_id)
+        # The user repairs instead: a 2.0 retry still waiting for its interval is dropped.
+        self._retries_due = [due for due in self._retries_due if due[1] != run_id]
+        return run.repair_id
+
+    def poison_run(self, run_id: int, overrides: dict[str, Any]) -> None:
+        """Lay `overrides` over the top-level fields of every rendering of the run."""
+        self.get_run(run_id).overrides.update(overrides)
+
+    def poison_job(self, job_id: int, overrides: dict[str, Any]) -> None:
+        """Lay `overrides` over every rendering of the job; a "settings" object merges
+        into its settings."""
+        self.get_job(job_id).overrides.update(overrides)
 
     def advance(self, seconds: float) -> None:
         """Move a ManualClock forward (other clocks move on their own)."""
@@ -358,6 +476,8 @@ class Workspace:
         job = self.jobs.get(run.job_id)
         if job is None or run.result not in RETRIED_RESULTS or self.in_run_retries:
             return
+        if run.repair_id is not None:  # a failed repair is the user's to repair again
+            return
         if run.attempt_number >= job.max_retries:
             return
         assert run.end_ms is not None
@@ -371,13 +491,14 @@ class Workspace:
         run_id = next(self._ids)
         tasks = [TaskPlan(**vars(t)) for t in failed.tasks]
         for plan in tasks:
-            plan.run_id = next(self._ids)
+            plan.run_id, plan.start_ms = next(self._ids), None
             plan.result = outcomes[0] if plan.result != R.SUCCESS else R.SUCCESS
         retry = SimRun(
             run_id=run_id,
             job_id=failed.job_id,
             number_in_job=failed.number_in_job,
             start_ms=due_ms,
+            plan_start_ms=due_ms,
             queue_ms=0,
             setup_ms=failed.setup_ms,
             execution_ms=failed.execution_ms,
@@ -419,6 +540,38 @@ class Workspace:
         for start_ms, run_id in reversed(self._by_start[lo:hi]):
             if start_ms <= now:
                 yield self.runs[run_id]
+
+
+def _repaired_keys(run: SimRun, rerun_tasks: list[str] | None) -> set[str]:
+    """The task keys a repair re-runs: those named, or else every task that did not
+    succeed. A single-task run has one task, "main", re-run whatever is named."""
+    known = {t.task_key for t in run.tasks} if run.tasks else {"main"}
+    if rerun_tasks is not None and not set(rerun_tasks) <= known:
+        unknown = ", ".join(sorted(set(rerun_tasks) - known))
+        raise ValueError(f"Run {run.run_id} has no task {unknown}.")
+    if not run.tasks:
+        return known
+    if rerun_tasks is not None:
+        keys = set(rerun_tasks)
+    else:
+        keys = {t.task_key for t in run.tasks if t.result != R.SUCCESS}
+    if not keys:
+        raise ValueError(f"Run {run.run_id} has no failed tasks to repair.")
+    return keys
+
+
+def _segment(run: SimRun) -> Segment:
+    """The run's current plan, ended, as an item of its repair history."""
+    assert run.end_ms is not None
+    return Segment(
+        repair_id=run.repair_id,
+        start_ms=run.plan_start_ms,
+        end_ms=run.end_ms,
+        end_state=run.end_state,
+        result=run.result,
+        duration_ms=run.plan_duration_ms,
+        task_run_ids=tuple(run.task_run_ids),
+    )
 
 
 def _duration_rule(seconds: int) -> dict[str, Any]:
