@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import pytest
+import structlog
 
 from tests.conftest import ClientFactory
+from tests.test_client_items import Stub, run
 from watcher.clock import ManualClock
+from watcher.databricks import ApiError, Attempt
+from watcher.databricks.client import MAX_RUNS_LIMIT
 from watcher.databricks.models import Run
 from watcher.simulator import Fault, Simulator
 
@@ -61,13 +68,31 @@ async def test_runs_list_walks_every_page_newest_first(
 async def test_default_page_size_is_the_versions_maximum(
     sim: Simulator, clock: ManualClock, make_client: ClientFactory
 ) -> None:
-    """Without a limit the client asks for the largest page (1000 in 2.0, 25 later)."""
+    """Without a limit the client asks for the largest page (999 in 2.0, 25 later)."""
     _history(sim, clock, 60)
     ids, pages = await _walk(make_client(api_version="2.0").list_runs())
     assert (len(ids), pages) == (60, 1)
     ids, pages = await _walk(make_client(api_version="2.1").list_runs())
     assert (len(ids), pages) == (60, 3)
-    assert {r.params["limit"] for r in sim.requests} == {"1000", "25"}
+    assert {r.params["limit"] for r in sim.requests} == {"999", "25"}
+
+
+async def test_2_0_never_asks_for_a_limit_of_1000(
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory
+) -> None:
+    """The 2.0 reference wants a limit "greater than 0 and less than 1000": the client's
+    largest 2.0 page is 999, a walk over more runs than that never sends 1000, and asking
+    for 1000 is refused before any request."""
+    assert MAX_RUNS_LIMIT["2.0"] == 999
+    expected = _history(sim, clock, 1_005, jobs=1)
+    client = make_client(api_version="2.0")
+    ids, pages = await _walk(client.list_runs(overlap=99))  # the poller's 2.0 overlap
+    assert set(ids) == set(expected)
+    assert pages == 2
+    assert [r.params["limit"] for r in sim.requests] == ["999", "999"]
+    with pytest.raises(ValueError, match="limit"):
+        await anext(client.list_runs(limit=1000))
+    assert len(sim.requests) == 2
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
@@ -192,3 +217,65 @@ async def test_get_run_and_job_merge_task_pages_in_2_2(
     got = await client.get_job(job)
     assert [t.task_key for t in got.settings.tasks] == keys
     assert len(sim.api_requests("jobs/get")) == 3
+
+
+def _capped_runs_list(runs: int, cap: int) -> Callable[[dict[str, str]], tuple[int, bytes]]:
+    """runs/list of `runs` runs (ids runs..1, offset paging) refusing any limit over `cap`
+    the way a live workspace words it."""
+
+    def handle(query: dict[str, str]) -> tuple[int, bytes]:
+        limit = int(query["limit"])
+        if limit > cap:
+            message = f"Invalid limit {limit} - it has to be no more than {cap}."
+            error = {"error_code": "INVALID_PARAMETER_VALUE", "message": message}
+            return 400, json.dumps(error).encode()
+        offset = int(query.get("offset", "0"))
+        ids = list(range(runs, 0, -1))[offset : offset + limit]
+        more = offset + limit < runs
+        return 200, json.dumps({"runs": [run(i) for i in ids], "has_more": more}).encode()
+
+    return handle
+
+
+async def test_a_stated_maximum_page_size_is_adopted_at_once(clock: ManualClock) -> None:
+    """A 400 INVALID_PARAMETER_VALUE "Invalid limit 999 - it has to be no more than 26."
+    is not a failure: the same request is sent again at once with limit 26, which becomes
+    the client's runs_page_size for every later walk, and the caller's overlap shrinks in
+    proportion so it stays below the page size (99 of 999 -> 2 of 26)."""
+    attempts: list[Attempt] = []
+    async with (
+        Stub() as stub,
+        stub.client(clock, api_version="2.0", on_attempt=attempts.append) as client,
+    ):
+        stub.handlers["runs/list"] = _capped_runs_list(60, cap=26)
+        assert client.runs_page_size == 999
+        with structlog.testing.capture_logs() as logs:
+            ids, _ = await _walk(client.list_runs(overlap=99))
+        assert set(ids) == set(range(1, 61))
+        assert client.runs_page_size == 26
+        sent = stub.params("runs/list")
+        assert [q["limit"] for q in sent] == ["999", "26", "26", "26"]
+        assert [q.get("offset") for q in sent] == [None, None, "24", "48"]
+        assert clock.slept == []
+        assert [(a.code, a.will_retry) for a in attempts[:2]] == [("400", True), ("200", False)]
+        assert [e["limit"] for e in logs if e["event"] == "api_page_size_reduced"] == [26]
+        # Later walks start at the adopted size, and an explicit limit is cut to it too.
+        stub.requests.clear()
+        await _walk(client.list_runs(overlap=99))
+        await _walk(client.list_runs(limit=500))
+        assert {q["limit"] for q in stub.params("runs/list")} == {"26"}
+
+
+async def test_a_stated_maximum_that_is_not_smaller_fails_the_call(clock: ManualClock) -> None:
+    """A limit error stating a maximum no smaller than what was sent cannot be fixed by
+    asking again: it is an ApiError after one request, not a loop."""
+    async with Stub() as stub, stub.client(clock, api_version="2.1") as client:
+        stub.handlers["runs/list"] = lambda query: (
+            400,
+            b'{"error_code": "INVALID_PARAMETER_VALUE", '
+            b'"message": "Invalid limit 20 - it has to be no more than 26."}',
+        )
+        with pytest.raises(ApiError, match="no more than 26"):
+            await anext(client.list_runs(limit=20))
+        assert len(stub.requests) == 1
+        assert client.runs_page_size == 25

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 from pathlib import Path
 
 import pytest
+import structlog
 import trustme
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from tests.conftest import TOKEN, ClientFactory
@@ -23,6 +27,7 @@ from watcher.databricks import (
     Timeouts,
 )
 from watcher.databricks.client import throttler_for
+from watcher.metrics import Metrics
 from watcher.simulator import Fault, Simulator
 
 
@@ -193,6 +198,60 @@ async def test_server_clock_offset_is_estimated_from_the_date_header(
     assert client.server_offset is not None
     assert abs(client.server_offset) <= 1.0
     assert abs(client.server_time() - clock.time()) <= 1.0
+
+
+async def _dateless_server(body: bytes) -> asyncio.Server:
+    """HTTP/1.1 by hand, answering every GET with `body` and no Date header (aiohttp's
+    server always adds one)."""
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (await reader.readuntil(b"\r\n\r\n")).startswith(b"GET "):
+                writer.write(f"{head}\r\n\r\n".encode() + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_a_missing_date_header_is_warned_once_and_counted_each_time(
+    clock: ManualClock,
+) -> None:
+    """Answers without a Date header leave the skew unmeasured: the client logs
+    api_date_header_missing once (with the host) and counts every such response in
+    watcher_api_date_header_missing_total."""
+    server = await _dateless_server(json.dumps({"job_id": 3}).encode())
+    port = server.sockets[0].getsockname()[1]
+    registry = CollectorRegistry()
+    hooks = Metrics(registry=registry).attempt_hook("ws")
+    client = JobsClient(
+        host=f"http://127.0.0.1:{port}",
+        auth=StaticToken(SecretStr(TOKEN)),
+        clock=clock,
+        on_attempt=hooks,
+        on_date_missing=hooks.date_header_missing,
+    )
+    sample = "watcher_api_date_header_missing_total"
+    try:
+        assert registry.get_sample_value(sample, {"workspace": "ws"}) == 0.0
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                assert (await client.get_job(3)).job_id == 3
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    warnings = [e for e in logs if e["event"] == "api_date_header_missing"]
+    assert warnings == [
+        {"event": "api_date_header_missing", "log_level": "warning", "host": client.host}
+    ]
+    assert registry.get_sample_value(sample, {"workspace": "ws"}) == 3.0
+    assert client.server_offset is None
+    assert client.server_time() == clock.time()
 
 
 @pytest.mark.parametrize(

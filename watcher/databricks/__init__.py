@@ -1,11 +1,20 @@
 """The Databricks Jobs API: client, credentials, errors and typed models."""
 
 from watcher.databricks.auth import Auth, OAuthM2M, StaticToken, TokenFile
-from watcher.databricks.client import Attempt, JobsClient, RetryPolicy, Timeouts
+from watcher.databricks.client import (
+    Attempt,
+    JobsClient,
+    ListedJobsPage,
+    ListedRunsPage,
+    RetryPolicy,
+    Timeouts,
+)
 from watcher.databricks.errors import (
     ApiError,
     DatabricksError,
+    ItemRejected,
     MalformedResponse,
+    RejectedItem,
     RetryBudgetExceeded,
 )
 
@@ -14,9 +23,13 @@ __all__ = [
     "Attempt",
     "Auth",
     "DatabricksError",
+    "ItemRejected",
     "JobsClient",
+    "ListedJobsPage",
+    "ListedRunsPage",
     "MalformedResponse",
     "OAuthM2M",
+    "RejectedItem",
     "RetryBudgetExceeded",
     "RetryPolicy",
     "StaticToken",

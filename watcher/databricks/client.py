@@ -7,26 +7,31 @@ never holds up another.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 import structlog
 from asyncio_throttle.throttler import Throttler
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from watcher import __version__
 from watcher.clock import Clock, SystemClock
+from watcher.databricks import models
 from watcher.databricks.auth import Auth
 from watcher.databricks.errors import (
     ApiError,
     DatabricksError,
+    ItemRejected,
     MalformedResponse,
+    RejectedItem,
     RetryBudgetExceeded,
     parse_error_body,
 )
@@ -36,9 +41,25 @@ log = structlog.get_logger(__name__)
 
 ApiVersion = Literal["2.0", "2.1", "2.2"]
 API_VERSIONS: tuple[ApiVersion, ...] = ("2.0", "2.1", "2.2")
-# Largest runs/list page each version accepts (2.0: 1..1000; 2.1 and 2.2: 1..25).
-MAX_RUNS_LIMIT: dict[str, int] = {"2.0": 1000, "2.1": 25, "2.2": 25}
+# Largest runs/list page each version accepts. The 2.0 reference says "greater than 0 and
+# less than 1000"; 2.1 and 2.2 document 1..25. A server that states a smaller maximum is
+# believed (JobsClient.runs_page_size).
+MAX_RUNS_LIMIT: dict[str, int] = {"2.0": 999, "2.1": 25, "2.2": 25}
 MAX_JOBS_LIMIT = 100
+# The endpoints whose runs or jobs are validated one by one (and may be rejected).
+ITEM_ENDPOINTS = ("runs/list", "runs/get", "jobs/list", "jobs/get")
+# "Invalid limit 27 - it has to be no more than 26.": the server's own maximum.
+_LIMIT_MAXIMUM = re.compile(r"\blimit\b.*?\bno more than (\d+)", re.IGNORECASE | re.DOTALL)
+# json.loads combines escaped surrogate pairs, so any surrogate left in a string is lone.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Names that may appear in a rejection's field path; anything else there is a key of a
+# free-form map (tags, parameters), which can be as sensitive as a value.
+_FIELD_NAMES = frozenset(
+    name
+    for cls in vars(models).values()
+    if isinstance(cls, type) and issubclass(cls, BaseModel)
+    for name in cls.model_fields
+)
 _M = TypeVar("_M", bound=BaseModel)
 Params = dict[str, str]
 
@@ -56,6 +77,64 @@ class Attempt:
 
 
 AttemptHook = Callable[[Attempt], None]
+RejectHook = Callable[[RejectedItem], None]
+DateMissingHook = Callable[[], None]
+
+
+class ClientHooks(Protocol):
+    """One workspace's hooks, as app.make_client wires them (Metrics.attempt_hook)."""
+
+    def __call__(self, attempt: Attempt) -> None: ...
+
+    def item_rejected(self, item: RejectedItem) -> None: ...
+
+    def date_header_missing(self) -> None: ...
+
+
+class ListedRunsPage(RunsPage):
+    """A runs/list page; `rejected` describes the runs left out for failing validation."""
+
+    # Private: no response body can fill it, and no dump or serialisation carries it.
+    _rejected: tuple[RejectedItem, ...] = PrivateAttr(default=())
+
+    @property
+    def rejected(self) -> tuple[RejectedItem, ...]:
+        return self._rejected
+
+
+class ListedJobsPage(JobsPage):
+    """A jobs/list page; `rejected` describes the jobs left out for failing validation."""
+
+    _rejected: tuple[RejectedItem, ...] = PrivateAttr(default=())
+
+    @property
+    def rejected(self) -> tuple[RejectedItem, ...]:
+        return self._rejected
+
+
+@dataclass(frozen=True, slots=True)
+class _Items:
+    """Where a response model keeps its runs or jobs."""
+
+    field: str | None
+    """The list of items in a page; None when the whole body is one item."""
+    kind: Literal["run", "job"]
+    model: type[BaseModel]
+
+
+_ITEMS: dict[type[BaseModel], _Items] = {
+    ListedRunsPage: _Items("runs", "run", Run),
+    ListedJobsPage: _Items("jobs", "job", Job),
+    Run: _Items(None, "run", Run),
+    Job: _Items(None, "job", Job),
+}
+
+
+class _Garbled(Exception):
+    """A 2xx body that is not JSON, or not the documented envelope: worth one retry."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +180,8 @@ class JobsClient:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         on_attempt: AttemptHook | None = None,
+        on_reject: RejectHook | None = None,
+        on_date_missing: DateMissingHook | None = None,
     ) -> None:
         if api_version not in API_VERSIONS:
             raise ValueError(f"unsupported api_version {api_version!r}")
@@ -113,12 +194,18 @@ class JobsClient:
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._on_attempt = on_attempt
+        self._on_reject = on_reject
+        self._on_date_missing = on_date_missing
+        self._date_warned = False
         self._throttler = throttler_for(requests_per_second)
         self._session: aiohttp.ClientSession | None = None
         self.server_offset: float | None = None
         """Seconds to add to the local clock to get the server's, from the Date header."""
         self.requests = 0
         """HTTP requests sent to the Jobs API so far, retries and task pages included."""
+        self.runs_page_size = MAX_RUNS_LIMIT[api_version]
+        """Largest runs/list page this client asks for: the version's documented maximum,
+        or less once the server has stated a smaller one."""
 
     async def __aenter__(self) -> JobsClient:
         return self
@@ -153,13 +240,19 @@ class JobsClient:
         return job.model_copy(update={"settings": settings, "next_page_token": None})
 
     async def get_run(self, run_id: int) -> Run:
-        run = await self._call("runs/get", {"run_id": str(run_id)}, Run)
+        # include_history: a repaired run comes with its repair_history.
+        params = {"run_id": str(run_id), "include_history": _bool(True)}
+        first = run = await self._call("runs/get", params, Run)
         tasks = list(run.tasks)
         while run.next_page_token:  # 2.2 pages the tasks of large runs
-            params = {"run_id": str(run_id), "page_token": run.next_page_token}
-            run = await self._call("runs/get", params, Run)
+            page = dict(params, page_token=run.next_page_token)
+            run = await self._call("runs/get", page, Run)
             tasks.extend(run.tasks)
-        return run.model_copy(update={"tasks": tasks, "next_page_token": None})
+        # The first page carries the whole history; later task pages need not repeat it.
+        history = first.repair_history if first.repair_history is not None else run.repair_history
+        return run.model_copy(
+            update={"tasks": tasks, "next_page_token": None, "repair_history": history}
+        )
 
     async def list_runs(
         self,
@@ -173,12 +266,15 @@ class JobsClient:
         expand_tasks: bool = False,
         limit: int | None = None,
         overlap: int = 0,
-    ) -> AsyncGenerator[RunsPage, None]:
-        """Pages of runs/list, newest first.
+    ) -> AsyncGenerator[ListedRunsPage, None]:
+        """Pages of runs/list, newest first; runs that fail validation are left out and
+        described in each page's `rejected`.
 
         With offset paging, each next offset steps back by `overlap` runs so that up to
         that many runs deleted during the walk cannot make a run slip between two pages;
         the caller deduplicates by run_id. Token paging is used wherever the server offers it.
+        `limit` (default: the version's maximum) and `overlap` are cut in proportion when
+        the server allows less (runs_page_size), so the overlap stays below the page size.
         """
         if active_only and completed_only:
             raise ValueError("active_only and completed_only exclude each other")
@@ -207,23 +303,24 @@ class JobsClient:
         if not 0 <= overlap < page_size:
             raise ValueError("overlap must be smaller than the page size")
         async for page in self._pages(
-            "runs/list", params, RunsPage, page_size, overlap, lambda p: len(p.runs)
+            "runs/list", params, ListedRunsPage, page_size, overlap, lambda p: len(p.runs)
         ):
             yield page
 
     async def list_jobs(
         self, *, name: str | None = None, expand_tasks: bool = False
-    ) -> AsyncGenerator[JobsPage, None]:
-        """Pages of jobs/list. API 2.0 answers every job in one unpaged response; 2.1+
+    ) -> AsyncGenerator[ListedJobsPage, None]:
+        """Pages of jobs/list; jobs that fail validation are left out and described in each
+        page's `rejected`. API 2.0 answers every job in one unpaged response; 2.1+
         include the jobs' tasks (and with them task-level rules) only with expand_tasks."""
         params: Params = {} if name is None else {"name": name}
         if expand_tasks and self.api_version != "2.0":
             params["expand_tasks"] = _bool(True)
         if self.api_version == "2.0":
-            yield await self._call("jobs/list", params, JobsPage)
+            yield await self._call("jobs/list", params, ListedJobsPage)
             return
         async for page in self._pages(
-            "jobs/list", params, JobsPage, MAX_JOBS_LIMIT, 0, lambda p: len(p.jobs)
+            "jobs/list", params, ListedJobsPage, MAX_JOBS_LIMIT, 0, lambda p: len(p.jobs)
         ):
             yield page
 
@@ -239,12 +336,16 @@ class JobsClient:
         offset = 0
         token: str | None = None
         while True:
+            if endpoint == "runs/list":
+                page_size, overlap = self._fit_page(page_size, overlap)
             query = dict(params, limit=str(page_size))
             if token is not None:
                 query["page_token"] = token
             elif offset:
                 query["offset"] = str(offset)
             page = await self._call(endpoint, query, model)
+            if endpoint == "runs/list":  # the server may have cut the page size just now
+                page_size, overlap = self._fit_page(page_size, overlap)
             yield page
             next_token = getattr(page, "next_page_token", None)
             if next_token and self.api_version != "2.0":
@@ -256,6 +357,13 @@ class JobsClient:
             if not items:  # has_more with an empty page would loop forever
                 return
             offset += max(1, items - overlap)
+
+    def _fit_page(self, page_size: int, overlap: int) -> tuple[int, int]:
+        """(page size, overlap) within runs_page_size, the overlap kept the same share of
+        a page (so still smaller than it, and a walk still advances by most of a page)."""
+        if page_size <= self.runs_page_size:
+            return page_size, overlap
+        return self.runs_page_size, overlap * self.runs_page_size // page_size
 
     # -- transport -------------------------------------------------------------------
 
@@ -280,6 +388,7 @@ class JobsClient:
         # runs/* endpoints live under jobs/: /api/2.1/jobs/runs/list, /api/2.1/jobs/get.
         path = endpoint if endpoint.startswith("jobs/") else f"jobs/{endpoint}"
         url = f"{self.host}/api/{self.api_version}/{path}"
+        params = dict(params)  # a stated maximum page size changes `limit` for the retry
         waited = 0.0
         attempts = 0
         malformed = 0
@@ -318,9 +427,12 @@ class JobsClient:
                     code = str(status)
                     if 200 <= status < 300:
                         try:
-                            result = model.model_validate_json(body)
-                        except ValidationError as exc:
-                            code, problem = "malformed", _validation_summary(exc)
+                            result = self._parse(endpoint, body, model)
+                        except _Garbled as exc:
+                            code, problem = "malformed", exc.problem
+                        except ItemRejected:
+                            self._report(endpoint, code, started, False, throttled)
+                            raise
                         else:
                             self._report(endpoint, code, started, False, throttled)
                             return result
@@ -331,8 +443,21 @@ class JobsClient:
                         self._report(endpoint, code, started, True, throttled)
                         continue
                     elif status != 429 and status < 500:
-                        self._report(endpoint, code, started, False, throttled)
                         error_code, message = parse_error_body(body, status)
+                        if maximum := self._stated_maximum(endpoint, params, status, message):
+                            # Not a failure of the call: ask again at once, and from now
+                            # on, for no more than the server allows.
+                            log.warning(
+                                "api_page_size_reduced",
+                                endpoint=endpoint,
+                                sent=params["limit"],
+                                limit=maximum,
+                            )
+                            self.runs_page_size = min(self.runs_page_size, maximum)
+                            params["limit"] = str(maximum)
+                            self._report(endpoint, code, started, True, throttled)
+                            continue
+                        self._report(endpoint, code, started, False, throttled)
                         raise ApiError(
                             endpoint=endpoint, status=status, error_code=error_code, message=message
                         )
@@ -366,6 +491,79 @@ class JobsClient:
             waited += delay
             await self._clock.sleep(delay)
 
+    @staticmethod
+    def _stated_maximum(
+        endpoint: str, params: Mapping[str, str], status: int, message: str
+    ) -> int | None:
+        """The smaller runs/list limit a 400 states as the maximum, if it states one."""
+        match = _LIMIT_MAXIMUM.search(message)
+        if endpoint != "runs/list" or status != 400 or match is None:
+            return None
+        maximum = int(match.group(1))
+        sent = params.get("limit", "")
+        # Only ever smaller than what was sent: a confused server cannot loop us.
+        return maximum if sent.isdigit() and 1 <= maximum < int(sent) else None
+
+    def _parse(self, endpoint: str, body: bytes, model: type[_M]) -> _M:
+        """A 2xx body as `model`. Raises _Garbled for a body or envelope that is not what
+        the API documents, ItemRejected for a runs/get or jobs/get object that fails
+        validation; runs and jobs of a page that fail it are left out and reported."""
+        try:
+            return model.model_validate_json(body)  # the fast path, for nearly every answer
+        except ValidationError as exc:
+            fast_error = exc
+        # pydantic's JSON parser refuses a whole body for one lone UTF-16 surrogate escape
+        # (a `\ud800` in a job name): Python's parser keeps it, and _repair replaces it.
+        try:
+            data = _repair(json.loads(body.decode("utf-8", errors="replace")))
+        except (ValueError, RecursionError):
+            raise _Garbled(_validation_summary(fast_error)) from None
+        items = _ITEMS.get(model)
+        if items is None or not isinstance(data, dict):
+            return _validate(model, data)
+        if items.field is None:
+            try:
+                return model.model_validate(data)
+            except ValidationError as exc:
+                raise ItemRejected(self._reject(endpoint, items.kind, data, exc)) from None
+        raw_items = data.pop(items.field, [])
+        if not isinstance(raw_items, list):
+            raise _Garbled(f"{items.field} is not a list")
+        page = _validate(model, data)
+        good: list[BaseModel] = []
+        rejected: list[RejectedItem] = []
+        for raw in raw_items:
+            try:
+                good.append(items.model.model_validate(raw))
+            except ValidationError as exc:
+                rejected.append(self._reject(endpoint, items.kind, raw, exc))
+        page = page.model_copy(update={items.field: good})
+        if isinstance(page, ListedRunsPage | ListedJobsPage):
+            page._rejected = tuple(rejected)
+        return page
+
+    def _reject(
+        self, endpoint: str, kind: Literal["run", "job"], raw: object, exc: ValidationError
+    ) -> RejectedItem:
+        def read(key: str) -> int | None:
+            value = raw.get(key) if isinstance(raw, dict) else None
+            return value if type(value) is int else None  # not a bool, not a string
+
+        item_id = read("run_id" if kind == "run" else "job_id")
+        job_id = read("job_id")
+        item = RejectedItem(endpoint, kind, item_id, job_id, _item_detail(exc))
+        log.warning(
+            "api_item_rejected",
+            endpoint=endpoint,
+            kind=kind,
+            item_id=item_id,
+            job_id=job_id,
+            detail=item.detail,
+        )
+        if self._on_reject is not None:
+            self._on_reject(item)
+        return item
+
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2^(attempt-1))]."""
         cap = min(self._retry.max_delay, self._retry.base_delay * 2 ** (attempt - 1))
@@ -377,11 +575,16 @@ class JobsClient:
         return self._retry.default_retry_after
 
     def _note_server_time(self, date_header: str | None, round_trip: float) -> None:
-        if not date_header:
-            return
         try:
-            server = parsedate_to_datetime(date_header).timestamp()
+            server = parsedate_to_datetime(date_header or "").timestamp()
         except (TypeError, ValueError):
+            # The skew estimate stays as it was (local time if never measured): say so, as
+            # time filters and watermarks then rest on the local clock.
+            if self._on_date_missing is not None:
+                self._on_date_missing()
+            if not self._date_warned:
+                self._date_warned = True
+                log.warning("api_date_header_missing", host=self.host)
             return
         # Date has whole-second resolution (truncated), so its midpoint is +0.5 s; the
         # answer was produced between sending and now.
@@ -394,6 +597,38 @@ class JobsClient:
         if self._on_attempt is not None:
             seconds = asyncio.get_running_loop().time() - started
             self._on_attempt(Attempt(endpoint, code, seconds, will_retry, throttled))
+
+
+def _validate(model: type[_M], data: Any) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _Garbled(_validation_summary(exc)) from None
+
+
+def _repair(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings (keys included) replaced by U+FFFD:
+    such a string cannot be encoded as UTF-8, so could be neither stored nor logged."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_repair(v) for v in value]
+    if isinstance(value, dict):
+        return {_repair(k): _repair(v) for k, v in value.items()}
+    return value
+
+
+def _item_detail(exc: ValidationError, most: int = 3) -> str:
+    """Where and how an item failed: field paths and error types, never values."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    parts = []
+    for error in errors[:most]:
+        path = ".".join(
+            str(p) if isinstance(p, int) or p in _FIELD_NAMES else "*" for p in error["loc"]
+        )
+        parts.append(f"{path or 'item'}: {error['type']}")
+    more = f" (+{len(errors) - most} more)" if len(errors) > most else ""
+    return "; ".join(parts) + more
 
 
 def _validation_summary(exc: ValidationError) -> str:

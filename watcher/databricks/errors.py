@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 _PLAIN_ERROR = re.compile(r"^([A-Z][A-Z0-9_]+):\s*(.*)$", re.DOTALL)
 _HTML_PRE = re.compile(r"<pre>(.*?)</pre>", re.DOTALL | re.IGNORECASE)
@@ -58,6 +60,30 @@ class MalformedResponse(DatabricksError):
     def __init__(self, *, endpoint: str, detail: str) -> None:
         self.endpoint = endpoint
         super().__init__(f"{endpoint}: malformed response: {detail[:_MAX_MESSAGE]}")
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedItem:
+    """A run or job of a 2xx answer that failed validation and was left out."""
+
+    endpoint: str
+    kind: Literal["run", "job"]
+    item_id: int | None
+    """Its run_id (kind "run") or job_id (kind "job"), when the raw object has an int one."""
+    job_id: int | None
+    """The job it belongs to (a job's own id), when readable."""
+    detail: str
+    """Field paths and pydantic error types only: values can hold secrets or hostile text."""
+
+
+class ItemRejected(DatabricksError):
+    """runs/get or jobs/get answered an object that fails validation. Not retried: the
+    workspace would send the same object again."""
+
+    def __init__(self, item: RejectedItem) -> None:
+        self.item = item
+        which = f"{item.kind} {item.item_id}" if item.item_id is not None else f"a {item.kind}"
+        super().__init__(f"{item.endpoint}: {which} failed validation: {item.detail}")
 
 
 def parse_error_body(body: bytes, status: int) -> tuple[str, str]:

@@ -187,6 +187,21 @@ class RunTask(_Model):
     depends_on: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class RepairHistoryItem(_Model):
+    """One entry of a run's `repair_history` (runs/get with include_history=true): the
+    original run, then one entry per repair of the same run_id."""
+
+    type: str | None = None
+    """ORIGINAL or REPAIR."""
+    id: int | None = None
+    """The repair id (REPAIR entries only)."""
+    start_time: int | None = None
+    end_time: int | None = None
+    state: RunState | None = None
+    status: RunStatus | None = None
+    task_run_ids: list[int] = Field(default_factory=list)
+
+
 class Run(_Model):
     job_id: int | None = None
     run_id: int
@@ -213,6 +228,8 @@ class Run(_Model):
     run_type: str | None = None
     run_page_url: str | None = None
     tasks: list[RunTask] = Field(default_factory=list)
+    repair_history: list[RepairHistoryItem] | None = None
+    """Only runs/get with include_history=true sends it; None when it was not sent."""
     # API 2.2 pages a run's tasks; the client merges the pages before handing the run out.
     next_page_token: str | None = Field(default=None, exclude=True)
     # API 2.2 runs/list (expand_tasks) shows at most 100 tasks of a run and flags the rest.
@@ -225,6 +242,13 @@ class Run(_Model):
     @property
     def result_state(self) -> str | None:
         return self.state.result_state
+
+    @property
+    def repair_count(self) -> int | None:
+        """Repairs of this run by its repair_history; None when the history was not sent."""
+        if self.repair_history is None:
+            return None
+        return sum(1 for item in self.repair_history if item.type == "REPAIR")
 
     @property
     def is_terminal(self) -> bool:
