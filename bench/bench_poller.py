@@ -18,7 +18,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -47,17 +47,25 @@ class State:
     watermark: int | None = None
     active: set[int] = field(default_factory=set)
 
+    ended: dict[int, int] = field(default_factory=dict)
+    news_since: int | None = None
+
     async def workspace_state(self, workspace: str) -> WorkspaceState:
-        return WorkspaceState(self.watermark, frozenset(self.active))
+        return WorkspaceState(self.watermark, frozenset(self.active), self.news_since)
+
+    async def terminal_ends(self, workspace: str, run_ids: Collection[int]) -> dict[int, int]:
+        return {r: self.ended[r] for r in run_ids if r in self.ended}
 
     def commit(self, result: PollResult) -> None:
-        for observation in result.observations:
-            if observation.run.is_terminal:
-                self.active.discard(observation.run.run_id)
+        for run in result.runs:
+            if run.is_terminal:
+                self.active.discard(run.run_id)
+                self.ended[run.run_id] = run.end_time or 0
             else:
-                self.active.add(observation.run.run_id)
+                self.active.add(run.run_id)
         self.active -= set(result.vanished)
         self.watermark = result.watermark_ms
+        self.news_since = result.news_since_ms
 
 
 def steady_arrivals(seed: int, start_ms: int) -> Callable[[Workspace, int], None]:
@@ -181,7 +189,7 @@ async def bench(version: str, overlap: float, cycles: int) -> list[Cycle]:
                         by_endpoint=by_endpoint,
                         minimum=minimum,
                         bound=minimum + gone + new_jobs + 1,
-                        observed=len(result.observations),
+                        observed=len(result.runs),
                         cpu=cpu,
                     )
                 )

@@ -21,9 +21,9 @@ from watcher.clock import ManualClock
 from watcher.config import HealthRulesConfig, StartupConfig
 from watcher.databricks.models import Job, JobSettings, Run
 from watcher.databricks.models import JobSettings as Settings
+from watcher.domain import PollResult
 from watcher.events import Event
 from watcher.pipeline import Pipeline
-from watcher.poller import Observation, PollResult
 from watcher.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000_000
@@ -87,17 +87,15 @@ async def main() -> None:
         for first in range(1, args.runs + 1, args.batch):
             ids = range(first, min(first + args.batch, args.runs + 1))
             for finished in (False, True):
-                batch = [
-                    Observation(run=_run(i, 1 + i % args.jobs, finished, rng), backfill=False)
-                    for i in ids
-                ]
+                batch = [_run(i, 1 + i % args.jobs, finished, rng) for i in ids]
                 result = PollResult(
                     workspace="bench",
-                    observations=batch,
-                    jobs={r.run.job_id: jobs[r.run.job_id] for r in batch if r.run.job_id},
+                    runs=batch,
+                    jobs={r.job_id: jobs[r.job_id] for r in batch if r.job_id},
                     vanished=[],
                     watermark_ms=T0 + first * 1000,
                     server_now_ms=T0 + (first + args.batch) * 1000 + 700_000,
+                    news_since_ms=0,
                     requests=0,
                 )
                 w0, c0 = time.perf_counter(), time.process_time()

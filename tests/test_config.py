@@ -82,6 +82,13 @@ workspaces:
         (MINIMAL + "routes:\n  - channels: [nope]\n", "routes.0.channels: unknown channel 'nope'"),
         (MINIMAL + MINIMAL.replace("workspaces:\n", ""), "workspace names must be unique: prod"),
         ("workspaces: []\n", "workspaces: List should have at least 1 item"),
+        (
+            MINIMAL
+            + "health_rules:\n  rules:\n    - {name: slow, seconds: 60}\n"
+            + "    - {name: slow, seconds: 600}\n",
+            "health_rules.rules: Value error, rule names must be unique: slow",
+        ),
+        (MINIMAL + "    reconcile: {max_share: 0}\n", "workspaces.0.reconcile.max_share"),
         ("- just a list\n", "must be a mapping"),
         ("workspaces: [\n", "not valid YAML"),
         (

@@ -31,8 +31,20 @@ KILLS = 32
 
 
 def script(sim: Simulator, step: int, rng: random.Random, jobs: list[int]) -> None:
-    """Step `step` of the workload: ~14 new runs with assorted fates (same for a seed)."""
+    """Step `step` of the workload: ~14 new runs with assorted fates, and repairs of up to
+    two failed runs, some long enough to be seen running, some over within a step, some of
+    runs long finished (same for a seed)."""
     ws = sim.workspace
+    now = ws.now_ms()
+    failed = sorted(r.run_id for r in ws.runs.values() if r.result == "FAILED" and r.ended_by(now))
+    for run_id in rng.sample(failed, min(2, len(failed))):
+        ws.repair_run(
+            run_id,
+            setup_s=rng.uniform(0, 10),
+            execution_s=rng.choice([5.0, rng.uniform(20, 200)]),
+            cleanup_s=0,
+            result=rng.choice(["FAILED", "SUCCESS"]),
+        )
     for job in rng.sample(jobs, 14):
         fate = rng.random()
         if fate < 0.1:
@@ -76,7 +88,13 @@ async def reference_events(tmp_path: Path) -> set[str]:
         jobs = populate(sim)
         store = await SQLiteStore.open(tmp_path / "reference.db")
         config = WorkspaceConfig.model_validate(
-            {"name": "sim", "host": sim.url, "auth": {"type": "pat", "token": TOKEN}}
+            {
+                "name": "sim",
+                "host": sim.url,
+                "auth": {"type": "pat", "token": TOKEN},
+                # A sweep every step, as the daemon below sweeps (almost) every cycle.
+                "reconcile": {"interval": 1},
+            }
         )
         client = JobsClient(host=sim.url, auth=StaticToken(SecretStr(TOKEN)), clock=clock)
         poller = Poller(
@@ -112,7 +130,8 @@ def _describe(db: Path, ids: set[str]) -> str:
             state = event["run"]["state"]
             described.append(
                 f"{event['type']} run={event['run']['run_id']} job={event['job']['job_id']} "
-                f"attempt={event['attempt_number']} {state} rule={event['rule']}"
+                f"attempt={event['attempt_number']} repair={event.get('repair', 0)} {state} "
+                f"rule={event.get('rule')}"
             )
     return "\n".join(sorted(described))
 
@@ -132,6 +151,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: P
         config.write_text(
             f"workspaces:\n"
             f"  - name: sim\n    host: {sim.url}\n    poll_interval: 0.1\n"
+            f"    reconcile: {{interval: 0.5}}\n"
             f"    auth: {{type: pat, token: '${{SIM_TOKEN}}'}}\n"
             f"store: {{path: {db}}}\nserver: {{host: 127.0.0.1, port: 0}}\n"
             f"logging: {{format: json, level: WARNING}}\n"
@@ -190,3 +210,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: P
     assert not missing, _describe(tmp_path / "reference.db", missing)
     assert set(got) == expected, _describe(db, set(got) - expected)
     assert len(expected) > 500
+    conn = sqlite3.connect(db)
+    repairs = conn.execute("SELECT COUNT(*) FROM runs WHERE repair > 0").fetchone()[0]
+    conn.close()
+    assert repairs >= 30

@@ -8,7 +8,7 @@ import itertools
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from tests.conftest import TOKEN
 from watcher.clock import Clock, ManualClock
 from watcher.config import JobFilter, JobMatch, StartupConfig, WorkspaceConfig
-from watcher.databricks import JobsClient, RetryBudgetExceeded, RetryPolicy, StaticToken
+from watcher.databricks import ApiError, JobsClient, RetryBudgetExceeded, RetryPolicy, StaticToken
 from watcher.databricks.client import MAX_RUNS_LIMIT
 from watcher.databricks.models import Run
 from watcher.poller import Poller, PollResult, run_poll_loop
@@ -43,23 +43,30 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.watermark: dict[str, int] = {}
+        self.news_since: dict[str, int] = {}
         self.active: dict[str, set[int]] = defaultdict(set)
         self.runs: dict[str, dict[int, Run]] = defaultdict(dict)
         self.vanished: dict[str, set[int]] = defaultdict(set)
         self.commits: dict[str, list[float]] = defaultdict(list)
 
     async def workspace_state(self, workspace: str) -> WorkspaceState:
-        return WorkspaceState(self.watermark.get(workspace), frozenset(self.active[workspace]))
+        return WorkspaceState(
+            self.watermark.get(workspace),
+            frozenset(self.active[workspace]),
+            self.news_since.get(workspace),
+        )
+
+    async def terminal_ends(self, workspace: str, run_ids: Collection[int]) -> dict[int, int]:
+        runs = self.runs[workspace]
+        return {r: runs[r].end_time or 0 for r in run_ids if r in runs and runs[r].is_terminal}
 
     def commit(self, result: PollResult, at: float = 0.0) -> None:
         ws = result.workspace
-        ids = [o.run.run_id for o in result.observations]
+        ids = [r.run_id for r in result.runs]
         assert len(ids) == len(set(ids)), "a run observed twice in one cycle"
-        for observation in result.observations:
-            run = observation.run
+        for run in result.runs:
             before = self.runs[ws].get(run.run_id)
             assert before is None or not before.is_terminal or run.is_terminal, "moved back"
-            assert not observation.backfill or ws not in self.watermark, "backfill with state"
             self.runs[ws][run.run_id] = run
             if run.is_terminal:
                 self.active[ws].discard(run.run_id)
@@ -68,6 +75,7 @@ class FakeStore:
         self.active[ws] -= set(result.vanished)
         self.vanished[ws] |= set(result.vanished)
         self.watermark[ws] = result.watermark_ms
+        self.news_since[ws] = max(self.news_since.get(ws, 0), result.news_since_ms)
         self.commits[ws].append(at)
 
 
@@ -123,6 +131,8 @@ def workspace_config(name: str = "ws", **overrides: Any) -> WorkspaceConfig:
         "name": name,
         "host": "http://127.0.0.1",
         "auth": {"type": "pat", "token": TOKEN},
+        # Request counts below are the cheap cycle's; the sweep's tests turn it on.
+        "reconcile": {"enabled": False},
     }
     fields.update(overrides)
     return WorkspaceConfig.model_validate(fields)
@@ -213,7 +223,7 @@ async def make_world(clock: ManualClock) -> AsyncIterator[WorldFactory]:
 
 
 def by_id(result: PollResult) -> dict[int, Run]:
-    return {o.run.run_id: o.run for o in result.observations}
+    return {r.run_id: r for r in result.runs}
 
 
 # -- what a cycle sees -------------------------------------------------------------------
@@ -229,18 +239,15 @@ async def test_run_started_and_finished_between_cycles_is_observed_finished(
     the server's time at the start of the cycle."""
     w = await make_world(version=version, order=order)
     job = w.ws.create_job("nightly-etl")
-    assert (await w.cycle()).observations == []
+    assert (await w.cycle()).runs == []
     clock.advance(5)
     run_id = w.ws.start_run(job, setup_s=1, execution_s=10, cleanup_s=1, result="FAILED")
     clock.advance(25)
     result = await w.cycle()
-    [observation] = result.observations
-    assert observation.run.run_id == run_id
-    assert (observation.run.life_cycle_state, observation.run.result_state) == (
-        "TERMINATED",
-        "FAILED",
-    )
-    assert not observation.backfill
+    [observed] = result.runs
+    assert observed.run_id == run_id
+    assert (observed.life_cycle_state, observed.result_state) == ("TERMINATED", "FAILED")
+    assert result.news_since_ms <= (observed.start_time or 0)
     assert result.jobs[job].settings.name == "nightly-etl"
     assert result.requests == 3
     assert abs(result.watermark_ms - clock.time() * 1000) <= 1000
@@ -410,7 +417,8 @@ async def test_restart_after_downtime_sees_what_happened_meanwhile(
     assert seen[skipped].life_cycle_state == "SKIPPED"
     assert seen[long_id].result_state == "SUCCESS"
     assert not seen[still].is_terminal
-    assert not any(o.backfill for o in result.observations)
+    # The news horizon is the first start's, whatever the downtime.
+    assert result.news_since_ms <= (seen[long_id].start_time or 0)
     assert w.store.watermark["ws"] > down_since
     assert w.store.active["ws"] == {still}
 
@@ -447,12 +455,13 @@ async def test_catch_up_is_bounded_by_max_catchup_yet_stored_active_runs_close(
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1"])
-async def test_first_start_flags_backfill_within_the_lookback(
+async def test_first_start_records_the_lookback_and_news_starts_at_the_start(
     make_world: WorldFactory, clock: ManualClock, version: str
 ) -> None:
     """With no stored state, the first cycle records runs that ended within
-    startup.lookback and runs active at that moment, all flagged backfill; older runs are
-    not recorded; the next cycle's observations are not backfill."""
+    startup.lookback and runs active at that moment; older runs are not recorded. What
+    happened before the watcher started is history (news_since_ms is the start instant,
+    kept by later cycles)."""
     w = await make_world(version=version, startup=StartupConfig(lookback=3600))
     job = w.ws.create_job("etl")
     now = w.ws.now_ms()
@@ -461,12 +470,44 @@ async def test_first_start_flags_backfill_within_the_lookback(
     running = w.ws.start_run(job, execution_s=120)
     result = await w.cycle()
     assert set(by_id(result)) == {recent, running}
-    assert all(o.backfill for o in result.observations)
+    assert abs(result.news_since_ms - now) <= 3000
+    assert (by_id(result)[recent].end_time or 0) < result.news_since_ms
     clock.advance(300)
-    result = await w.cycle()
-    assert by_id(result)[running].is_terminal
-    assert not any(o.backfill for o in result.observations)
+    later = await w.cycle()
+    assert by_id(later)[running].is_terminal
+    assert later.news_since_ms == result.news_since_ms
     assert ancient not in w.store.runs["ws"]
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1"])
+async def test_first_start_whose_first_cycles_fail_still_sees_runs_ended_since(
+    make_world: WorldFactory, clock: ManualClock, version: str
+) -> None:
+    """News is decided by time, not by cycle: the watcher starts, its first cycles fail
+    (a bad token, then a 503 storm) for longer than startup.lookback, runs end meanwhile;
+    the first good cycle still reads every run that ended after the start, and they are
+    news (they ended after news_since_ms)."""
+    w = await make_world(version=version, startup=StartupConfig(lookback=600))
+    job = w.ws.create_job("etl")
+    born = w.ws.now_ms()
+    w.sim.tokens.clear()
+    with pytest.raises(ApiError):
+        await w.cycle()
+    ended = []
+    for _ in range(4):
+        clock.advance(300)
+        ended.append(w.ws.start_run(job, setup_s=1, execution_s=30, cleanup_s=1, result="FAILED"))
+        w.sim.faults.add(Fault(endpoint="runs/list", kind="status", status=503, times=None))
+        with pytest.raises(RetryBudgetExceeded):
+            await w.cycle()
+        w.sim.faults.clear()
+    w.sim.tokens.add(TOKEN)
+    clock.advance(60)
+    result = await w.cycle()
+    assert abs(result.news_since_ms - born) <= 3000
+    seen = by_id(result)
+    assert set(ended) <= set(seen)
+    assert all((seen[r].end_time or 0) > result.news_since_ms for r in ended)
 
 
 # -- request budget ----------------------------------------------------------------------
@@ -510,7 +551,9 @@ async def test_steady_cycle_request_count_is_bounded(
     assert w.calls(mark) == {
         "runs/list": math.ceil(active / limit) + 1,
         "runs/get": 1 if version == "2.0" else 5,  # the walk returns the older runs on 2.0
-        "jobs/get": 1,
+        # The settings of the 7 jobs whose runs ended are read afresh, and the new job's:
+        # one jobs/list page is cheaper than 8 jobs/get.
+        "jobs/list": 1,
     }
     # Nothing new: the active pages and one completed page.
     clock.advance(60)
@@ -614,7 +657,7 @@ async def test_job_id_filter_skips_settings_of_other_jobs(make_world: WorldFacto
     for job in jobs:
         w.ws.start_run(job, execution_s=600)
     result = await w.cycle()
-    assert {o.run.job_id for o in result.observations} == {2}
+    assert {r.job_id for r in result.runs} == {2}
     assert [r.params["job_id"] for r in w.sim.api_requests("jobs/get")] == ["2"]
 
 
@@ -674,7 +717,7 @@ async def test_vanished_run_is_closed_out_once(
     w.ws.delete_run(run_id)
     clock.advance(30)
     result = await w.cycle()
-    assert (result.vanished, result.observations) == ([run_id], [])
+    assert (result.vanished, result.runs) == ([run_id], [])
     clock.advance(30)
     mark = len(w.sim.requests)
     assert (await w.cycle()).vanished == []

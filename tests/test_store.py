@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from watcher.databricks.models import Run
+from watcher.domain import JobRecord, RunRecord
 from watcher.events import Event, EventType, JobRef, event_id
-from watcher.store import CycleCommit, JobRecord, RunRecord, StoreError
+from watcher.store import CycleCommit, StoreError
 from watcher.store.sqlite import MIGRATIONS, SQLiteStore
 
 NOW = 1_700_000_000.0

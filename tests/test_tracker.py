@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from watcher.databricks.models import JobSettings, Run
+from watcher.domain import RunRecord
 from watcher.events import EventType, RuleRef, event_id
-from watcher.store.base import RunRecord
 from watcher.tracker import Category, Evaluation, JobContext, classify, evaluate
 
 T0 = 1_700_000_000_000  # ms
@@ -201,9 +201,10 @@ def test_a_run_never_moves_backwards() -> None:
     assert stale.events == ()
     assert stale.record.life_cycle_state == "TERMINATING"
     assert stale.record == first.record
-    after_end = step(step(first.record, done("FAILED")).record, run("RUNNING"))
-    assert after_end.events == ()
-    assert after_end.record.result_state == "FAILED"
+    # A stale runs/get of a finished run: its repair_history shows no repair.
+    ended = step(first.record, done("FAILED")).record
+    stale_get = step(ended, run("RUNNING", repair_history=[{"type": "ORIGINAL"}]))
+    assert (stale_get.record, stale_get.events) == (ended, ())
 
 
 # -- retries and notification settings -----------------------------------------------
@@ -460,26 +461,42 @@ def test_recovery(
 # -- backfill and ids ----------------------------------------------------------------
 
 
-def test_backfilled_runs_are_recorded_silently() -> None:
-    """Runs found on the first start are recorded with their events marked emitted, so
-    they never page later; an active one still alerts when it finishes."""
-    quiet = step(None, done("FAILED"), backfill=True)
+def test_transitions_before_the_watcher_started_are_recorded_silently() -> None:
+    """Transitions before `history_before_ms` (the instant the watcher started) are
+    recorded with their events marked emitted, so they never page later; an active run
+    still alerts when it finishes, and a silent failure settles no job outcome (so no
+    recovery answers it)."""
+    history = {"history_before_ms": T0 + 3_600_000}
+    quiet = step(None, done("FAILED"), **history)
     assert quiet.events == ()
     assert quiet.record.backfill
     assert quiet.record.terminal
-    loud = step(None, done("FAILED"), backfill=True, alert_on_backfill=True)
+    assert quiet.outcome is None
+    assert step(None, done("SUCCESS"), **history).outcome == "success"
+    loud = step(None, done("FAILED"), alert_on_history=True, **history)
     assert types(loud) == ["run_failed"]
     assert loud.events[0].backfill
-    active = step(None, run("RUNNING"), backfill=True)
+    active = step(None, run("RUNNING"), **history)
     assert active.events == ()
-    finished = step(active.record, done("FAILED"))
+    finished = step(active.record, done("FAILED", seconds=7200), **history)
     assert types(finished) == ["run_failed"]
+    assert not finished.events[0].backfill
     # A run breaching its duration rule right now is news, not history.
     job = JobContext(job_id=7, settings=settings(**HEALTH_100))
-    late = step(None, run("RUNNING"), job=job, now=T0 + 500_000, backfill=True)
+    late = step(None, run("RUNNING"), job=job, now=T0 + 500_000, **history)
     assert types(late) == ["run_duration_exceeded"]
-    old = step(None, done("SUCCESS", seconds=500), job=job, backfill=True)
+    old = step(None, done("SUCCESS", seconds=500), job=job, **history)
     assert old.events == ()
+
+
+def test_a_transition_after_the_start_is_news_whichever_cycle_sees_it_first() -> None:
+    """First start by time, not by cycle: a run that ended after the watcher started pages
+    even if no cycle saw it before (the first cycles failed); one that ended before does not."""
+    started = T0 + 30_000
+    assert types(step(None, done("FAILED", seconds=31), history_before_ms=started)) == [
+        "run_failed"
+    ]
+    assert step(None, done("FAILED", seconds=29), history_before_ms=started).events == ()
 
 
 def test_event_ids_are_deterministic_and_carry_the_snapshot() -> None:
@@ -493,3 +510,151 @@ def test_event_ids_are_deterministic_and_carry_the_snapshot() -> None:
         WS, 42, "run_duration_exceeded", "config:x"
     )
     assert (a.job.name, a.job.tags, a.run.run_id) == ("nightly-etl", {"team": "data"}, 42)
+
+
+# -- repairs ---------------------------------------------------------------------------
+
+REPAIR_AT = T0 + 600_000
+
+
+def repaired(
+    life: str, result: str | None = None, *, end: int = 0, history: int | None = None
+) -> Run:
+    """Run 42 seen again after a repair started at REPAIR_AT: its re-run task started then;
+    `history` repairs in its repair_history (None: no history sent, as lists do)."""
+    extra: dict[str, Any] = {
+        "tasks": [
+            {"task_key": "load", "start_time": T0, "end_time": T0 + 60_000},
+            {"task_key": "main", "start_time": REPAIR_AT, "end_time": end},
+        ]
+    }
+    if history is not None:
+        extra["repair_history"] = [{"type": "ORIGINAL", "start_time": T0}] + [
+            {"type": "REPAIR", "id": 900 + n, "start_time": REPAIR_AT} for n in range(history)
+        ]
+    return run(life, result, end=end, **extra)
+
+
+def failed_record() -> RunRecord:
+    return step(None, done("FAILED")).record
+
+
+@pytest.mark.parametrize("history", [None, 1], ids=["counted-locally", "repair-history"])
+def test_a_repair_that_fails_again_pages_again_with_its_own_id(history: int | None) -> None:
+    """A repaired run re-runs under the same run_id: seen active again, its record reopens
+    as repair 1, and the repair's failure is an event of its own (a new id), not a
+    duplicate of the original failure that the outbox would drop."""
+    original = step(None, done("FAILED"))
+    reopened = step(original.record, repaired("RUNNING", history=history), now=REPAIR_AT + 5_000)
+    assert types(reopened) == ["run_started"]
+    assert reopened.record.repair == 1
+    assert not reopened.record.terminal
+    assert reopened.record.repair_start == REPAIR_AT
+    end = REPAIR_AT + 60_000
+    again = step(reopened.record, repaired("TERMINATED", "FAILED", end=end, history=history))
+    assert types(again) == ["run_failed"]
+    failure = again.events[0]
+    assert failure.repair == 1
+    assert failure.id == event_id(WS, 42, EventType.RUN_FAILED, repair=1)
+    assert failure.id != original.events[0].id
+    assert again.outcome == "failure"
+    # And it stays settled: the same snapshot again changes nothing.
+    same = step(again.record, repaired("TERMINATED", "FAILED", end=end, history=history))
+    assert (same.record, same.events) == (again.record, ())
+
+
+def test_a_short_repair_seen_only_finished_is_reported() -> None:
+    """A repair that started and ended between two cycles shows up as a later end time
+    (lists carry no repair_history): it is repair 1, and its success recovers the job."""
+    job = JobContext(
+        job_id=7, name="nightly-etl", last_outcome="failure", last_outcome_end_time=T0 + 60_000
+    )
+    end = REPAIR_AT + 30_000
+    fixed = step(failed_record(), repaired("TERMINATED", "SUCCESS", end=end), job=job)
+    assert types(fixed) == ["run_succeeded", "job_recovered"]
+    assert {e.repair for e in fixed.events} == {1}
+    assert fixed.outcome == "success"
+    assert fixed.record.repair == 1
+
+
+def test_repair_history_gives_the_repair_number() -> None:
+    """With repair_history (runs/get), the repair number is Databricks' own, even when a
+    repair in between was never seen; a history with no new repair reopens nothing."""
+    seen = step(failed_record(), repaired("RUNNING", history=3))
+    assert seen.record.repair == 3
+    assert seen.events[0].id == event_id(WS, 42, EventType.RUN_STARTED, repair=3)
+    no_news = step(seen.record, repaired("TERMINATED", "FAILED", end=REPAIR_AT + 1, history=3))
+    assert types(no_news) == ["run_failed"]
+    settled = step(no_news.record, repaired("TERMINATED", "FAILED", end=REPAIR_AT + 1, history=3))
+    assert settled.events == ()
+
+
+def test_duration_rules_of_a_repair_count_from_the_repair() -> None:
+    """A repair's run rule counts from the repair's start, not the original start (which
+    would breach at once); a task rule is not measured again for a task the repair did
+    not re-run; one the repair re-ran is."""
+    job = JobContext(
+        job_id=7,
+        settings=settings(
+            health={
+                "rules": [{"metric": "RUN_DURATION_SECONDS", "op": "GREATER_THAN", "value": 100}]
+            },
+            tasks=[
+                {
+                    "task_key": k,
+                    "health": {
+                        "rules": [
+                            {"metric": "RUN_DURATION_SECONDS", "op": "GREATER_THAN", "value": 30}
+                        ]
+                    },
+                }
+                for k in ("load", "main")
+            ],
+        ),
+    )
+    original = step(None, done("FAILED", seconds=200), job=job, now=T0 + 200_000)
+    assert types(original).count("run_duration_exceeded") == 1  # the run rule; tasks lack times
+    early = step(original.record, repaired("RUNNING"), job=job, now=REPAIR_AT + 20_000)
+    assert types(early) == ["run_started"]
+    late = step(early.record, repaired("RUNNING"), job=job, now=REPAIR_AT + 101_000)
+    assert sorted(e.rule.name for e in late.events if e.rule) == ["job", "task:main"]
+    assert {e.repair for e in late.events} == {1}
+
+
+def test_a_recovery_is_named_after_the_failure_it_answers() -> None:
+    """job_recovered's id is the failure's (run and repair), not the success's: whichever
+    success is seen first (one found late by the sweep, say), the recovery is one event;
+    the next failure of the same run, a repair, gets a recovery of its own."""
+    failing = JobContext(
+        job_id=7,
+        name="nightly-etl",
+        last_outcome="failure",
+        last_outcome_end_time=T0,
+        last_outcome_run_id=41,
+    )
+    a = step(None, done("SUCCESS"), job=failing).events[-1]
+    b = step(None, done("SUCCESS", run_id=43), job=failing).events[-1]
+    assert a.type is b.type is EventType.JOB_RECOVERED
+    assert a.id == b.id == event_id(WS, 41, EventType.JOB_RECOVERED)
+    after_repair = JobContext(
+        job_id=7,
+        last_outcome="failure",
+        last_outcome_end_time=T0,
+        last_outcome_run_id=41,
+        last_outcome_repair=1,
+    )
+    c = step(None, done("SUCCESS"), job=after_repair).events[-1]
+    assert c.id == event_id(WS, 41, EventType.JOB_RECOVERED, repair=1) != a.id
+
+
+def test_a_failure_found_after_a_later_success_pages_and_is_resolved_at_once() -> None:
+    """A failure found late (the sweep) that ended before the job's latest success pages,
+    and is recovered from at once, with the id a recovery seen in time order would have."""
+    ok_since = JobContext(
+        job_id=7, last_outcome="success", last_outcome_end_time=T0 + 120_000, last_outcome_run_id=43
+    )
+    late = step(None, done("FAILED"), job=ok_since)
+    assert types(late) == ["run_failed", "job_recovered"]
+    assert late.events[1].id == event_id(WS, 42, EventType.JOB_RECOVERED)
+    assert late.events[1].occurred_at.timestamp() * 1000 == T0 + 120_000
+    assert late.outcome == "failure"

@@ -24,7 +24,7 @@ from watcher.databricks import (
     Timeouts,
     TokenFile,
 )
-from watcher.databricks.client import AttemptHook
+from watcher.databricks.client import ClientHooks
 from watcher.events import Event
 from watcher.metrics import Metrics
 from watcher.notify.base import Channel
@@ -58,7 +58,7 @@ def make_auth(workspace: WorkspaceConfig, clock: Clock) -> Auth:
     return StaticToken(auth.token)
 
 
-def make_client(workspace: WorkspaceConfig, on_attempt: AttemptHook, clock: Clock) -> JobsClient:
+def make_client(workspace: WorkspaceConfig, hooks: ClientHooks, clock: Clock) -> JobsClient:
     return JobsClient(
         host=str(workspace.host),
         auth=make_auth(workspace, clock),
@@ -68,7 +68,9 @@ def make_client(workspace: WorkspaceConfig, on_attempt: AttemptHook, clock: Cloc
         retry=RetryPolicy(budget=workspace.retry_budget),
         ca_bundle=workspace.ca_bundle,
         clock=clock,
-        on_attempt=on_attempt,
+        on_attempt=hooks,
+        on_reject=hooks.item_rejected,
+        on_date_missing=hooks.date_header_missing,
     )
 
 
@@ -101,6 +103,8 @@ class Daemon:
                     "consecutive_failures": p.status.consecutive_failures,
                     "last_error": p.status.last_error,
                     "cycles": p.status.cycles,
+                    "last_sweep_at": p.status.last_sweep_at,
+                    "last_sweep_seconds": p.status.last_sweep_seconds,
                     "active_runs": len(
                         (await self.store.workspace_state(p.workspace)).active_run_ids
                     ),
@@ -119,6 +123,7 @@ def _health(status: PollStatus, interval: float) -> WorkspaceHealth:
         last_success_at=status.last_success_at,
         consecutive_failures=status.consecutive_failures,
         last_error=status.last_error,
+        consecutive_internal_failures=status.consecutive_internal_failures,
     )
 
 

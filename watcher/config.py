@@ -119,6 +119,30 @@ class OAuthConfig(_Config):
 AuthConfig = Annotated[TokenAuthConfig | OAuthConfig, Field(discriminator="type")]
 
 
+class ReconcileConfig(_Config):
+    """The reconciliation sweep: besides each cheap cycle, a walk of every run completed
+    within `lookback`, read a few pages per cycle, that finds what the cheap cycle cannot
+    see (a run born BLOCKED or WAITING_FOR_RETRY that ended long after it started, a short
+    repair of an old run, runs finished while the watcher was down). See docs/alerts.md."""
+
+    enabled: bool = Field(default=True, description="Run the sweep.")
+    interval: float = Field(
+        default=600.0, gt=0, description="Seconds between the starts of two sweeps (at least)."
+    )
+    lookback: float = Field(
+        default=86_400.0, gt=0, description="Seconds of run start times a sweep reaches back."
+    )
+    max_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Pages a cycle may read: this share of the cycle's other requests...",
+    )
+    min_pages: int = Field(
+        default=5, ge=1, description="...or at least this many (a sweep ends early when done)."
+    )
+
+
 class WorkspaceConfig(_Config):
     name: str = Field(pattern=NAME_PATTERN, description="Short name, used in labels and event ids.")
     host: AnyHttpUrl = Field(
@@ -150,6 +174,14 @@ class WorkspaceConfig(_Config):
         default=8, ge=1, le=64, description="Parallel runs/get calls for vanished active runs."
     )
     jobs: JobFilter = Field(default_factory=JobFilter, description="Which jobs to watch.")
+    reconcile: ReconcileConfig = Field(
+        default_factory=ReconcileConfig, description="The reconciliation sweep."
+    )
+    report_unreadable_after: int = Field(
+        default=3,
+        ge=1,
+        description="Cycles a run or job may fail validation before it is reported (once).",
+    )
 
 
 # -- rules, startup, store, server, logging ------------------------------------------
@@ -170,6 +202,15 @@ class HealthRulesConfig(_Config):
     rules: list[DurationRuleConfig] = Field(
         default_factory=list, description="Per-job rules by id, name pattern or tag."
     )
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, value: list[DurationRuleConfig]) -> list[DurationRuleConfig]:
+        # The name is part of the event id: two rules of one name would share their alerts.
+        names = [rule.name for rule in value]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        return value
 
 
 class StartupConfig(_Config):

@@ -27,11 +27,20 @@ class EventType(StrEnum):
     RUN_SKIPPED = "run_skipped"
     RUN_DURATION_EXCEEDED = "run_duration_exceeded"
     JOB_RECOVERED = "job_recovered"
+    RUN_UNREADABLE = "run_unreadable"
+    """A run the API keeps answering in a shape the watcher cannot read."""
+    JOB_UNREADABLE = "job_unreadable"
+    """A job whose settings the API keeps answering in a shape the watcher cannot read."""
 
 
-def event_id(workspace: str, run_id: int, type_: str, rule: str | None = None) -> str:
-    """A UUID (version 5) naming one transition of one run, stable across restarts."""
+def event_id(
+    workspace: str, run_id: int, type_: str, rule: str | None = None, repair: int = 0
+) -> str:
+    """A UUID (version 5) naming one transition of one run (of one repair of it), stable
+    across restarts. Repair 0 keeps the key of releases that knew no repairs."""
     key = f"{workspace}\x1f{run_id}\x1f{type_}\x1f{rule or ''}"
+    if repair:
+        key += f"\x1frepair={repair}"
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
@@ -72,9 +81,15 @@ class Event(_Frozen):
     observed_seconds: float | None = None
     """For duration events: the run's age or duration that broke the rule."""
     attempt_number: int = 0
+    repair: int = 0
+    """Which repair of the run this event is about: 0 for the original run, N for the
+    Nth repair (the run re-run under the same run_id)."""
     raw_state: str | None = None
     """The raw result_state (or life_cycle_state) behind the classification, kept for
     values this version does not know."""
     backfill: bool = False
+    detail: str | None = None
+    """For `run_unreadable` / `job_unreadable`: what could not be read (field paths and
+    error kinds, never values)."""
     test: bool = False
     """Set on `watcher test-alert` events only."""

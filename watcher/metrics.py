@@ -18,10 +18,12 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from watcher import __version__
 from watcher.config import JobFilter, MetricsConfig
-from watcher.databricks.client import Attempt
+from watcher.databricks.client import ITEM_ENDPOINTS, Attempt
+from watcher.databricks.errors import RejectedItem
+from watcher.domain import RunRecord
 from watcher.pipeline import CommitReport
 from watcher.poller import PollStatus
-from watcher.store.base import JobTimes, OutboxStats, RunRecord
+from watcher.store.base import JobTimes, OutboxStats
 from watcher.tracker import Category, classify
 
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -123,6 +125,18 @@ class Metrics:
             ("workspace",),
             registry=r,
         )
+        self.api_items_rejected = Counter(
+            "watcher_api_items_rejected",
+            "Runs and jobs left out of Jobs API answers because they failed validation.",
+            ("workspace", "endpoint"),
+            registry=r,
+        )
+        self.api_date_missing = Counter(
+            "watcher_api_date_header_missing",
+            "Jobs API responses without a usable Date header (clock skew not measured).",
+            ("workspace",),
+            registry=r,
+        )
         self.cycle_seconds = Histogram(
             "watcher_poll_cycle_duration_seconds",
             "Duration of poll cycles, seconds.",
@@ -180,8 +194,10 @@ class Metrics:
 
     # -- hooks -----------------------------------------------------------------------
 
-    def attempt_hook(self, workspace: str) -> _AttemptHook:
-        return _AttemptHook(self, workspace)
+    def attempt_hook(self, workspace: str) -> _ClientHooks:
+        """The hooks of the workspace's client: called with each HTTP attempt, and with
+        `item_rejected` / `date_header_missing` (a watcher.databricks.client.ClientHooks)."""
+        return _ClientHooks(self, workspace)
 
     def observe_cycle(self, status: PollStatus, ok: bool) -> None:
         """Hook for the poll loops: one call per finished cycle."""
@@ -309,10 +325,14 @@ class Metrics:
         self._timestamps = {k: v for k, v in self._timestamps.items() if k[1:] != (ws, job_id)}
 
 
-class _AttemptHook:
+class _ClientHooks:
     def __init__(self, metrics: Metrics, workspace: str) -> None:
         self._m = metrics
         self._ws = workspace
+        # Zero series from the start, so `increase(...) > 0` alerts see the first one.
+        for endpoint in ITEM_ENDPOINTS:
+            metrics.api_items_rejected.labels(workspace, endpoint)
+        metrics.api_date_missing.labels(workspace)
 
     def __call__(self, attempt: Attempt) -> None:
         m, ws = self._m, self._ws
@@ -322,3 +342,9 @@ class _AttemptHook:
             m.api_retries.labels(ws, attempt.endpoint, attempt.code).inc()
         if attempt.throttled_seconds > 0:
             m.api_throttled.labels(ws).inc(attempt.throttled_seconds)
+
+    def item_rejected(self, item: RejectedItem) -> None:
+        self._m.api_items_rejected.labels(self._ws, item.endpoint).inc()
+
+    def date_header_missing(self) -> None:
+        self._m.api_date_missing.labels(self._ws).inc()

@@ -1,6 +1,7 @@
 """The incremental run poller: per workspace, each cycle gathers every run whose state may
 have changed since the stored watermark, with as few Jobs API requests as the API allows
-(DESIGN.md section 4). It yields observations; the tracker decides what they mean.
+(docs/alerts.md, "Completeness"). It yields observations; the tracker decides what they
+mean.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -16,9 +17,10 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.config import StartupConfig, WorkspaceConfig
-from watcher.databricks.client import MAX_JOBS_LIMIT, MAX_RUNS_LIMIT, JobsClient
-from watcher.databricks.errors import ApiError, DatabricksError
+from watcher.databricks.client import MAX_JOBS_LIMIT, JobsClient, ListedRunsPage
+from watcher.databricks.errors import ApiError, DatabricksError, ItemRejected, RejectedItem
 from watcher.databricks.models import Job, Run
+from watcher.domain import PollResult, Unreadable
 from watcher.store.base import WorkspaceState
 
 log = structlog.get_logger(__name__)
@@ -34,6 +36,7 @@ MAX_BACKOFF_INTERVALS = 10
 # Jobs first seen together (every job, at a first start) would expire together and cost a
 # burst of jobs/get in one cycle: each entry's TTL is shortened by up to this share instead.
 _TTL_SPREAD = 0.25
+_FORGET_AFTER = 86_400.0
 _T = TypeVar("_T")
 _K = TypeVar("_K")
 
@@ -43,48 +46,30 @@ class StateSource(Protocol):
 
     async def workspace_state(self, workspace: str) -> WorkspaceState: ...
 
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    run: Run
-    backfill: bool
-    """Seen in the first cycle of a workspace without stored state: it may have finished
-    (or started) long before the watcher looked, so the tracker records it without paging."""
-
-
-@dataclass(frozen=True, slots=True)
-class PollResult:
-    workspace: str
-    observations: list[Observation]
-    """One per run (by run_id), the most advanced snapshot the cycle saw."""
-    jobs: dict[int, Job]
-    """Settings of every job with an observation, unless the job no longer exists."""
-    vanished: list[int]
-    """Runs the store held active that runs/get says no longer exist: close them out."""
-    watermark_ms: int
-    """Commit this with the cycle: the server time at which the cycle started."""
-    server_now_ms: int
-    """Server time at the start of the cycle, for ages of active runs: every snapshot was
-    taken after it, so an age computed from it is never overstated."""
-    requests: int
-    """HTTP requests this cycle sent to the Jobs API: pages, runs/get, jobs/get, jobs/list,
-    retries and 2.2 task pages."""
+    async def terminal_ends(self, workspace: str, run_ids: Collection[int]) -> dict[int, int]: ...
 
 
 @dataclass(slots=True)
 class PollStatus:
     """Health of one workspace's loop for readiness checks and metrics; written only by
-    run_poll_loop. Times are local clock seconds: they describe the watcher, not Databricks."""
+    run_poll_loop and the poller. Times are local clock seconds: they describe the watcher,
+    not Databricks."""
 
     workspace: str
     cycles: int = 0
     """Cycles finished, successfully or not."""
     failures: int = 0
     consecutive_failures: int = 0
+    consecutive_internal_failures: int = 0
+    """Failed cycles in a row that were not the API's fault: the loop cannot progress."""
     last_success_at: float | None = None
     last_error: str | None = None
     """The latest failure, kept after recovery for diagnosis."""
     last_cycle_seconds: float | None = None
+    last_sweep_at: float | None = None
+    """When the latest reconciliation sweep completed."""
+    last_sweep_seconds: float | None = None
+    """How long the latest complete sweep took, start to end."""
 
 
 @dataclass(slots=True)
@@ -99,6 +84,17 @@ class _Gathered:
         current = self.runs.get(run.run_id)
         if current is None or _progress(run) >= _progress(current):
             self.runs[run.run_id] = run
+
+
+@dataclass(slots=True)
+class _Sweep:
+    """A reconciliation sweep under way: a completed-runs walk reaching back `lookback`,
+    read a few pages per cycle."""
+
+    pages: AsyncGenerator[ListedRunsPage, None]
+    floor_ms: int
+    started: float
+    read: int = 0
 
 
 class Poller:
@@ -118,12 +114,18 @@ class Poller:
         self._client = client
         self._state = state
         self._clock = clock
-        self._overlap = MAX_RUNS_LIMIT[client.api_version] // _OVERLAP_SHARE
+        # Transitions after this instant are news, whichever cycle first sees them.
+        self._born = clock.time()
         # 2.0 has no expand_tasks; 2.1+ lists tasks only when asked.
         self._expand_tasks = client.api_version != "2.0"
-        self._jobs: dict[int, tuple[float, Job | None]] = {}  # job_id -> (expires, settings)
+        # job_id -> (expires, fetched at, settings)
+        self._jobs: dict[int, tuple[float, float, Job | None]] = {}
         self._job_count: int | None = None  # jobs in the workspace at the last jobs/list
         self._rng = random.Random(config.name)  # noqa: S311 - cache spread, not cryptography
+        self._sweep: _Sweep | None = None
+        self._last_sweep_start: float | None = None
+        # (kind, id) -> (cycles it was unreadable in, when last)
+        self._rejected: dict[tuple[str, int], tuple[int, float]] = {}
         self.status = PollStatus(workspace=config.name)
 
     @property
@@ -134,6 +136,10 @@ class Poller:
     def interval(self) -> float:
         return self._config.poll_interval
 
+    @property
+    def _overlap(self) -> int:
+        return self._client.runs_page_size // _OVERLAP_SHARE
+
     async def poll(self) -> PollResult:
         """One cycle. Raises on any failure: a partial cycle must not move the watermark."""
         client = self._client
@@ -143,19 +149,43 @@ class Poller:
         requests_before = client.requests
         started = client.server_time()
         got = _Gathered()
+        rejected: list[RejectedItem] = []
         async for page in client.list_runs(
             active_only=True, expand_tasks=self._expand_tasks, overlap=self._overlap
         ):
-            for run in page.runs:
-                got.add(run)
+            got_page(got, page, rejected)
         # The start instant in server time, with the skew this cycle's answers measured:
         # a fresh client knows none before its first answer.
-        now_ms = _ms(started - skew_before + (client.server_offset or 0.0))
-        cutoff_ms, start_from_ms = self._cutoff(state.watermark_ms, now_ms)
-        await self._walk_completed(got, cutoff_ms, start_from_ms, stored_active)
+        offset = client.server_offset or 0.0
+        now_ms = _ms(started - skew_before + offset)
+        news_since = state.news_since_ms
+        if news_since is None:
+            # Rather page for a transition a second before the start than miss one after.
+            news_since = _ms(self._born + offset) - _SKEW_SLACK_MS
+        window = self._window(state.watermark_ms, now_ms, news_since)
+        news_since = max(news_since, window.floor_ms)
+        await self._walk_completed(got, window, stored_active, rejected)
+        spent = client.requests - requests_before
+        swept = await self._reconcile(
+            got, now_ms, window, news_since, stored_active, rejected, spent
+        )
+
+        # Runs recorded finished that a list shows again: unchanged (most of them: the walk
+        # overlaps the previous one) are dropped; changed ones were repaired, and runs/get
+        # reads them whole, with their repair_history.
+        listed = {r for r in got.runs if r not in stored_active}
+        known = await self._state.terminal_ends(self.workspace, listed) if listed else {}
+        repaired: set[int] = set()
+        for run_id, end in known.items():
+            run = got.runs[run_id]
+            if run.is_terminal and (run.end_time or 0) <= end:
+                del got.runs[run_id]
+            else:
+                repaired.add(run_id)
         # 2.2 lists at most 100 tasks of a run (has_more): runs/get pages through them all.
         truncated = {r.run_id for r in got.runs.values() if r.has_more}
-        vanished = await self._fetch_unlisted(got, (stored_active - got.runs.keys()) | truncated)
+        unlisted = (stored_active - got.runs.keys()) | truncated | repaired
+        vanished = await self._fetch_unlisted(got, unlisted, rejected)
 
         id_filter = self._config.jobs.include.job_ids
         candidates = [
@@ -164,39 +194,52 @@ class Poller:
             # Stored-active runs are always closed out, whatever the filter says now.
             if run.run_id in stored_active or not id_filter or run.job_id in id_filter
         ]
+        # A run's end is judged with the job's settings as they are now, not as cached:
+        # a rule or notification setting changed minutes ago must count.
+        ending = {
+            r.job_id
+            for r in candidates
+            if r.job_id is not None and r.has_ended and r.run_id not in known.keys() - repaired
+        }
         settings = await self._job_settings(
-            {r.job_id for r in candidates if r.job_id is not None}, got
+            {r.job_id for r in candidates if r.job_id is not None}, got, ending, rejected
         )
-        backfill = state.watermark_ms is None
-        observations: list[Observation] = []
+        runs: list[Run] = []
         jobs: dict[int, Job] = {}
         for run in sorted(candidates, key=lambda r: r.run_id):
             job = settings.get(run.job_id) if run.job_id is not None else None
             if run.run_id not in stored_active and not self._watched(run, job):
                 continue
-            observations.append(Observation(run=run, backfill=backfill))
+            runs.append(run)
             if job is not None:
                 jobs[job.job_id] = job
+        found = [r.run_id for r in runs if r.run_id in swept]
+        if found:
+            # Each of these was missed by the cheap path: worth knowing about.
+            log.warning("reconcile_found_runs", workspace=self.workspace, run_ids=found[:20])
         return PollResult(
             workspace=self.workspace,
-            observations=observations,
+            runs=runs,
             jobs=jobs,
             vanished=vanished,
             watermark_ms=now_ms,
             server_now_ms=now_ms,
+            news_since_ms=news_since,
             requests=client.requests - requests_before,
+            unreadable=self._unreadable(rejected),
         )
 
-    def _cutoff(self, watermark_ms: int | None, now_ms: int) -> tuple[int, int]:
-        """(cutoff, start_from): completed runs that started and ended before the cutoff
-        were committed already (or lie outside the lookback / catch-up window); the server
-        may leave out runs that started before start_from. When catch-up is truncated, a
-        run that started before the new cutoff but ended after it still counts, so
-        start_from stays at the watermark's cutoff."""
+    def _window(self, watermark_ms: int | None, now_ms: int, news_since_ms: int) -> _Window:
+        """The completed walk's window. Runs that ended before `floor` were committed
+        already (or lie outside the lookback / catch-up window); the walk may stop once a
+        whole page started before `start_from` and ended before `floor`. A first start
+        reaches back to the instant the watcher started, however long its first cycles
+        failed; a truncated catch-up still reads runs that started before the new floor but
+        ended after it."""
         floor = now_ms - _ms(self._startup.max_catchup)
         if watermark_ms is None:
-            first = max(floor, now_ms - _ms(self._startup.lookback))
-            return first, first
+            first = max(floor, min(now_ms - _ms(self._startup.lookback), news_since_ms))
+            return _Window(first, first)
         cutoff = watermark_ms - _ms(self._config.completed_overlap) - _SKEW_SLACK_MS
         if cutoff < floor:
             log.warning(
@@ -205,16 +248,18 @@ class Poller:
                 skipped_seconds=(floor - cutoff) / 1000,
                 max_catchup=self._startup.max_catchup,
             )
-            return floor, cutoff
-        return cutoff, cutoff
+            return _Window(floor, cutoff)
+        return _Window(cutoff, cutoff)
 
     async def _walk_completed(
-        self, got: _Gathered, cutoff_ms: int, start_from_ms: int, stored_active: Collection[int]
+        self,
+        got: _Gathered,
+        window: _Window,
+        stored_active: Collection[int],
+        rejected: list[RejectedItem],
     ) -> None:
         client = self._client
-        # Newest first by start time (the reference) or by end time (newer docs): either
-        # way, once a whole page started and ended before the cut-off, so does the rest.
-        start_from = start_from_ms if client.supports_time_filters else None
+        start_from = window.start_from_ms if client.supports_time_filters else None
         # Leaving the walk early is safe: the client holds no connection between pages.
         async for page in client.list_runs(
             completed_only=True,
@@ -222,19 +267,106 @@ class Poller:
             expand_tasks=self._expand_tasks,
             overlap=self._overlap,
         ):
+            rejected.extend(page.rejected)
             for run in page.runs:
-                if run.run_id in stored_active or not _ended_before(run, cutoff_ms):
+                if run.run_id in stored_active or not _ended_before(run, window.floor_ms):
                     got.add(run)
-            if page.runs and all(_ended_before(r, cutoff_ms) for r in page.runs):
+            if window.passed(page.runs):
                 break
 
-    async def _fetch_unlisted(self, got: _Gathered, run_ids: Collection[int]) -> list[int]:
-        """runs/get for stored-active runs neither list returned: a long run that started
-        before the watermark and has ended since, or one deleted (returned as vanished)."""
+    async def _reconcile(
+        self,
+        got: _Gathered,
+        now_ms: int,
+        window: _Window,
+        news_since_ms: int,
+        stored_active: Collection[int],
+        rejected: list[RejectedItem],
+        spent: int,
+    ) -> set[int]:
+        """A few pages of the reconciliation sweep: a walk of the runs completed within
+        `reconcile.lookback`, spread over cycles, that finds what the cheap path cannot see
+        (a run born BLOCKED that ended long after it started, a short repair of an old run,
+        a run finished while the watcher was down). The run ids it added."""
+        config = self._config.reconcile
+        if not config.enabled:
+            return set()
+        now = self._clock.monotonic()
+        if self._sweep is None:
+            if (
+                self._last_sweep_start is not None
+                and now - self._last_sweep_start < config.interval
+            ):
+                return set()
+            self._last_sweep_start = now
+            floor = now_ms - _ms(config.lookback)
+            time_filters = self._client.supports_time_filters
+            self._sweep = _Sweep(
+                pages=self._client.list_runs(
+                    completed_only=True,
+                    start_time_from=floor if time_filters else None,
+                    # Later starts are the cheap walk's; older ones are the sweep's.
+                    start_time_to=window.start_from_ms if time_filters else None,
+                    expand_tasks=self._expand_tasks,
+                    overlap=self._overlap,
+                ),
+                floor_ms=floor,
+                started=now,
+            )
+        sweep = self._sweep
+        # A share of what the cheap path spent this cycle, or a few pages where that is little.
+        budget = max(config.min_pages, int(config.max_share * spent))
+        added: set[int] = set()
+        try:
+            for _ in range(budget):
+                page = await anext(sweep.pages, None)
+                if page is None:
+                    self._finish_sweep(sweep)
+                    break
+                sweep.read += 1
+                rejected.extend(page.rejected)
+                for run in page.runs:
+                    if run.run_id in stored_active or (run.end_time or 0) < news_since_ms:
+                        continue
+                    if run.run_id not in got.runs:
+                        added.add(run.run_id)
+                    got.add(run)
+                if page.runs and all(_ended_before(r, sweep.floor_ms) for r in page.runs):
+                    self._finish_sweep(sweep)
+                    break
+        except DatabricksError as exc:
+            # The sweep is a backstop: its failure must not fail the cycle. It starts over.
+            log.warning("reconcile_sweep_failed", workspace=self.workspace, error=str(exc))
+            await sweep.pages.aclose()
+            self._sweep = None
+            self._last_sweep_start = None
+        return added
+
+    def _finish_sweep(self, sweep: _Sweep) -> None:
+        self._sweep = None
+        self.status.last_sweep_at = self._clock.time()
+        self.status.last_sweep_seconds = self._clock.monotonic() - sweep.started
+        log.info(
+            "reconcile_sweep_done",
+            workspace=self.workspace,
+            pages=sweep.read,
+            seconds=round(self.status.last_sweep_seconds, 3),
+        )
+
+    async def _fetch_unlisted(
+        self, got: _Gathered, run_ids: Collection[int], rejected: list[RejectedItem]
+    ) -> list[int]:
+        """runs/get for runs no list showed whole: a stored-active run that has ended since
+        (or was deleted: returned as vanished), a 2.2 run with more than 100 tasks, a
+        finished run that was repaired."""
 
         async def fetch(run_id: int) -> int | None:
             try:
                 run = await self._client.get_run(run_id)
+            except ItemRejected as exc:
+                # Unreadable now: it stays as stored and is asked for again next cycle.
+                rejected.append(exc.item)
+                return None
             except ApiError as exc:
                 if exc.is_not_found:
                     return run_id
@@ -252,15 +384,34 @@ class Poller:
         outcomes = await _bounded(self._config.runs_get_concurrency, fetch, sorted(run_ids))
         return [run_id for run_id in outcomes if run_id is not None]
 
-    async def _job_settings(self, job_ids: set[int], got: _Gathered) -> dict[int, Job | None]:
-        """Settings of `job_ids` from the TTL cache, fetching those not cached or expired;
-        None for a job that no longer exists (cached too, so it is not asked every cycle)."""
+    async def _job_settings(
+        self,
+        job_ids: set[int],
+        got: _Gathered,
+        refresh: set[int],
+        rejected: list[RejectedItem],
+    ) -> dict[int, Job | None]:
+        """Settings of `job_ids` from the TTL cache, fetching those not cached, expired, or
+        in `refresh` (unless fetched this very cycle); None for a job that no longer exists
+        (cached too, so it is not asked every cycle) or cannot be read (asked again next
+        cycle)."""
         now = self._clock.monotonic()
-        due = sorted(j for j in job_ids if j not in self._jobs or self._jobs[j][0] <= now)
+        due = sorted(
+            j
+            for j in job_ids
+            if j not in self._jobs
+            or self._jobs[j][0] <= now
+            or (j in refresh and self._jobs[j][1] < now)
+        )
+        unreadable: set[int] = set()
 
         async def fetch(job_id: int) -> tuple[int, Job | None]:
             try:
                 return job_id, await self._client.get_job(job_id)
+            except ItemRejected as exc:
+                rejected.append(exc.item)
+                unreadable.add(job_id)
+                return job_id, None
             except ApiError as exc:
                 if exc.is_not_found:
                     return job_id, None
@@ -275,7 +426,8 @@ class Poller:
         fetched: list[tuple[int, Job | None]] = []
         if len(due) > self._list_pages():
             # Cheaper to list every job (100 a page; 2.0: one answer) than to get these.
-            listed = await self._list_all_jobs(got)
+            listed, bad = await self._list_all_jobs(rejected)
+            unreadable |= bad
             fetched = [(job_id, listed.get(job_id)) for job_id in due]  # absent: deleted
             fetched += [(j, job) for j, job in listed.items() if j not in job_ids]
         else:
@@ -284,8 +436,12 @@ class Poller:
         self._jobs = {j: entry for j, entry in self._jobs.items() if entry[0] > now}
         ttl = self._config.job_settings_ttl
         for job_id, job in fetched:
-            self._jobs[job_id] = (now + ttl * (1 - _TTL_SPREAD * self._rng.random()), job)
-        return {job_id: self._jobs[job_id][1] for job_id in job_ids}
+            if job_id in unreadable:
+                self._jobs.pop(job_id, None)
+                continue
+            expires = now + ttl * (1 - _TTL_SPREAD * self._rng.random())
+            self._jobs[job_id] = (expires, now, job)
+        return {j: self._jobs[j][2] if j in self._jobs else None for j in job_ids}
 
     def _list_pages(self) -> int:
         """Requests a jobs/list walk costs, as far as we know (before the first walk: a
@@ -296,18 +452,72 @@ class Poller:
             return 10
         return max(1, math.ceil(self._job_count / MAX_JOBS_LIMIT))
 
-    async def _list_all_jobs(self, got: _Gathered) -> dict[int, Job]:
+    async def _list_all_jobs(self, rejected: list[RejectedItem]) -> tuple[dict[int, Job], set[int]]:
+        """Every job, and the ids of those that could not be read (not deleted)."""
         listed: dict[int, Job] = {}
+        bad: set[int] = set()
         async for page in self._client.list_jobs(expand_tasks=True):
             listed.update((job.job_id, job) for job in page.jobs)
-        self._job_count = len(listed)
-        return listed
+            rejected.extend(page.rejected)
+            bad.update(r.item_id for r in page.rejected if r.item_id is not None)
+        self._job_count = len(listed) + len(bad)
+        return listed, bad
+
+    def _unreadable(self, rejected: Sequence[RejectedItem]) -> list[Unreadable]:
+        """Count the cycles in which each item was unreadable (a finished run is read only
+        while a walk reaches it, so not necessarily in a row); those unreadable in
+        `report_unreadable_after` cycles are reported (every cycle after that: the report's
+        event id is stable, so it is committed once). Items unread for a day are forgotten."""
+        now = self._clock.monotonic()
+        seen: dict[tuple[str, int], RejectedItem] = {}
+        for item in rejected:
+            if item.item_id is not None:
+                seen[(item.kind, item.item_id)] = item
+        self._rejected = {
+            key: entry for key, entry in self._rejected.items() if now - entry[1] < _FORGET_AFTER
+        }
+        for key in seen:
+            self._rejected[key] = (self._rejected.get(key, (0, now))[0] + 1, now)
+        due = self._config.report_unreadable_after
+        return [
+            Unreadable(
+                kind=item.kind,
+                item_id=item.item_id,
+                job_id=item.item_id if item.kind == "job" else item.job_id,
+                detail=item.detail,
+            )
+            for key, item in seen.items()
+            if item.item_id is not None and self._rejected[key][0] >= due
+        ]
 
     def _watched(self, run: Run, job: Job | None) -> bool:
         if job is not None:
             return self._config.jobs.allows(run.job_id, job.settings.name, job.settings.tags)
         # A deleted job (or a one-time run) has no settings: its run name is all there is.
         return self._config.jobs.allows(run.job_id, run.run_name, {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """Where the completed walk reads (see Poller._window)."""
+
+    floor_ms: int
+    start_from_ms: int
+
+    def passed(self, runs: Sequence[Run]) -> bool:
+        """Whether the walk may stop after this page. Newest first by start time (the
+        reference) or by end time (newer docs): either way, once a whole page started
+        before start_from and ended before the floor, so does the rest."""
+        return bool(runs) and all(
+            _ended_before(r, self.floor_ms) and (r.start_time or 0) < self.start_from_ms
+            for r in runs
+        )
+
+
+def got_page(got: _Gathered, page: ListedRunsPage, rejected: list[RejectedItem]) -> None:
+    rejected.extend(page.rejected)
+    for run in page.runs:
+        got.add(run)
 
 
 async def run_poll_loop(
@@ -344,6 +554,12 @@ async def run_poll_loop(
             status.failures += 1
             status.consecutive_failures += 1
             status.last_error = _describe(exc)
+            # The API's outages heal by themselves; anything else is the watcher unable to
+            # make progress (a bug, a store that cannot be read): /healthz says so.
+            if isinstance(exc, DatabricksError):
+                status.consecutive_internal_failures = 0
+            else:
+                status.consecutive_internal_failures += 1
             log.warning(
                 "poll_cycle_failed",
                 workspace=poller.workspace,
@@ -366,12 +582,13 @@ async def run_poll_loop(
                     failed_cycles=status.consecutive_failures,
                 )
             status.consecutive_failures = 0
+            status.consecutive_internal_failures = 0
             status.last_success_at = clock.time()
             status.last_cycle_seconds = elapsed
             log.debug(
                 "poll_cycle",
                 workspace=poller.workspace,
-                observations=len(result.observations),
+                runs=len(result.runs),
                 vanished=len(result.vanished),
                 requests=result.requests,
                 seconds=round(elapsed, 3),

@@ -16,6 +16,9 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from watcher.clock import Clock
 from watcher.store.base import StoreError
 
+STUCK_AFTER_CYCLES = 5
+"""Cycles in a row failing for a reason other than the API before /healthz fails."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceHealth:
@@ -24,6 +27,8 @@ class WorkspaceHealth:
     last_success_at: float | None
     consecutive_failures: int
     last_error: str | None
+    consecutive_internal_failures: int = 0
+    """Failed cycles in a row that were not an API outage: the loop cannot progress."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +93,17 @@ class StatusServer:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        # Answering at all proves the event loop is alive.
+        # Answering at all proves the event loop is alive; a workspace loop failing cycle
+        # after cycle for a reason of its own (not an API outage) is alive but stuck, and a
+        # restart is the remedy Kubernetes can offer.
+        stuck = [
+            f"workspace {ws.name}: {ws.consecutive_internal_failures} cycles failed in a row: "
+            f"{ws.last_error}"
+            for ws in self._probes.workspaces()
+            if ws.consecutive_internal_failures >= STUCK_AFTER_CYCLES
+        ]
+        if stuck:
+            return web.json_response({"status": "stuck", "problems": stuck}, status=503)
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:

@@ -13,8 +13,8 @@ from enum import StrEnum
 from watcher.databricks.models import JobSettings, Run, RunTask
 from watcher.databricks.models import RunLifeCycleState as L
 from watcher.databricks.models import RunResultState as R
+from watcher.domain import Outcome, RunRecord
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
-from watcher.store.base import Outcome, RunRecord
 
 
 class Category(StrEnum):
@@ -111,6 +111,8 @@ class JobContext:
     settings: JobSettings | None = None
     last_outcome: Outcome | None = None
     last_outcome_end_time: int | None = None
+    last_outcome_run_id: int | None = None
+    last_outcome_repair: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,67 +160,86 @@ def evaluate(
     job: JobContext,
     rules: Sequence[RuleRef],
     now_ms: int,
-    backfill: bool = False,
-    alert_on_backfill: bool = False,
+    history_before_ms: int | None = None,
+    alert_on_history: bool = False,
 ) -> Evaluation:
     """Decide the new record and the events due for one observation of one run.
 
     `rules` are the duration rules that apply besides the job's own (from the config);
-    `now_ms` is workspace (server) time. Events already emitted for the run (by key)
-    are never emitted again; a terminal record never changes.
+    `now_ms` is workspace (server) time. A transition before `history_before_ms` happened
+    before the watcher was watching: it is recorded without paging (unless
+    `alert_on_history`), except a duration breach of a run still active, which is news.
+    Events already emitted for the run's current repair (by key) are never emitted again; a
+    terminal record changes only when the run is repaired (seen active again, a later end,
+    or a longer repair_history), which starts the next repair with events of its own.
     """
     if previous is not None and previous.terminal:
-        return Evaluation(previous, (), None)
+        if not _reopened(previous, observed):
+            return Evaluation(previous, (), None)
+        previous = _next_repair(previous, observed, now_ms)
     snapshot = _newest(previous, observed)
     category, raw = classify(snapshot)
+    repair = previous.repair if previous else (observed.repair_count or 0)
+    repair = max(repair, observed.repair_count or 0)
+    repair_start = previous.repair_start if previous else None
+    if repair and repair_start is None:
+        repair_start = _repair_start(observed, None, now_ms)
     emitted = set(previous.emitted) if previous else set()
     due: list[tuple[str, EventType, RuleRef | None, float | None, int]] = []
 
     if category is Category.ACTIVE and "run_started" not in emitted:
-        due.append(
-            ("run_started", EventType.RUN_STARTED, None, None, snapshot.start_time or now_ms)
-        )
+        started = repair_start if repair else snapshot.start_time
+        due.append(("run_started", EventType.RUN_STARTED, None, None, started or now_ms))
     for rule in (*job_duration_rules(job.settings), *rules):
         key = f"{EventType.RUN_DURATION_EXCEEDED}:{rule.name}"
         if key in emitted:
             continue
-        seconds = _elapsed_seconds(snapshot, rule, now_ms)
+        start = _rule_start(snapshot, rule, repair_start)
+        seconds = _elapsed_seconds(snapshot, rule, start, now_ms)
         if seconds is not None and seconds > rule.value:
-            start = _rule_start(snapshot, rule) or now_ms
-            due.append(
-                (key, EventType.RUN_DURATION_EXCEEDED, rule, seconds, start + rule.value * 1000)
-            )
+            at = (start or now_ms) + rule.value * 1000
+            due.append((key, EventType.RUN_DURATION_EXCEEDED, rule, seconds, at))
     outcome: Outcome | None = None
+    answered: tuple[int, int] | None = None  # (run_id, repair) of the failure recovered from
     if category is not Category.ACTIVE and TERMINAL_KEY not in emitted:
         event_type: EventType | None = _TERMINAL_EVENT[category]
         ended = snapshot.end_time or now_ms
         if _suppressed(category, snapshot, job.settings, raw):
             event_type = None
-        if category in (Category.SUCCESS, Category.FAILURE) and event_type is not None:
-            outcome = "success" if category is Category.SUCCESS else "failure"
         if event_type is not None:
             due.append((TERMINAL_KEY, event_type, None, None, ended))
+            outcome = _outcome(category, _is_history(ended, history_before_ms, alert_on_history))
         else:
             emitted.add(TERMINAL_KEY)
-        newer = job.last_outcome_end_time is None or ended >= job.last_outcome_end_time
-        if outcome == "success" and job.last_outcome == "failure" and newer:
-            due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, ended))
+        last_end = job.last_outcome_end_time
+        if job.last_outcome == "failure" and outcome == "success":
+            if last_end is None or ended >= last_end:
+                answered = (job.last_outcome_run_id or snapshot.run_id, job.last_outcome_repair)
+                due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, ended))
+        elif job.last_outcome == "success" and outcome == "failure" and ended < (last_end or 0):
+            # Found after a later success of the job (the sweep finds runs late): it
+            # pages, and that success has resolved it already.
+            answered = (snapshot.run_id, repair)
+            due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, last_end or ended))
 
     ref = JobRef(job_id=snapshot.job_id, name=job.name or snapshot.run_name, tags=dict(job.tags))
-    # Backfill (first start) records history without paging, except a run breaching its
-    # duration rule right now: that is news, not history.
-    silent = backfill and not alert_on_backfill
     events: list[Event] = []
     for key, event_type, due_rule, observed_seconds, at_ms in due:
         emitted.add(key)
         live_breach = event_type is EventType.RUN_DURATION_EXCEEDED and category is Category.ACTIVE
-        if silent and not live_breach:
+        history = at_ms < history_before_ms if history_before_ms is not None else False
+        if history and not alert_on_history and not live_breach:
             continue
+        rule_name = due_rule.name if due_rule else None
+        if event_type is EventType.JOB_RECOVERED and answered is not None:
+            # Named after the failure it answers, not the success that happened to be seen
+            # first: however late each is found, a failure is recovered from once.
+            key = event_id(workspace, answered[0], event_type, None, answered[1])
+        else:
+            key = event_id(workspace, snapshot.run_id, event_type, rule_name, repair)
         events.append(
             Event(
-                id=event_id(
-                    workspace, snapshot.run_id, event_type, due_rule.name if due_rule else None
-                ),
+                id=key,
                 type=event_type,
                 workspace=workspace,
                 occurred_at=datetime.fromtimestamp(at_ms / 1000, tz=UTC),
@@ -227,10 +248,12 @@ def evaluate(
                 rule=due_rule,
                 observed_seconds=observed_seconds,
                 attempt_number=snapshot.attempt_number or 0,
+                repair=repair,
                 raw_state=raw,
-                backfill=backfill,
+                backfill=history,
             )
         )
+    first_seen = snapshot.end_time or snapshot.start_time or now_ms
     record = RunRecord(
         workspace=workspace,
         run_id=snapshot.run_id,
@@ -241,11 +264,67 @@ def evaluate(
         end_time=snapshot.end_time or None,
         attempt_number=snapshot.attempt_number or 0,
         terminal=category is not Category.ACTIVE,
-        backfill=backfill if previous is None else previous.backfill,
+        backfill=previous.backfill
+        if previous
+        else _is_history(first_seen, history_before_ms, alert_on_history=False),
         emitted=frozenset(emitted),
+        repair=repair,
+        repair_start=repair_start,
         snapshot=snapshot,
     )
     return Evaluation(record, tuple(events), outcome)
+
+
+def _is_history(at_ms: int, history_before_ms: int | None, alert_on_history: bool) -> bool:
+    return history_before_ms is not None and at_ms < history_before_ms and not alert_on_history
+
+
+def _outcome(category: Category, silent: bool) -> Outcome | None:
+    """The job outcome a paged terminal event settles: a success always (even from
+    history, it ends a failing streak), a failure only when it was alerted, so that a
+    recovery always answers a page."""
+    if category is Category.SUCCESS:
+        return "success"
+    if category is Category.FAILURE and not silent:
+        return "failure"
+    return None
+
+
+def _reopened(previous: RunRecord, observed: Run) -> bool:
+    """Whether a run recorded as finished has been repaired since. A repair_history
+    (runs/get) is authoritative; without one, the run seen active again or ending later
+    than recorded is."""
+    count = observed.repair_count
+    if count is not None:
+        return count > previous.repair
+    if classify(observed)[0] is Category.ACTIVE:
+        return True
+    return (observed.end_time or 0) > (previous.end_time or 0)
+
+
+def _next_repair(previous: RunRecord, observed: Run, now_ms: int) -> RunRecord:
+    """The record a repair starts from: the next repair number, nothing emitted yet."""
+    repair = max(previous.repair + 1, observed.repair_count or 0)
+    return previous.model_copy(
+        update={
+            "terminal": False,
+            "emitted": frozenset(),
+            "repair": repair,
+            "repair_start": _repair_start(observed, previous.end_time, now_ms),
+        }
+    )
+
+
+def _repair_start(observed: Run, ended_ms: int | None, now_ms: int) -> int:
+    """When the latest repair started: from repair_history if sent, else the earliest task
+    that started after the run had ended (the re-run tasks), else now."""
+    for item in reversed(observed.repair_history or []):
+        if item.type == "REPAIR" and item.start_time:
+            return item.start_time
+    if ended_ms is not None:
+        rerun = [t.start_time for t in observed.tasks if (t.start_time or 0) > ended_ms]
+        return min((start for start in rerun if start is not None), default=now_ms)
+    return now_ms
 
 
 def _suppressed(
@@ -277,23 +356,28 @@ def _task(run: Run, task_key: str | None) -> RunTask | None:
     return next((t for t in run.tasks if t.task_key == task_key), None)
 
 
-def _rule_start(run: Run, rule: RuleRef) -> int | None:
+def _rule_start(run: Run, rule: RuleRef, repair_start: int | None) -> int | None:
+    """Where the rule's clock starts: the run's (or the repair's) start, or the task's. In a
+    repair, a task that was not re-run keeps its old times and is not measured again."""
     if rule.task_key is None:
-        return run.start_time or None
+        return repair_start or run.start_time or None
     task = _task(run, rule.task_key)
-    return (task.start_time or None) if task else None
+    start = (task.start_time or None) if task else None
+    if start is not None and repair_start is not None and start < repair_start:
+        return None
+    return start
 
 
-def _elapsed_seconds(run: Run, rule: RuleRef, now_ms: int) -> float | None:
-    """Wall-clock seconds from start to end (finished) or to now (active), for the run or
+def _elapsed_seconds(run: Run, rule: RuleRef, start: int | None, now_ms: int) -> float | None:
+    """Wall-clock seconds from `start` to end (finished) or to now (active), for the run or
     for the rule's task. Queue time counts: a run stuck in the queue is late too."""
     if rule.task_key is None:
-        start, end = run.start_time, run.end_time
+        end = run.end_time
     else:
         task = _task(run, rule.task_key)
         if task is None:
             return None
-        start, end = task.start_time, task.end_time
+        end = task.end_time
     if not start:
         return None
     return max(0, (end or now_ms) - start) / 1000

@@ -51,6 +51,8 @@ class AlertmanagerChannel:
             alertname, severity = "DatabricksWatcherTest", "none"
         elif event.type == EventType.RUN_DURATION_EXCEEDED:
             alertname, severity = "DatabricksRunDurationExceeded", self._config.duration_severity
+        elif event.type in (EventType.RUN_UNREADABLE, EventType.JOB_UNREADABLE):
+            alertname, severity = "DatabricksWatcherUnreadable", self._config.severity
         else:
             alertname, severity = "DatabricksJobFailed", self._config.severity
         labels = {**self._config.labels, "alertname": alertname, "severity": severity}
@@ -61,6 +63,8 @@ class AlertmanagerChannel:
             labels["run_id"] = str(event.run.run_id)
         if event.type == EventType.RUN_DURATION_EXCEEDED and event.rule is not None:
             labels["rule"] = truncate(one_line(event.rule.name), 200)
+        if event.type == EventType.RUN_UNREADABLE:
+            labels["run_id"] = str(event.run.run_id)
         if event.test:
             labels["event_id"] = event.id
         return labels

@@ -24,7 +24,13 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 ADDRESS = re.compile(r"^[^\s@<>,;:\"()\[\]\\]+@[^\s@<>,;:\"()\[\]\\]+$")
 """One bare address (no display name, no list, no CR/LF)."""
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PAGING_EVENTS = [EventType.RUN_FAILED, EventType.RUN_DURATION_EXCEEDED]
+# An unreadable run may be a failing run nobody would hear of: it pages like a failure.
+_PAGING_EVENTS = [
+    EventType.RUN_FAILED,
+    EventType.RUN_DURATION_EXCEEDED,
+    EventType.RUN_UNREADABLE,
+    EventType.JOB_UNREADABLE,
+]
 
 
 def signing_key(secret: str) -> bytes:

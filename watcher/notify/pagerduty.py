@@ -36,6 +36,9 @@ def dedup_key(event: Event) -> str:
     kind = "failed"
     if event.type == EventType.RUN_DURATION_EXCEEDED:
         kind = f"duration/{event.rule.name if event.rule else 'default'}"
+    elif event.type in (EventType.RUN_UNREADABLE, EventType.JOB_UNREADABLE):
+        # Its own incident: a recovery of the job says nothing about the unreadable item.
+        kind = f"unreadable/run/{event.run.run_id}"
     key = f"{event.workspace}/{subject}/{kind}"
     if len(key) > _DEDUP_LIMIT:
         # Long rule names (task keys) are hashed: still stable, still within PagerDuty's limit.

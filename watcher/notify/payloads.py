@@ -101,7 +101,9 @@ def watcher_payload(event: Event) -> dict[str, Any]:
         "job": {"job_id": event.job.job_id, "name": event.job.name, "tags": dict(event.job.tags)},
         "run": _run(event.run),
         "attempt_number": event.attempt_number,
+        "repair": event.repair,
         "raw_state": event.raw_state,
+        "detail": event.detail,
         "rule": None
         if rule is None
         else {

@@ -39,6 +39,8 @@ _VERBS: dict[str, str] = {
     EventType.RUN_SKIPPED: "was skipped",
     EventType.RUN_DURATION_EXCEEDED: "is running too long",
     EventType.JOB_RECOVERED: "recovered",
+    EventType.RUN_UNREADABLE: "has a run the watcher cannot read",
+    EventType.JOB_UNREADABLE: "has settings the watcher cannot read",
 }
 
 
@@ -115,11 +117,13 @@ def _name(text: str | None, limit: int = NAME_LIMIT) -> str | None:
 
 
 def title(event: Event) -> str:
-    """`<job name> FAILED` and so on: the one-line headline of an alert."""
+    """`<job name> FAILED`, `<job name> repair 2 FAILED` and so on: the one-line headline
+    of an alert."""
     name = _name(event.job.name) or (
         f"job {event.job.job_id}" if event.job.job_id is not None else f"run {event.run.run_id}"
     )
-    return f"{name} {_VERBS.get(event.type, event.type)}"
+    repair = f" repair {event.repair}" if event.repair else ""
+    return f"{name}{repair} {_VERBS.get(event.type, event.type)}"
 
 
 def context(event: Event) -> dict[str, Any]:
@@ -154,6 +158,8 @@ def context(event: Event) -> dict[str, Any]:
         "run_name": _name(run.run_name),
         "run_page_url": _url(run.run_page_url),
         "attempt_number": event.attempt_number or run.attempt_number or 0,
+        "repair": event.repair,
+        "detail": truncate(event.detail or "", MESSAGE_LIMIT) or None,
         "trigger": _name(run.trigger, 40),
         "run_type": _name(run.run_type, 40),
         "life_cycle_state": _name(run.state.life_cycle_state, 40),

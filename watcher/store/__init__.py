@@ -3,11 +3,9 @@
 from watcher.store.base import (
     CycleCommit,
     Delivery,
-    JobRecord,
     JobTimes,
     OutboxStats,
     PruneResult,
-    RunRecord,
     Store,
     StoreError,
     WorkspaceState,
@@ -16,11 +14,9 @@ from watcher.store.base import (
 __all__ = [
     "CycleCommit",
     "Delivery",
-    "JobRecord",
     "JobTimes",
     "OutboxStats",
     "PruneResult",
-    "RunRecord",
     "Store",
     "StoreError",
     "WorkspaceState",

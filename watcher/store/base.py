@@ -8,54 +8,14 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from watcher.databricks.models import Run
+from watcher.domain import JobRecord, RunRecord
 from watcher.events import Event
 
-Outcome = Literal["success", "failure"]
 DeliveryStatus = Literal["pending", "delivered", "dead", "silenced"]
 
 
 class StoreError(Exception):
     """The store cannot be opened or written; the message names the database."""
-
-
-class RunRecord(BaseModel):
-    """What the tracker remembers of one run between cycles."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    workspace: str
-    run_id: int
-    job_id: int | None
-    life_cycle_state: str | None
-    result_state: str | None
-    start_time: int | None
-    end_time: int | None
-    attempt_number: int = 0
-    terminal: bool
-    backfill: bool = False
-    emitted: frozenset[str] = Field(default_factory=frozenset)
-    """Keys of the events already emitted for this run (an event type, or
-    `run_duration_exceeded:<rule>`): each is emitted at most once."""
-    snapshot: Run
-
-
-class JobRecord(BaseModel):
-    """Per job: the last outcome (for recovery detection) and the latest name and tags."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    workspace: str
-    job_id: int
-    name: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    last_outcome: Outcome | None = None
-    last_outcome_run_id: int | None = None
-    last_outcome_end_time: int | None = None
-    """end_time (ms) of the run that set last_outcome: an older run's outcome never
-    overrides a newer one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +27,10 @@ class WorkspaceState:
     the first cycle ever."""
     active_run_ids: frozenset[int]
     """Runs whose last committed record is not terminal."""
+    news_since_ms: int | None = None
+    """Server time from which transitions are news (alerted); earlier ones are history,
+    recorded without paging. Set at the first cycle ever to the instant the watcher
+    started, raised when a catch-up is truncated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +48,8 @@ class CycleCommit:
     """event id -> channels to deliver it to (from routing)."""
     silenced: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """event id -> channels it would have gone to, held back by a silence."""
+    news_since_ms: int | None = None
+    """Raise the workspace's news horizon to this (it never moves back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +95,9 @@ class Store(Protocol):
     async def workspace_state(self, workspace: str) -> WorkspaceState: ...
 
     async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]: ...
+
+    async def terminal_ends(self, workspace: str, run_ids: Collection[int]) -> dict[int, int]:
+        """run_id -> stored end_time (0 if none) of those runs whose record is terminal."""
 
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]: ...
 

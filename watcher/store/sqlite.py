@@ -15,16 +15,15 @@ import aiosqlite
 from pydantic import ValidationError
 
 from watcher.databricks.models import Run
+from watcher.domain import JobRecord, RunRecord
 from watcher.events import Event
 from watcher.store.base import (
     CycleCommit,
     Delivery,
     DeliveryStatus,
-    JobRecord,
     JobTimes,
     OutboxStats,
     PruneResult,
-    RunRecord,
     StoreError,
     WorkspaceState,
 )
@@ -88,6 +87,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (event_id, channel)
     );
     CREATE INDEX deliveries_status ON deliveries (status, channel, next_attempt_at);
+    """,
+    # Repairs re-run a run under its run_id; the news horizon separates history from news.
+    # Existing state counts everything before its watermark as history.
+    """
+    ALTER TABLE runs ADD COLUMN repair INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN repair_start INTEGER;
+    ALTER TABLE jobs ADD COLUMN last_outcome_repair INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE watermarks ADD COLUMN news_since_ms INTEGER;
+    UPDATE watermarks SET news_since_ms = watermark_ms;
     """,
 ]
 
@@ -200,21 +208,35 @@ class SQLiteStore:
     @_locked
     async def workspace_state(self, workspace: str) -> WorkspaceState:
         async with self._db.execute(
-            "SELECT watermark_ms FROM watermarks WHERE workspace = ?", (workspace,)
+            "SELECT watermark_ms, news_since_ms FROM watermarks WHERE workspace = ?", (workspace,)
         ) as cursor:
             row = await cursor.fetchone()
         async with self._db.execute(
             "SELECT run_id FROM runs WHERE workspace = ? AND terminal = 0", (workspace,)
         ) as cursor:
             active = frozenset(int(r[0]) for r in await cursor.fetchall())
-        return WorkspaceState(watermark_ms=int(row[0]) if row else None, active_run_ids=active)
+        return WorkspaceState(
+            watermark_ms=int(row[0]) if row else None,
+            active_run_ids=active,
+            news_since_ms=row[1] if row else None,
+        )
+
+    @_locked
+    async def terminal_ends(self, workspace: str, run_ids: Collection[int]) -> dict[int, int]:
+        rows = await self._select_in(
+            "SELECT run_id, COALESCE(end_time, 0) FROM runs "
+            "WHERE workspace = ? AND terminal = 1 AND run_id IN ({})",
+            workspace,
+            run_ids,
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
     @_locked
     async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]:
         rows = await self._select_in(
             "SELECT run_id, job_id, life_cycle_state, result_state, start_time, end_time, "
-            "attempt_number, terminal, backfill, emitted, snapshot FROM runs "
-            "WHERE workspace = ? AND run_id IN ({})",
+            "attempt_number, terminal, backfill, emitted, snapshot, repair, repair_start "
+            "FROM runs WHERE workspace = ? AND run_id IN ({})",
             workspace,
             run_ids,
         )
@@ -232,6 +254,8 @@ class SQLiteStore:
                 backfill=bool(r[8]),
                 emitted=frozenset(json.loads(r[9])),
                 snapshot=Run.model_validate_json(r[10]),
+                repair=r[11],
+                repair_start=r[12],
             )
             for r in rows
         }
@@ -239,8 +263,8 @@ class SQLiteStore:
     @_locked
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]:
         rows = await self._select_in(
-            "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time "
-            "FROM jobs WHERE workspace = ? AND job_id IN ({})",
+            "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
+            "last_outcome_repair FROM jobs WHERE workspace = ? AND job_id IN ({})",
             workspace,
             job_ids,
         )
@@ -253,6 +277,7 @@ class SQLiteStore:
                 last_outcome=r[3],
                 last_outcome_run_id=r[4],
                 last_outcome_end_time=r[5],
+                last_outcome_repair=r[6],
             )
             for r in rows
         }
@@ -299,23 +324,25 @@ class SQLiteStore:
             await self._db.executemany(
                 "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
                 "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
-                "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "updated_at, repair, repair_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, run_id) DO UPDATE SET job_id=excluded.job_id, "
                 "life_cycle_state=excluded.life_cycle_state, result_state=excluded.result_state, "
                 "start_time=excluded.start_time, end_time=excluded.end_time, "
                 "attempt_number=excluded.attempt_number, terminal=excluded.terminal, "
                 "backfill=excluded.backfill, emitted=excluded.emitted, "
-                "snapshot=excluded.snapshot, updated_at=excluded.updated_at",
+                "snapshot=excluded.snapshot, updated_at=excluded.updated_at, "
+                "repair=excluded.repair, repair_start=excluded.repair_start",
                 [_run_row(r, now) for r in commit.runs],
             )
             await self._db.executemany(
                 "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
-                "last_outcome_run_id, last_outcome_end_time, updated_at) VALUES (?,?,?,?,?,?,?,?) "
+                "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair) "
+                "VALUES (?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
                 "tags=excluded.tags, last_outcome=excluded.last_outcome, "
                 "last_outcome_run_id=excluded.last_outcome_run_id, "
                 "last_outcome_end_time=excluded.last_outcome_end_time, "
-                "updated_at=excluded.updated_at",
+                "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair",
                 [
                     (
                         j.workspace,
@@ -326,6 +353,7 @@ class SQLiteStore:
                         j.last_outcome_run_id,
                         j.last_outcome_end_time,
                         now,
+                        j.last_outcome_repair,
                     )
                     for j in commit.jobs
                 ],
@@ -353,11 +381,13 @@ class SQLiteStore:
                     event.id, commit.silenced.get(event.id, ()), "silenced", now
                 )
             await self._db.execute(
-                "INSERT INTO watermarks (workspace, watermark_ms, updated_at) VALUES (?,?,?) "
-                "ON CONFLICT (workspace) DO UPDATE SET "
+                "INSERT INTO watermarks (workspace, watermark_ms, updated_at, news_since_ms) "
+                "VALUES (?,?,?,?) ON CONFLICT (workspace) DO UPDATE SET "
                 "watermark_ms=MAX(watermark_ms, excluded.watermark_ms), "
-                "updated_at=excluded.updated_at",
-                (commit.workspace, commit.watermark_ms, now),
+                "updated_at=excluded.updated_at, news_since_ms="
+                "MAX(COALESCE(news_since_ms, excluded.news_since_ms), "
+                "COALESCE(excluded.news_since_ms, news_since_ms))",
+                (commit.workspace, commit.watermark_ms, now, commit.news_since_ms),
             )
             await self._db.execute("COMMIT")
         except BaseException:
@@ -527,6 +557,8 @@ def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
         json.dumps(sorted(record.emitted)),
         record.snapshot.model_dump_json(exclude_none=True),
         now,
+        record.repair,
+        record.repair_start,
     )
 
 

@@ -1,0 +1,196 @@
+"""Planning one workspace cycle: a pure function from what the poller gathered and what
+the store remembers to everything the cycle commits (run and job records, events) and what
+it reports to the metrics. No I/O and no clock: the pipeline reads, plans, routes, commits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from watcher.config import HealthRulesConfig, StartupConfig
+from watcher.databricks.models import Job, JobSettings, Run
+from watcher.domain import JobRecord, PollResult, RunRecord, Unreadable
+from watcher.events import Event, EventType, JobRef, RuleRef, event_id
+from watcher.tracker import JobContext, evaluate, job_duration_rules
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    previous: RunRecord | None
+    record: RunRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CyclePlan:
+    transitions: Sequence[Transition]
+    """Every run record that changed, with the record it replaces."""
+    events: Sequence[Event]
+    settings_of: Mapping[str, JobSettings | None]
+    """event id -> settings of the event's job, for routing (the job's own destinations)."""
+    jobs: Mapping[int, JobRecord]
+    """Every job seen this cycle, with its current name, tags and last outcome."""
+    changed_jobs: Sequence[JobRecord]
+    deleted_jobs: Sequence[int]
+    """Jobs of observed runs that no longer exist in the workspace."""
+    active_by_state: Mapping[str, int]
+
+
+def config_rules(
+    config: HealthRulesConfig,
+    job_id: int | None,
+    name: str | None,
+    tags: Mapping[str, str],
+    *,
+    has_own_rule: bool,
+) -> list[RuleRef]:
+    """Duration rules from the config for one job: every matching rule, or the default
+    when the job has no rule at all."""
+    rules = [
+        RuleRef(name=f"config:{rule.name}", value=rule.seconds, source="config")
+        for rule in config.rules
+        if rule.match.matches(job_id, name, tags)
+    ]
+    if not rules and not has_own_rule and config.default_seconds is not None:
+        rules.append(RuleRef(name="config:default", value=config.default_seconds, source="config"))
+    return rules
+
+
+def plan_cycle(
+    result: PollResult,
+    *,
+    previous: Mapping[int, RunRecord],
+    stored_jobs: Mapping[int, JobRecord],
+    health_rules: HealthRulesConfig,
+    startup: StartupConfig,
+) -> CyclePlan:
+    """Track every observed run against its stored record, keep each job's last outcome
+    for recovery detection, close out vanished runs and report unreadable items."""
+    workspace = result.workspace
+    jobs: dict[int, JobRecord] = {}
+    active: Counter[str] = Counter()
+    transitions: list[Transition] = []
+    events: list[Event] = []
+    settings_of: dict[str, JobSettings | None] = {}
+    # Finished runs in end order, then active ones: a failure followed by a success
+    # of the same job within one cycle is a recovery, the other way round is not.
+    ordered = sorted(result.runs, key=lambda r: (r.end_time or 2**62, r.start_time or 0, r.run_id))
+    for run in ordered:
+        job = result.jobs.get(run.job_id) if run.job_id is not None else None
+        record = _job_record(workspace, run, job, jobs, stored_jobs)
+        settings = job.settings if job is not None else None
+        context = JobContext(
+            job_id=run.job_id,
+            name=record.name if record else run.run_name,
+            tags=record.tags if record else {},
+            settings=settings,
+            last_outcome=record.last_outcome if record else None,
+            last_outcome_end_time=record.last_outcome_end_time if record else None,
+            last_outcome_run_id=record.last_outcome_run_id if record else None,
+            last_outcome_repair=record.last_outcome_repair if record else 0,
+        )
+        rules = config_rules(
+            health_rules,
+            run.job_id,
+            context.name,
+            context.tags,
+            has_own_rule=bool(job_duration_rules(settings)),
+        )
+        before = previous.get(run.run_id)
+        evaluation = evaluate(
+            before,
+            run,
+            workspace=workspace,
+            job=context,
+            rules=rules,
+            now_ms=result.server_now_ms,
+            history_before_ms=result.news_since_ms,
+            alert_on_history=startup.alert_on_backfill,
+        )
+        if not evaluation.record.terminal:
+            active[evaluation.record.life_cycle_state or "UNKNOWN"] += 1
+        if evaluation.record != before:
+            transitions.append(Transition(before, evaluation.record))
+        events.extend(evaluation.events)
+        for event in evaluation.events:
+            settings_of[event.id] = settings
+        if record is not None and evaluation.outcome is not None:
+            ended = evaluation.record.end_time or result.server_now_ms
+            if record.last_outcome_end_time is None or ended >= record.last_outcome_end_time:
+                jobs[record.job_id] = record.model_copy(
+                    update={
+                        "last_outcome": evaluation.outcome,
+                        "last_outcome_run_id": run.run_id,
+                        "last_outcome_repair": evaluation.record.repair,
+                        "last_outcome_end_time": ended,
+                    }
+                )
+    for run_id in result.vanished:
+        before = previous.get(run_id)
+        if before is not None and not before.terminal:
+            # Deleted while we watched it: close it out, with nothing to alert on.
+            transitions.append(Transition(before, before.model_copy(update={"terminal": True})))
+    for item in result.unreadable:
+        event = _unreadable_event(workspace, item, stored_jobs, result.server_now_ms)
+        events.append(event)
+        settings_of[event.id] = None
+    job_ids = {r.job_id for r in result.runs if r.job_id is not None}
+    return CyclePlan(
+        transitions=transitions,
+        events=events,
+        settings_of=settings_of,
+        jobs=jobs,
+        changed_jobs=[j for j in jobs.values() if stored_jobs.get(j.job_id) != j],
+        deleted_jobs=sorted(j for j in job_ids if j not in result.jobs),
+        active_by_state=dict(active),
+    )
+
+
+def _job_record(
+    workspace: str,
+    run: Run,
+    job: Job | None,
+    updated: dict[int, JobRecord],
+    stored: Mapping[int, JobRecord],
+) -> JobRecord | None:
+    """The job's record as of this point in the cycle, refreshed with its settings."""
+    if run.job_id is None:
+        return None
+    record = (
+        updated.get(run.job_id)
+        or stored.get(run.job_id)
+        or JobRecord(workspace=workspace, job_id=run.job_id, name=run.run_name)
+    )
+    if job is not None:
+        name = job.settings.name or record.name
+        if (name, job.settings.tags) != (record.name, record.tags):
+            record = record.model_copy(update={"name": name, "tags": dict(job.settings.tags)})
+    updated[run.job_id] = record
+    return record
+
+
+def _unreadable_event(
+    workspace: str, item: Unreadable, stored_jobs: Mapping[int, JobRecord], now_ms: int
+) -> Event:
+    """One report per unreadable run or job; its id is stable, so it is sent once."""
+    job = stored_jobs.get(item.job_id) if item.job_id is not None else None
+    if item.kind == "run":
+        type_, run = EventType.RUN_UNREADABLE, Run(run_id=item.item_id, job_id=item.job_id)
+    else:
+        # A job has no run: the event names the job, with run_id 0.
+        type_, run = EventType.JOB_UNREADABLE, Run(run_id=0, job_id=item.item_id)
+    return Event(
+        id=event_id(workspace, item.item_id, type_),
+        type=type_,
+        workspace=workspace,
+        occurred_at=datetime.fromtimestamp(now_ms / 1000, tz=UTC),
+        job=JobRef(
+            job_id=run.job_id,
+            name=job.name if job else None,
+            tags=dict(job.tags) if job else {},
+        ),
+        run=run,
+        detail=item.detail,
+    )

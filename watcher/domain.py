@@ -1,0 +1,97 @@
+"""The run domain: what the watcher remembers of each run and job between cycles. The
+tracker decides these records, the store persists them, metrics read them; none of those
+owns them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from watcher.databricks.models import Job, Run
+
+Outcome = Literal["success", "failure"]
+
+
+class RunRecord(BaseModel):
+    """What the tracker remembers of one run between cycles."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workspace: str
+    run_id: int
+    job_id: int | None
+    life_cycle_state: str | None
+    result_state: str | None
+    start_time: int | None
+    end_time: int | None
+    attempt_number: int = 0
+    terminal: bool
+    backfill: bool = False
+    """First recorded from history (a transition before the watcher was watching)."""
+    emitted: frozenset[str] = Field(default_factory=frozenset)
+    """Keys of the events already emitted for the current repair of this run (an event
+    type, or `run_duration_exceeded:<rule>`): each is emitted at most once per repair."""
+    repair: int = 0
+    """Repairs of this run seen so far: 0 for the original run. A repair re-runs tasks under
+    the same run_id, so each repair has outcomes (and event ids) of its own."""
+    repair_start: int | None = None
+    """Start (epoch ms) of the current repair; duration rules of a repair count from it."""
+    snapshot: Run
+
+
+class JobRecord(BaseModel):
+    """Per job: the last outcome (for recovery detection) and the latest name and tags."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workspace: str
+    job_id: int
+    name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    last_outcome: Outcome | None = None
+    """`failure` only when that failure was alerted: a recovery answers a page."""
+    last_outcome_run_id: int | None = None
+    last_outcome_repair: int = 0
+    """The repair of last_outcome_run_id that set last_outcome."""
+    last_outcome_end_time: int | None = None
+    """end_time (ms) of the run that set last_outcome: an older run's outcome never
+    overrides a newer one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A run or job the API answered in a shape the watcher cannot read, cycle after cycle."""
+
+    kind: Literal["run", "job"]
+    item_id: int
+    job_id: int | None
+    detail: str
+    """Field paths and error kinds, never values."""
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """What one poll cycle of one workspace gathered: the input of the cycle plan."""
+
+    workspace: str
+    runs: list[Run]
+    """One snapshot per run (by run_id), the most advanced the cycle saw, of every run
+    whose state may have changed."""
+    jobs: dict[int, Job]
+    """Settings of every job with a run, unless the job no longer exists (or is unreadable)."""
+    vanished: list[int]
+    """Runs the store held active that runs/get says no longer exist: close them out."""
+    watermark_ms: int
+    """Commit this with the cycle: the server time at which the cycle started."""
+    server_now_ms: int
+    """Server time at the start of the cycle, for ages of active runs: every snapshot was
+    taken after it, so an age computed from it is never overstated."""
+    news_since_ms: int
+    """Transitions before this server time are history (recorded, not alerted)."""
+    requests: int
+    """HTTP requests this cycle sent to the Jobs API: pages, runs/get, jobs/get, jobs/list,
+    retries and 2.2 task pages."""
+    unreadable: list[Unreadable] = field(default_factory=list)
+    """Items unreadable for long enough to be reported (once: the event id is stable)."""
