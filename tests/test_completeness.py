@@ -19,6 +19,8 @@ from watcher.app import Daemon, build, close, run_once
 from watcher.clock import ManualClock
 from watcher.config import Config
 from watcher.events import Event
+from watcher.notify.payloads import watcher_payload
+from watcher.notify.templates import Template, title
 from watcher.simulator import Simulator
 from watcher.simulator.workspace import Workspace
 
@@ -351,3 +353,26 @@ async def test_a_poisoned_run_among_fifty_is_reported_once_and_the_rest_alert(
     assert report.detail
     assert "yesterday" not in report.detail
     assert report.job.job_id == jobs[7 % 10]
+
+
+async def test_a_repair_says_so_in_every_rendering(make_watch: WatchFactory) -> None:
+    """The repair's failure names the repair in the title (subjects and chat headers), in
+    the email, Slack, Teams and console bodies, and as `repair` in the watcher payload."""
+    w = await make_watch()
+    job = w.ws.create_job("nightly-etl")
+    run_id = w.ws.start_run(job, setup_s=0, execution_s=10, cleanup_s=0, result="FAILED")
+    await w.cycle()
+    w.ws.repair_run(run_id, setup_s=0, execution_s=10, cleanup_s=0, result="FAILED")
+    await w.cycle()
+    [event] = [e for e in w.events if e.repair == 1]
+    assert title(event) == "nightly-etl repair 1 FAILED"
+    assert watcher_payload(event)["repair"] == 1
+    assert watcher_payload(w.events[0])["repair"] == 0
+    for name, flavour in [
+        ("email.txt.j2", "text"),
+        ("slack.md.j2", "slack"),
+        ("teams.md.j2", "markdown"),
+        ("console.txt.j2", "text"),
+    ]:
+        rendered = Template(name, flavour=flavour, override=None, field="t").render(event)
+        assert "repair" in rendered, name

@@ -16,7 +16,9 @@ from tests.conftest import TOKEN
 from watcher.app import Daemon, build, close, run_once, serve
 from watcher.clock import ManualClock
 from watcher.config import Config
-from watcher.server import Probes, StatusServer
+from watcher.databricks import ApiError
+from watcher.poller import run_poll_loop
+from watcher.server import STUCK_AFTER_CYCLES, Probes, StatusServer
 from watcher.simulator import Simulator
 
 
@@ -134,3 +136,38 @@ async def test_a_dying_background_task_stops_the_daemon_with_exit_code_1(
     died = [e for e in logs if e["event"] == "background_task_died"]
     assert died
     assert not stop.is_set()
+
+
+async def test_healthz_fails_when_a_workspace_loop_cannot_make_progress(
+    daemon: Daemon, clock: ManualClock, sim: Simulator
+) -> None:
+    """A workspace loop whose cycles keep failing for a reason of its own (not an API
+    outage) is alive but stuck: /healthz answers 503 naming it after STUCK_AFTER_CYCLES
+    cycles, and 200 again after a good cycle. An API outage alone never fails /healthz."""
+    poller = daemon.pollers[0]
+    stop = asyncio.Event()
+    outcomes: list[Exception | None] = []
+
+    async def handle(result: object) -> None:
+        error = outcomes.pop(0)
+        if not outcomes:
+            stop.set()
+        if error is not None:
+            raise error
+
+    async def cycles(*errors: Exception | None) -> int:
+        outcomes.extend(errors)
+        stop.clear()
+        await run_poll_loop(poller=poller, handle=handle, clock=clock, stop=stop)
+        return (await _get(daemon, "/healthz"))[0]
+
+    assert (
+        await cycles(*[ApiError(endpoint="runs/list", status=503, error_code="X", message="m")] * 6)
+        == 200
+    )
+    assert await cycles(*[RuntimeError("store unreadable")] * (STUCK_AFTER_CYCLES - 1)) == 200
+    assert await cycles(RuntimeError("store unreadable")) == 503
+    _, _, body = await _get(daemon, "/healthz")
+    assert "workspace prod" in body
+    assert "store unreadable" in body
+    assert await cycles(None) == 200

@@ -287,3 +287,40 @@ async def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
         assert {"runs", "jobs", "watermarks", "events", "deliveries"} <= tables
     finally:
         await store.close()
+
+
+async def test_a_version_1_database_keeps_its_state_and_counts_the_past_as_history(
+    tmp_path: Path,
+) -> None:
+    """A database of the first schema (before repairs) is upgraded in place: its runs keep
+    repair 0, and everything before its watermark becomes history (news_since_ms = the
+    watermark), so the reconciliation sweep cannot page for runs from before the upgrade."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("INSERT INTO watermarks VALUES ('prod', 1700000000000, 0)")
+    conn.execute(
+        "INSERT INTO runs (workspace, run_id, job_id, terminal, emitted, snapshot, updated_at, "
+        "end_time) VALUES ('prod', 42, 7, 1, '[]', '{\"run_id\": 42}', 0, 1699999999000)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = await SQLiteStore.open(path)
+    try:
+        state = await store.workspace_state("prod")
+        assert (state.watermark_ms, state.news_since_ms) == (1700000000000, 1700000000000)
+        assert (await store.get_runs("prod", [42]))[42].repair == 0
+        assert await store.terminal_ends("prod", [42, 43]) == {42: 1699999999000}
+        # The horizon never moves back: an older one in a commit changes nothing.
+        await store.commit_cycle(
+            CycleCommit(
+                workspace="prod",
+                watermark_ms=1700000060000,
+                committed_at=1.0,
+                news_since_ms=1600000000000,
+            )
+        )
+        assert (await store.workspace_state("prod")).news_since_ms == 1700000000000
+    finally:
+        await store.close()
