@@ -272,10 +272,11 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 async def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
-    """Opening a database at version 0 (empty file) applies every migration in order."""
+    """Opening a database at version 0 (an empty file, accepted as a new state) applies
+    every migration in order."""
     path = tmp_path / "old.db"
     sqlite3.connect(path).close()
-    store = await SQLiteStore.open(path)
+    store = await SQLiteStore.open(path, accept_new_state=True)
     try:
         assert await store.schema_version() == len(MIGRATIONS)
         tables = {
@@ -322,5 +323,33 @@ async def test_a_version_1_database_keeps_its_state_and_counts_the_past_as_histo
             )
         )
         assert (await store.workspace_state("prod")).news_since_ms == 1700000000000
+    finally:
+        await store.close()
+
+
+async def test_a_lost_state_is_loud(tmp_path: Path) -> None:
+    """An empty database file (zero bytes) is a lost state, not a first start: refused
+    unless accepted; a store path that must exist (the alerts commands) is not created;
+    a database deleted or replaced while open fails the store's ping (/readyz)."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(StoreError, match="--accept-new-state"):
+        await SQLiteStore.open(empty)
+    accepted = await SQLiteStore.open(empty, accept_new_state=True)
+    assert await accepted.schema_version() == len(MIGRATIONS)
+    await accepted.close()
+    with pytest.raises(StoreError, match="no database at"):
+        await SQLiteStore.open(tmp_path / "typo.db", create=False)
+    assert not (tmp_path / "typo.db").exists()
+    path = tmp_path / "live.db"
+    store = await SQLiteStore.open(path)
+    try:
+        await store.ping()
+        path.unlink()
+        with pytest.raises(StoreError, match="deleted or replaced"):
+            await store.ping()
+        path.write_bytes(b"")
+        with pytest.raises(StoreError, match="deleted or replaced"):
+            await store.ping()
     finally:
         await store.close()

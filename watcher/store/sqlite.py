@@ -126,14 +126,28 @@ class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        # The file this connection writes: if the path stops naming it (deleted, replaced),
+        # every write goes to a file nobody will open again.
+        self._identity = _identity(path)
         # One connection is shared by the poll loops and the dispatcher: without this
         # lock one task's statements could land inside another task's transaction.
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> SQLiteStore:
-        """Open (creating if needed) and migrate. A database that cannot be created,
-        written or read is a StoreError naming the path, raised before anything starts."""
+    async def open(
+        cls, path: Path, *, create: bool = True, accept_new_state: bool = False
+    ) -> SQLiteStore:
+        """Open (creating if needed and `create`) and migrate. A database that cannot be
+        created, written or read is a StoreError naming the path, raised before anything
+        starts. So is an empty file (zero bytes: a state that was lost, not a first start)
+        unless `accept_new_state`."""
+        if not create and not path.exists():
+            raise StoreError(f"there is no database at {path} (check store.path)")
+        if path.exists() and path.stat().st_size == 0 and not accept_new_state:
+            raise StoreError(
+                f"{path} is empty: the watcher's state (pending alerts, watermarks) was lost. "
+                "Start with --accept-new-state to begin anew"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -193,6 +207,11 @@ class SQLiteStore:
 
     @_locked
     async def ping(self) -> None:
+        if _identity(self.path) != self._identity:
+            raise StoreError(
+                f"the database file {self.path} was deleted or replaced while the watcher "
+                "ran: its state is no longer where the next start will look"
+            )
         try:
             await self._db.execute("BEGIN IMMEDIATE")
             await self._db.execute("ROLLBACK")
@@ -540,6 +559,14 @@ class SQLiteStore:
         """Every stored event id in commit order (for checks and the crash test)."""
         async with self._db.execute("SELECT id FROM events ORDER BY seq") as cursor:
             return [str(r[0]) for r in await cursor.fetchall()]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
