@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 import pytest
 import structlog
+from pydantic import SecretStr
 
-from tests.conftest import ClientFactory
+from tests.conftest import TOKEN, ClientFactory
 from tests.test_client_items import Stub, run
 from watcher.clock import ManualClock
-from watcher.databricks import ApiError, Attempt
+from watcher.databricks import ApiError, Attempt, JobsClient, StaticToken
 from watcher.databricks.client import MAX_RUNS_LIMIT
 from watcher.databricks.models import Run
 from watcher.simulator import Fault, Simulator
@@ -279,3 +280,28 @@ async def test_a_stated_maximum_that_is_not_smaller_fails_the_call(clock: Manual
             await anext(client.list_runs(limit=20))
         assert len(stub.requests) == 1
         assert client.runs_page_size == 25
+
+
+async def test_walks_after_a_cut_page_size_keep_their_overlap(clock: ManualClock) -> None:
+    """After the server cut 2.0 pages to 60, later walks ask for 60 a page from the start,
+    and an overlap sized for that page (6) steps offsets by 54, not 60."""
+    async with Simulator(clock=clock, tokens={TOKEN}, runs_limit_max={"2.0": 60}) as sim:
+        job = sim.workspace.create_job("busy")
+        base = sim.workspace.now_ms() - 3600_000
+        for i in range(200):
+            sim.workspace.start_run(job, start_ms=base + i * 1000, execution_s=1, setup_s=0)
+        client = JobsClient(
+            host=sim.url, auth=StaticToken(SecretStr(TOKEN)), api_version="2.0", clock=clock
+        )
+        try:
+            async for _ in client.list_runs(overlap=99):
+                pass
+            assert client.runs_page_size == 60
+            mark = len(sim.requests)
+            ids = [r.run_id async for page in client.list_runs(overlap=6) for r in page.runs]
+        finally:
+            await client.close()
+    sent = [r.params for r in sim.requests[mark:]]
+    assert [q["limit"] for q in sent] == ["60"] * len(sent)
+    assert [q.get("offset") for q in sent][:4] == [None, "54", "108", "162"]
+    assert len(set(ids)) == 200

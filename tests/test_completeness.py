@@ -104,7 +104,7 @@ async def make_watch(clock: ManualClock, tmp_path: Path) -> AsyncIterator[WatchF
                             "auth": {"type": "pat", "token": TOKEN},
                             "poll_interval": INTERVAL,
                             "requests_per_second": 1000,
-                            "reconcile": reconcile or {"interval": 60},
+                            "reconcile": reconcile or {},
                             **workspace,
                         }
                     ],
@@ -165,7 +165,8 @@ async def test_a_short_repair_of_an_old_run_is_found(
 ) -> None:
     """A run that failed hours ago (far behind the completed walk, a full page of newer
     runs ahead of it) is repaired and fails again between two cycles: the reconciliation
-    sweep finds it within its interval plus one sweep, and it pages once as repair 1."""
+    sweep (default interval, 10 min) finds it within its interval plus one sweep, and it
+    pages once as repair 1."""
     w = await make_watch(version=version, order=order)
     job = w.ws.create_job("nightly-etl")
     other = w.ws.create_job("chatty")
@@ -180,7 +181,8 @@ async def test_a_short_repair_of_an_old_run_is_found(
     cycles = 0
     while w.of(run_id)[-1] != ("run_failed", 1):
         cycles += 1
-        assert cycles <= 4, "the repair was never reported"
+        # interval (20 cycles) + one sweep (about 170 runs: 2 cycles at 5 pages)
+        assert cycles <= 22, "the repair was never reported"
         await w.cycle()
     for _ in range(5):
         await w.cycle()
@@ -207,11 +209,12 @@ async def test_a_run_born_blocked_that_ends_long_after_is_reported(
         short(w.ws, other, 40)
         await w.cycle(1800)
     w.ws.force(run_id, "TERMINATED", "FAILED")
-    # The sweep reads 5 pages a cycle (min_pages): about 170 runs take 2 cycles on 2.1.
+    # Within the sweep's interval (20 cycles) and one sweep: 5 pages a cycle (min_pages),
+    # about 170 runs, 2 cycles on 2.1.
     cycles = 0
     while not w.of(run_id):
         cycles += 1
-        assert cycles <= 4, "the run's failure was never reported"
+        assert cycles <= 22, "the run's failure was never reported"
         await w.cycle()
     for _ in range(3):
         await w.cycle()
@@ -376,3 +379,37 @@ async def test_a_repair_says_so_in_every_rendering(make_watch: WatchFactory) -> 
     ]:
         rendered = Template(name, flavour=flavour, override=None, field="t").render(event)
         assert "repair" in rendered, name
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_an_unreadable_job_under_a_tag_filter_still_has_its_runs_watched(
+    make_watch: WatchFactory, version: str
+) -> None:
+    """Only tier-1 jobs are watched, and one tier-1 job's settings cannot be read: each of
+    its failing runs still pages (fail open), and the job is reported once, after it was
+    unreadable in report_unreadable_after (3) cycles."""
+    w = await make_watch(version=version, jobs={"include": {"tags": {"tier": "1"}}})
+    job = w.ws.create_job("etl", tags={"tier": "1"})
+    w.ws.create_job("other", tags={"tier": "2"})
+    w.ws.poison_job(job, {"settings": {"max_retries": "many"}})
+    runs = []
+    for _ in range(4):
+        runs.append(w.ws.start_run(job, setup_s=0, execution_s=10, result="FAILED"))
+        await w.cycle()
+    assert all([t for t, _ in w.of(r)] == ["run_failed"] for r in runs)
+    assert [e.type.value for e in w.events if e.run.run_id == 0] == ["job_unreadable"]
+
+
+async def test_an_absurd_timestamp_is_one_unreadable_run_not_a_stopped_workspace(
+    make_watch: WatchFactory,
+) -> None:
+    """A run whose end_time is past the year 9999 cannot become a datetime (or a SQLite
+    integer if larger): it is reported as unreadable, and the other runs page."""
+    w = await make_watch()
+    job = w.ws.create_job("etl")
+    bad, good = (w.ws.start_run(job, setup_s=0, execution_s=5, result="FAILED") for _ in range(2))
+    w.ws.poison_run(bad, {"end_time": 10**17})
+    for _ in range(4):
+        await w.cycle()
+    assert [t for t, _ in w.of(good)] == ["run_failed"]
+    assert [t for t, _ in w.of(bad)] == ["run_unreadable"]

@@ -477,6 +477,9 @@ async def test_first_start_records_the_lookback_and_news_starts_at_the_start(
     assert by_id(later)[running].is_terminal
     assert later.news_since_ms == result.news_since_ms
     assert ancient not in w.store.runs["ws"]
+    # Long after, beyond any overlap: still the start, not a window that follows the walk.
+    clock.advance(3 * 3600)
+    assert (await w.cycle()).news_since_ms == result.news_since_ms
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1"])

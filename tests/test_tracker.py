@@ -658,3 +658,27 @@ def test_a_failure_found_after_a_later_success_pages_and_is_resolved_at_once() -
     assert late.events[1].id == event_id(WS, 42, EventType.JOB_RECOVERED)
     assert late.events[1].occurred_at.timestamp() * 1000 == T0 + 120_000
     assert late.outcome == "failure"
+
+
+def test_a_snapshot_older_than_the_repair_changes_nothing() -> None:
+    """Once a run is reopened as repair 1, a stale snapshot of its original end (ended
+    before the repair started) is ignored: no second page for the original failure, and
+    the real repair's end is still repair 1."""
+    reopened = step(failed_record(), repaired("RUNNING"), now=REPAIR_AT + 5_000)
+    stale = step(reopened.record, done("FAILED"))
+    assert (stale.record, stale.events) == (reopened.record, ())
+    real = step(reopened.record, repaired("TERMINATED", "FAILED", end=REPAIR_AT + 9_000))
+    assert [(e.type.value, e.repair) for e in real.events] == [("run_failed", 1)]
+
+
+def test_a_phantom_repair_is_undone_by_the_repair_history() -> None:
+    """A stale list reopened a finished run (no repair_history to check then); runs/get's
+    history then shows no repair: the record is finished again at repair 0 with nothing
+    sent, and a later real repair is repair 1 and pages."""
+    phantom = step(failed_record(), repaired("RUNNING"), now=REPAIR_AT + 5_000)
+    assert phantom.record.repair == 1
+    undone = step(phantom.record, done("FAILED", repair_history=[{"type": "ORIGINAL"}]))
+    assert undone.events == ()
+    assert (undone.record.terminal, undone.record.repair) == (True, 0)
+    real = step(undone.record, repaired("TERMINATED", "FAILED", end=REPAIR_AT + 9_000, history=1))
+    assert [(e.type.value, e.repair) for e in real.events] == [("run_failed", 1)]

@@ -99,16 +99,27 @@ def plan_cycle(
             has_own_rule=bool(job_duration_rules(settings)),
         )
         before = previous.get(run.run_id)
-        evaluation = evaluate(
-            before,
-            run,
-            workspace=workspace,
-            job=context,
-            rules=rules,
-            now_ms=result.server_now_ms,
-            history_before_ms=result.news_since_ms,
-            alert_on_history=startup.alert_on_backfill,
-        )
+        try:
+            evaluation = evaluate(
+                before,
+                run,
+                workspace=workspace,
+                job=context,
+                rules=rules,
+                now_ms=result.server_now_ms,
+                history_before_ms=result.news_since_ms,
+                alert_on_history=startup.alert_on_backfill,
+            )
+        except (ValueError, OverflowError, TypeError) as exc:
+            # A value the models let through but the tracker cannot use must not stop every
+            # other run of the workspace: this one is reported instead, and asked again.
+            item = Unreadable(
+                "run", run.run_id, run.job_id, f"cannot be evaluated: {type(exc).__name__}"
+            )
+            event = _unreadable_event(workspace, item, stored_jobs, result.server_now_ms)
+            events.append(event)
+            settings_of[event.id] = None
+            continue
         if not evaluation.record.terminal:
             active[evaluation.record.life_cycle_state or "UNKNOWN"] += 1
         if evaluation.record != before:

@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
@@ -22,6 +22,7 @@ from watcher.databricks.errors import ApiError, DatabricksError, ItemRejected, R
 from watcher.databricks.models import Job, Run
 from watcher.domain import PollResult, Unreadable
 from watcher.store.base import WorkspaceState
+from watcher.tracker import Category, classify
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +124,7 @@ class Poller:
         self._job_count: int | None = None  # jobs in the workspace at the last jobs/list
         self._rng = random.Random(config.name)  # noqa: S311 - cache spread, not cryptography
         self._sweep: _Sweep | None = None
+        self._swept: dict[int, Run] = {}  # found by the sweep, not known committed yet
         self._last_sweep_start: float | None = None
         # (kind, id) -> (cycles it was unreadable in, when last)
         self._rejected: dict[tuple[str, int], tuple[int, float]] = {}
@@ -158,17 +160,17 @@ class Poller:
         # a fresh client knows none before its first answer.
         offset = client.server_offset or 0.0
         now_ms = _ms(started - skew_before + offset)
-        news_since = state.news_since_ms
-        if news_since is None:
-            # Rather page for a transition a second before the start than miss one after.
-            news_since = _ms(self._born + offset) - _SKEW_SLACK_MS
+        news_since = self._news_since(state, now_ms, offset)
         window = self._window(state.watermark_ms, now_ms, news_since)
-        news_since = max(news_since, window.floor_ms)
         await self._walk_completed(got, window, stored_active, rejected)
         spent = client.requests - requests_before
         swept = await self._reconcile(
             got, now_ms, window, news_since, stored_active, rejected, spent
         )
+        # What earlier sweeps found stays in play until it is committed (the cycle that
+        # read it may have failed after the sweep moved on).
+        for run in self._swept.values():
+            got.add(run)
 
         # Runs recorded finished that a list shows again: unchanged (most of them: the walk
         # overlaps the previous one) are dropped; changed ones were repaired, and runs/get
@@ -178,14 +180,21 @@ class Poller:
         repaired: set[int] = set()
         for run_id, end in known.items():
             run = got.runs[run_id]
-            if run.is_terminal and (run.end_time or 0) <= end:
+            if classify(run)[0] is not Category.ACTIVE and (run.end_time or 0) <= end:
                 del got.runs[run_id]
+                self._swept.pop(run_id, None)
             else:
                 repaired.add(run_id)
         # 2.2 lists at most 100 tasks of a run (has_more): runs/get pages through them all.
         truncated = {r.run_id for r in got.runs.values() if r.has_more}
         unlisted = (stored_active - got.runs.keys()) | truncated | repaired
-        vanished = await self._fetch_unlisted(got, unlisted, rejected)
+        vanished, unread = await self._fetch_unlisted(got, unlisted, rejected)
+        for run_id in vanished:
+            got.runs.pop(run_id, None)
+        for run_id in unread & repaired:
+            # A repair only runs/get (with its repair_history) may confirm: a list alone can
+            # be stale, and a phantom repair would page twice and hide the real one.
+            del got.runs[run_id]
 
         id_filter = self._config.jobs.include.job_ids
         candidates = [
@@ -195,24 +204,31 @@ class Poller:
             if run.run_id in stored_active or not id_filter or run.job_id in id_filter
         ]
         # A run's end is judged with the job's settings as they are now, not as cached:
-        # a rule or notification setting changed minutes ago must count.
+        # a rule or notification setting changed minutes ago must count. (Not for jobs the
+        # cache already shows unwatched: their runs are not evaluated.)
         ending = {
             r.job_id
             for r in candidates
-            if r.job_id is not None and r.has_ended and r.run_id not in known.keys() - repaired
+            if r.job_id is not None
+            and r.has_ended
+            and r.run_id not in known.keys() - repaired
+            and not self._cached_unwatched(r)
         }
-        settings = await self._job_settings(
+        settings, unreadable_jobs = await self._job_settings(
             {r.job_id for r in candidates if r.job_id is not None}, got, ending, rejected
         )
         runs: list[Run] = []
         jobs: dict[int, Job] = {}
         for run in sorted(candidates, key=lambda r: r.run_id):
             job = settings.get(run.job_id) if run.job_id is not None else None
-            if run.run_id not in stored_active and not self._watched(run, job):
+            watched = run.job_id in unreadable_jobs or self._watched(run, job)
+            if run.run_id not in stored_active and not watched:
                 continue
             runs.append(run)
             if job is not None:
                 jobs[job.job_id] = job
+        in_result = {r.run_id for r in runs}
+        self._swept = {r: run for r, run in self._swept.items() if r in in_result}
         found = [r.run_id for r in runs if r.run_id in swept]
         if found:
             # Each of these was missed by the cheap path: worth knowing about.
@@ -228,6 +244,20 @@ class Poller:
             requests=client.requests - requests_before,
             unreadable=self._unreadable(rejected),
         )
+
+    def _news_since(self, state: WorkspaceState, now_ms: int, offset: float) -> int:
+        """Server time from which transitions are news. A first start: the instant the
+        watcher started (less the Date header's slack: rather page for a transition a
+        second before the start than miss one after); state from before the horizon was
+        stored: its watermark's cut-off. Never earlier than the catch-up floor, which
+        skips on purpose what ended longer ago than max_catchup."""
+        if state.news_since_ms is not None:
+            since = state.news_since_ms
+        elif state.watermark_ms is None:
+            since = _ms(self._born + offset) - _SKEW_SLACK_MS
+        else:
+            since = state.watermark_ms - _ms(self._config.completed_overlap) - _SKEW_SLACK_MS
+        return max(since, now_ms - _ms(self._startup.max_catchup))
 
     def _window(self, watermark_ms: int | None, now_ms: int, news_since_ms: int) -> _Window:
         """The completed walk's window. Runs that ended before `floor` were committed
@@ -331,6 +361,7 @@ class Poller:
                     if run.run_id not in got.runs:
                         added.add(run.run_id)
                     got.add(run)
+                    self._swept[run.run_id] = run
                 if page.runs and all(_ended_before(r, sweep.floor_ms) for r in page.runs):
                     self._finish_sweep(sweep)
                     break
@@ -338,8 +369,7 @@ class Poller:
             # The sweep is a backstop: its failure must not fail the cycle. It starts over.
             log.warning("reconcile_sweep_failed", workspace=self.workspace, error=str(exc))
             await sweep.pages.aclose()
-            self._sweep = None
-            self._last_sweep_start = None
+            self._sweep = None  # starts over after an interval
         return added
 
     def _finish_sweep(self, sweep: _Sweep) -> None:
@@ -355,34 +385,42 @@ class Poller:
 
     async def _fetch_unlisted(
         self, got: _Gathered, run_ids: Collection[int], rejected: list[RejectedItem]
-    ) -> list[int]:
+    ) -> tuple[list[int], set[int]]:
         """runs/get for runs no list showed whole: a stored-active run that has ended since
         (or was deleted: returned as vanished), a 2.2 run with more than 100 tasks, a
-        finished run that was repaired."""
+        finished run that was repaired. Also the runs that could not be read: they stay as
+        stored, are asked for again next cycle, and are reported if that goes on."""
+        unread: set[int] = set()
 
         async def fetch(run_id: int) -> int | None:
             try:
                 run = await self._client.get_run(run_id)
             except ItemRejected as exc:
-                # Unreadable now: it stays as stored and is asked for again next cycle.
                 rejected.append(exc.item)
+                unread.add(run_id)
                 return None
             except ApiError as exc:
                 if exc.is_not_found:
                     return run_id
                 if not _refused(exc, "runs/get"):
                     raise
-                # One run we may not read must not stall the workspace: it stays stored
-                # as active and is asked for again next cycle.
+                # One run we may not read must not stall the workspace.
                 log.warning(
                     "run_unreadable", workspace=self.workspace, run_id=run_id, error=str(exc)
                 )
+                rejected.append(_refusal(exc, "run", run_id))
+                unread.add(run_id)
                 return None
             got.add(run)
             return None
 
         outcomes = await _bounded(self._config.runs_get_concurrency, fetch, sorted(run_ids))
-        return [run_id for run_id in outcomes if run_id is not None]
+        return [run_id for run_id in outcomes if run_id is not None], unread
+
+    def _cached_unwatched(self, run: Run) -> bool:
+        """Whether the cached settings of the run's job exclude it from watching."""
+        entry = self._jobs.get(run.job_id) if run.job_id is not None else None
+        return entry is not None and entry[2] is not None and not self._watched(run, entry[2])
 
     async def _job_settings(
         self,
@@ -390,11 +428,12 @@ class Poller:
         got: _Gathered,
         refresh: set[int],
         rejected: list[RejectedItem],
-    ) -> dict[int, Job | None]:
+    ) -> tuple[dict[int, Job | None], set[int]]:
         """Settings of `job_ids` from the TTL cache, fetching those not cached, expired, or
         in `refresh` (unless fetched this very cycle); None for a job that no longer exists
-        (cached too, so it is not asked every cycle) or cannot be read (asked again next
-        cycle)."""
+        (cached too, so it is not asked every cycle). Also the jobs that could not be read
+        now: they keep the settings cached before (if any), are asked again next cycle,
+        and their runs are watched whatever the job filters say (fail open)."""
         now = self._clock.monotonic()
         due = sorted(
             j
@@ -410,18 +449,17 @@ class Poller:
                 return job_id, await self._client.get_job(job_id)
             except ItemRejected as exc:
                 rejected.append(exc.item)
-                unreadable.add(job_id)
-                return job_id, None
             except ApiError as exc:
                 if exc.is_not_found:
                     return job_id, None
                 if not _refused(exc, "jobs/get"):
                     raise
-                # Its runs are still watched, without the job's rules and settings.
                 log.warning(
                     "job_unreadable", workspace=self.workspace, job_id=job_id, error=str(exc)
                 )
-                return job_id, None
+                rejected.append(_refusal(exc, "job", job_id))
+            unreadable.add(job_id)
+            return job_id, None
 
         fetched: list[tuple[int, Job | None]] = []
         if len(due) > self._list_pages():
@@ -432,16 +470,16 @@ class Poller:
             fetched += [(j, job) for j, job in listed.items() if j not in job_ids]
         else:
             fetched = await _bounded(self._config.runs_get_concurrency, fetch, due)
-        # Forget what expired unused, so the cache holds only jobs that still run.
-        self._jobs = {j: entry for j, entry in self._jobs.items() if entry[0] > now}
         ttl = self._config.job_settings_ttl
         for job_id, job in fetched:
             if job_id in unreadable:
-                self._jobs.pop(job_id, None)
-                continue
+                continue  # what was cached stays, until it expires
             expires = now + ttl * (1 - _TTL_SPREAD * self._rng.random())
             self._jobs[job_id] = (expires, now, job)
-        return {j: self._jobs[j][2] if j in self._jobs else None for j in job_ids}
+        settings = {j: self._jobs[j][2] if j in self._jobs else None for j in job_ids}
+        # Forget what expired unused, so the cache holds only jobs that still run.
+        self._jobs = {j: entry for j, entry in self._jobs.items() if entry[0] > now}
+        return settings, unreadable
 
     def _list_pages(self) -> int:
         """Requests a jobs/list walk costs, as far as we know (before the first walk: a
@@ -647,6 +685,13 @@ async def _bounded(limit: int, fn: Callable[[_K], Awaitable[_T]], items: Sequenc
 
 def _progress(run: Run) -> tuple[bool, int]:
     return (run.is_terminal, run.end_time or 0)
+
+
+def _refusal(exc: ApiError, kind: Literal["run", "job"], item_id: int) -> RejectedItem:
+    """A refusal to read one run or job, counted like an unreadable item (and reported
+    like one if it goes on)."""
+    detail = f"HTTP {exc.status} {exc.error_code}"
+    return RejectedItem(exc.endpoint, kind, item_id, item_id if kind == "job" else None, detail)
 
 
 def _refused(exc: ApiError, endpoint: str) -> bool:

@@ -177,6 +177,8 @@ def evaluate(
         if not _reopened(previous, observed):
             return Evaluation(previous, (), None)
         previous = _next_repair(previous, observed, now_ms)
+    elif previous is not None and previous.repair and _before_repair(previous, observed):
+        return Evaluation(_undo_repair(previous, observed), (), None)
     snapshot = _newest(previous, observed)
     category, raw = classify(snapshot)
     repair = previous.repair if previous else (observed.repair_count or 0)
@@ -228,7 +230,9 @@ def evaluate(
         emitted.add(key)
         live_breach = event_type is EventType.RUN_DURATION_EXCEEDED and category is Category.ACTIVE
         history = at_ms < history_before_ms if history_before_ms is not None else False
-        if history and not alert_on_history and not live_breach:
+        # A recovery always answers a failure that paged, however old the success.
+        answers_page = event_type is EventType.JOB_RECOVERED
+        if history and not alert_on_history and not live_breach and not answers_page:
             continue
         rule_name = due_rule.name if due_rule else None
         if event_type is EventType.JOB_RECOVERED and answered is not None:
@@ -300,6 +304,36 @@ def _reopened(previous: RunRecord, observed: Run) -> bool:
     if classify(observed)[0] is Category.ACTIVE:
         return True
     return (observed.end_time or 0) > (previous.end_time or 0)
+
+
+def _before_repair(record: RunRecord, observed: Run) -> bool:
+    """An observation older than the repair the record is in: a repair_history with fewer
+    repairs, or the end of the run before the repair started (a stale snapshot)."""
+    count = observed.repair_count
+    if count is not None and count < record.repair:
+        return True
+    ended = observed.end_time or 0
+    return bool(ended) and record.repair_start is not None and ended < record.repair_start
+
+
+def _undo_repair(record: RunRecord, observed: Run) -> RunRecord:
+    """The record as it was before a repair that runs/get's repair_history does not have (a
+    stale list reopened it): finished again, at Databricks' repair count, so the next real
+    repair counts. A merely stale snapshot changes nothing."""
+    count = observed.repair_count
+    if count is None or count >= record.repair or classify(observed)[0] is Category.ACTIVE:
+        return record
+    return record.model_copy(
+        update={
+            "terminal": True,
+            "repair": count,
+            "emitted": record.emitted | {TERMINAL_KEY, "run_started"},
+            "snapshot": observed,
+            "end_time": observed.end_time or None,
+            "life_cycle_state": observed.state.life_cycle_state,
+            "result_state": observed.state.result_state,
+        }
+    )
 
 
 def _next_repair(previous: RunRecord, observed: Run, now_ms: int) -> RunRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
 import ssl
@@ -203,6 +204,10 @@ class JobsClient:
         """Seconds to add to the local clock to get the server's, from the Date header."""
         self.requests = 0
         """HTTP requests sent to the Jobs API so far, retries and task pages included."""
+        self.retrying: str | None = None
+        """The problem the client is retrying right now (until an answer is read), so that
+        an outage shows in /status during the retry budget, not only after it."""
+        self.retrying_since: float | None = None
         self.runs_page_size = MAX_RUNS_LIMIT[api_version]
         """Largest runs/list page this client asks for: the version's documented maximum,
         or less once the server has stated a smaller one."""
@@ -297,13 +302,23 @@ class JobsClient:
         if expand_tasks:
             params["expand_tasks"] = _bool(True)
         max_limit = MAX_RUNS_LIMIT[self.api_version]
-        page_size = max_limit if limit is None else limit
+        # The size the server stated, once it did; an overlap sized for the documented
+        # maximum keeps its share of the page.
+        page_size = self.runs_page_size if limit is None else limit
+        if overlap >= page_size:
+            overlap = overlap * page_size // max_limit
         if not 1 <= page_size <= max_limit:
             raise ValueError(f"limit must be 1..{max_limit} for API {self.api_version}")
         if not 0 <= overlap < page_size:
             raise ValueError("overlap must be smaller than the page size")
         async for page in self._pages(
-            "runs/list", params, ListedRunsPage, page_size, overlap, lambda p: len(p.runs)
+            # Rejected runs took their place on the page too: the next offset counts them.
+            "runs/list",
+            params,
+            ListedRunsPage,
+            page_size,
+            overlap,
+            lambda p: len(p.runs) + len(p.rejected),
         ):
             yield page
 
@@ -320,7 +335,12 @@ class JobsClient:
             yield await self._call("jobs/list", params, ListedJobsPage)
             return
         async for page in self._pages(
-            "jobs/list", params, ListedJobsPage, MAX_JOBS_LIMIT, 0, lambda p: len(p.jobs)
+            "jobs/list",
+            params,
+            ListedJobsPage,
+            MAX_JOBS_LIMIT,
+            0,
+            lambda p: len(p.jobs) + len(p.rejected),
         ):
             yield page
 
@@ -435,6 +455,7 @@ class JobsClient:
                             raise
                         else:
                             self._report(endpoint, code, started, False, throttled)
+                            self.retrying = self.retrying_since = None
                             return result
                     elif status == 401 and not reauthenticated:
                         # A rotated token or expired OAuth token: fetch anew once, at once.
@@ -472,6 +493,7 @@ class JobsClient:
                 self._report(endpoint, code, started, False, throttled)
                 log.warning(
                     "api_retry_budget_exhausted",
+                    host=self.host,
                     endpoint=endpoint,
                     attempts=attempts,
                     error=problem,
@@ -480,8 +502,14 @@ class JobsClient:
                     raise MalformedResponse(endpoint=endpoint, detail=problem)
                 raise RetryBudgetExceeded(endpoint=endpoint, attempts=attempts, last_error=problem)
             self._report(endpoint, code, started, True, throttled)
-            log.info(
+            if self.retrying is None:
+                self.retrying_since = self._clock.time()
+            self.retrying = f"{endpoint}: {problem}"
+            # One retry is routine; a second in a row is an outage worth seeing at WARNING.
+            log.log(
+                logging.INFO if attempts == 1 else logging.WARNING,
                 "api_retry",
+                host=self.host,
                 endpoint=endpoint,
                 code=code,
                 attempt=attempts,

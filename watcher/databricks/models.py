@@ -8,9 +8,15 @@ optional fields are None. Times are epoch milliseconds and durations millisecond
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Bounds that keep one absurd value from failing a whole cycle downstream (a datetime past
+# year 9999, an integer SQLite cannot store): such a run or job is rejected on its own.
+Id = Annotated[int, Field(ge=0, lt=2**63)]
+EpochMs = Annotated[int, Field(ge=0, le=253_402_300_799_999)]
+Millis = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class _Model(BaseModel):
@@ -159,7 +165,7 @@ class JobSettings(_Model):
 
 
 class Job(_Model):
-    job_id: int
+    job_id: Id
     creator_user_name: str | None = None
     run_as_user_name: str | None = None
     settings: JobSettings = Field(default_factory=JobSettings)
@@ -169,18 +175,18 @@ class Job(_Model):
 
 
 class RunTask(_Model):
-    run_id: int | None = None
+    run_id: Id | None = None
     task_key: str | None = None
     description: str | None = None
     state: RunState | None = None
     status: RunStatus | None = None
-    start_time: int | None = None
-    end_time: int | None = None
-    setup_duration: int | None = None
-    execution_duration: int | None = None
-    cleanup_duration: int | None = None
-    run_duration: int | None = None
-    queue_duration: int | None = None
+    start_time: EpochMs | None = None
+    end_time: EpochMs | None = None
+    setup_duration: Millis | None = None
+    execution_duration: Millis | None = None
+    cleanup_duration: Millis | None = None
+    run_duration: Millis | None = None
+    queue_duration: Millis | None = None
     attempt_number: int | None = None
     cluster_instance: ClusterInstance | None = None
     run_page_url: str | None = None
@@ -195,16 +201,16 @@ class RepairHistoryItem(_Model):
     """ORIGINAL or REPAIR."""
     id: int | None = None
     """The repair id (REPAIR entries only)."""
-    start_time: int | None = None
-    end_time: int | None = None
+    start_time: EpochMs | None = None
+    end_time: EpochMs | None = None
     state: RunState | None = None
     status: RunStatus | None = None
     task_run_ids: list[int] = Field(default_factory=list)
 
 
 class Run(_Model):
-    job_id: int | None = None
-    run_id: int
+    job_id: Id | None = None
+    run_id: Id
     run_name: str | None = None
     creator_user_name: str | None = None
     number_in_job: int | None = None
@@ -217,13 +223,13 @@ class Run(_Model):
     cluster_spec: dict[str, Any] | None = None
     cluster_instance: ClusterInstance | None = None
     overriding_parameters: dict[str, Any] | None = None
-    start_time: int | None = None
-    end_time: int | None = None
-    setup_duration: int | None = None
-    execution_duration: int | None = None
-    cleanup_duration: int | None = None
-    run_duration: int | None = None
-    queue_duration: int | None = None
+    start_time: EpochMs | None = None
+    end_time: EpochMs | None = None
+    setup_duration: Millis | None = None
+    execution_duration: Millis | None = None
+    cleanup_duration: Millis | None = None
+    run_duration: Millis | None = None
+    queue_duration: Millis | None = None
     trigger: str | None = None
     run_type: str | None = None
     run_page_url: str | None = None

@@ -141,13 +141,7 @@ class SQLiteStore:
         created, written or read is a StoreError naming the path, raised before anything
         starts. So is an empty file (zero bytes: a state that was lost, not a first start)
         unless `accept_new_state`."""
-        if not create and not path.exists():
-            raise StoreError(f"there is no database at {path} (check store.path)")
-        if path.exists() and path.stat().st_size == 0 and not accept_new_state:
-            raise StoreError(
-                f"{path} is empty: the watcher's state (pending alerts, watermarks) was lost. "
-                "Start with --accept-new-state to begin anew"
-            )
+        _check_state_file(path, create=create, accept_new_state=accept_new_state)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -559,6 +553,16 @@ class SQLiteStore:
         """Every stored event id in commit order (for checks and the crash test)."""
         async with self._db.execute("SELECT id FROM events ORDER BY seq") as cursor:
             return [str(r[0]) for r in await cursor.fetchall()]
+
+
+def _check_state_file(path: Path, *, create: bool, accept_new_state: bool) -> None:
+    if not create and not path.exists():
+        raise StoreError(f"there is no database at {path} (check store.path)")
+    if path.exists() and path.stat().st_size == 0 and not accept_new_state:
+        raise StoreError(
+            f"{path} is empty: the watcher's state (pending alerts, watermarks) was lost. "
+            "Start with --accept-new-state to begin anew"
+        )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
