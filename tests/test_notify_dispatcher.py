@@ -15,7 +15,7 @@ import structlog
 from tests.notify_fixtures import Receiver, free_port, make_event, start_smtp
 from watcher.clock import ManualClock
 from watcher.events import Event
-from watcher.notify.base import Channel, Sent
+from watcher.notify.base import Channel, Sent, Unconfirmed
 from watcher.notify.config import EmailChannelConfig, WebhookChannelConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
 from watcher.notify.dispatcher import Dispatcher, Outcome
@@ -53,13 +53,17 @@ def webhook(receiver: Receiver, clock: ManualClock, name: str = "hook", **option
 
 
 class Outcomes:
-    """The dispatcher's observer hook, recording (channel, outcome)."""
+    """The dispatcher's observer hook, recording (channel, outcome) and the reasons given."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, Outcome]] = []
+        self.reasons: list[Unconfirmed | None] = []
 
-    def __call__(self, channel: str, outcome: Outcome, seconds: float) -> None:
+    def __call__(
+        self, channel: str, outcome: Outcome, seconds: float, reason: Unconfirmed | None
+    ) -> None:
         self.seen.append((channel, outcome))
+        self.reasons.append(reason)
 
 
 def dispatcher(

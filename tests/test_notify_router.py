@@ -25,6 +25,15 @@ CHANNELS: dict[str, Any] = {
     "mail": {"type": "email", "host": "smtp.invalid", "sender": "watcher@example.com"},
 }
 
+WORKSPACES = [
+    {
+        "name": name,
+        "host": f"https://{name}.cloud.databricks.com",
+        "auth": {"type": "pat", "token": "fake"},
+    }
+    for name in ("prod", "staging")
+]
+
 ROUTES: list[dict[str, Any]] = [
     {"match": {"tags": {"team": "ml"}}, "channels": ["slack"]},
     {"match": {"names": ["nightly-*"], "event_types": ["run_failed"]}, "channels": ["pd"]},
@@ -64,7 +73,7 @@ ROUTES: list[dict[str, Any]] = [
 def test_route_table(event_kwargs: dict[str, Any], expected: list[str]) -> None:
     """Routes are tried in order; the first match decides unless it says continue; an
     empty match at the end is the default route."""
-    config = make_config(channels=CHANNELS, routes=ROUTES)
+    config = make_config(workspaces=WORKSPACES, channels=CHANNELS, routes=ROUTES)
     event = make_event(**event_kwargs)
     routing = route(event, config=config, job_settings=None, now=NOW)
     assert (routing.channels, routing.silenced) == (expected, [])

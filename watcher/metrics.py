@@ -171,6 +171,17 @@ class Metrics:
             ("channel",),
             registry=r,
         )
+        self.alerts_unconfirmed = Counter(
+            "watcher_alerts_unconfirmed",
+            "Delivery attempts whose answer looked like success but proved none, by reason.",
+            ("channel", "reason"),
+            registry=r,
+        )
+        self.routing_failures = Counter(
+            "watcher_routing_failures",
+            "Events sent to every channel because evaluating their routes failed.",
+            registry=r,
+        )
         self.alerts_silenced = Counter(
             "watcher_alerts_silenced", "Alerts held back by a silence.", ("channel",), registry=r
         )
@@ -208,10 +219,18 @@ class Metrics:
         if ok and status.last_success_at is not None:
             self.last_poll.labels(ws).set(status.last_success_at)
 
-    def observe_delivery(self, channel: str, outcome: str, seconds: float) -> None:
+    def observe_delivery(
+        self, channel: str, outcome: str, seconds: float, reason: str | None = None
+    ) -> None:
         counter = {"sent": self.alerts_sent, "failed": self.alerts_failed, "dead": self.alerts_dead}
         if outcome in counter:
             counter[outcome].labels(channel).inc()
+        if reason is not None:
+            self.alerts_unconfirmed.labels(channel, reason).inc()
+
+    def observe_routing_failure(self) -> None:
+        """Hook for the router: an event's routes could not be evaluated (it failed open)."""
+        self.routing_failures.inc()
 
     def set_outbox(self, stats: OutboxStats) -> None:
         self.outbox_pending.set(stats.pending)

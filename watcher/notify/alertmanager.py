@@ -25,6 +25,18 @@ _ANNOTATION_LIMIT = 4096
 RESOLVE_SKEW = timedelta(minutes=1)
 
 
+def alertmanager_accepts(status: int, body: str) -> str | None:
+    """POST /api/v2/alerts answers 200 with an empty body (compatible servers may send
+    JSON): a 2xx with any other body, such as a proxy's HTML page, is not an acceptance."""
+    if not body.strip():
+        return None
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return "Alertmanager answers an empty or JSON body"
+    return None
+
+
 class AlertmanagerChannel:
     def __init__(self, name: str, config: AlertmanagerChannelConfig, *, clock: Clock) -> None:
         self._name = name
@@ -36,7 +48,12 @@ class AlertmanagerChannel:
             override=config.summary_template,
             field=f"channels.{name}.summary_template",
         )
-        self._http = HttpPoster(timeout=config.timeout, clock=clock, ca_bundle=config.ca_bundle)
+        self._http = HttpPoster(
+            timeout=config.timeout,
+            clock=clock,
+            ca_bundle=config.ca_bundle,
+            accept=alertmanager_accepts,
+        )
 
     @property
     def name(self) -> str:

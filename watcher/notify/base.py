@@ -3,18 +3,29 @@
 Channels only report what happened (`Sent`, `Retry`, `Failed`); the dispatcher alone decides
 the policy (back-off, dead-lettering), so every channel behaves the same under failure.
 Error texts in results are shown to operators and logged: channels must keep secrets out.
+
+Every HTTP channel posts through `watcher.notify.http.HttpPoster`, which never follows a
+redirect (aiohttp would turn the POST into a GET whose 200 proves nothing) and asks the
+channel whether a 2xx answer really came from its target (`Acceptance`): see
+docs/alerts.md, "Delivery guarantees".
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
+from urllib.parse import urljoin, urlsplit
 
 from watcher.events import Event
 from watcher.notify.config import BaseChannelConfig
+
+Unconfirmed = Literal["redirect", "implausible"]
+"""Why an answer that looked like success was not taken as a delivery: the target
+redirected (3xx, never followed), or answered a 2xx it does not send (a proxy's page)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,7 @@ class Retry:
 
     error: str
     after: float | None = None
+    reason: Unconfirmed | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +49,19 @@ class Failed:
     """A permanent failure: retrying the same request cannot succeed."""
 
     error: str
+    reason: Unconfirmed | None = None
 
 
 Result = Sent | Retry | Failed
+
+Acceptance = Callable[[int, str], str | None]
+"""(2xx status, body) -> None when the answer proves the target accepted the alert, else
+what the target answers instead (for the error text)."""
+
+
+def accept_any(status: int, body: str) -> str | None:
+    """Any 2xx: for receivers whose answer is not known (the generic webhook)."""
+    return None
 
 
 class Channel(Protocol):
@@ -75,17 +97,58 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def http_result(status: int, *, body: str, retry_after: float | None) -> Result:
-    """The meaning of an HTTP answer: 2xx sent; 429/503 retried after Retry-After; 408, 425
-    and other 5xx retried with back-off; every other status is permanent."""
+def http_result(
+    status: int,
+    *,
+    body: str,
+    retry_after: float | None,
+    location: str | None = None,
+    accept: Acceptance = accept_any,
+) -> Result:
+    """The meaning of an HTTP answer: a 2xx the target's `accept` recognises is sent, any
+    other 2xx retried; every 3xx is permanent (redirects are not followed; `location` is
+    the already sanitised Location); 429/503 retried after Retry-After; 408, 425 and
+    other 5xx retried with back-off; every other status is permanent."""
     detail = f"HTTP {status}" + (f": {excerpt(body)}" if body.strip() else "")
     if 200 <= status < 300:
-        return Sent(detail)
+        expected = accept(status, body)
+        if expected is None:
+            return Sent(detail)
+        got = excerpt(body) if body.strip() else "an empty body"
+        error = f"HTTP {status} is no proof of delivery ({expected}): {got}"
+        return Retry(error, reason="implausible")
+    if 300 <= status < 400:
+        where = f"redirect to {location}" if location else "redirect without a Location"
+        error = f"HTTP {status} {where}: redirects are not followed, configure the final URL"
+        return Failed(error, reason="redirect")
     if status in (429, 503):
         return Retry(detail, after=retry_after)
     if status in (408, 425) or status >= 500:
         return Retry(detail)
     return Failed(detail)
+
+
+def location_text(location: str, *, base: str) -> str:
+    """A Location header as `scheme://host[:port]/path` (relative to `base`): the query,
+    fragment and user info, which may carry tokens, are left out."""
+    try:
+        parts = urlsplit(urljoin(base, location.strip()))
+    except ValueError:
+        return "an unreadable Location"
+    host = parts.netloc.rpartition("@")[2]
+    if not (parts.scheme and host):
+        return "an unreadable Location"
+    return excerpt(f"{parts.scheme}://{host}{parts.path}")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The URL and its path and query, for channels whose whole URL is a secret: a
+    Location or body echoing the path on another scheme or host stays redacted."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    return [url, *(p for p in (parts.path, parts.query) if len(p) > 1)]
 
 
 def excerpt(text: str, limit: int = 200) -> str:

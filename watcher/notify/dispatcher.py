@@ -12,6 +12,8 @@ the last process stopped. Policy is decided here, once, from the channels' resul
   back-off (uniform in [0, min(retry_max_delay, retry_base_delay * 2^(attempt-1))]);
 - `Failed` (a permanent error), the `max_attempts`-th failure, or a retry that would fall
   past `max_age` after the alert was queued -> dead letter (kept, counted, replayable).
+
+A result's `reason` (a redirect, an implausible 2xx) is logged and passed to the observer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Literal
 import structlog
 
 from watcher.clock import Clock
-from watcher.notify.base import Channel, Failed, Result, Retry, Sent
+from watcher.notify.base import Channel, Failed, Result, Retry, Sent, Unconfirmed
 from watcher.notify.ratelimit import TokenBucket
 from watcher.notify.router import parse_key
 from watcher.store.base import Delivery, Store
@@ -33,8 +35,9 @@ from watcher.store.base import Delivery, Store
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["sent", "failed", "dead"]
-ResultObserver = Callable[[str, Outcome, float], None]
-"""Called after every attempt with the channel name, the outcome and the seconds it took."""
+ResultObserver = Callable[[str, Outcome, float, Unconfirmed | None], None]
+"""Called after every attempt with the channel name, the outcome, the seconds it took and
+why an answer that looked like success was not taken as one (or None)."""
 
 
 @dataclass(eq=False)
@@ -185,7 +188,7 @@ class Dispatcher:
             log.error(
                 "alert_dead", channel=delivery.channel, event_id=delivery.event.id, error=error
             )
-            self._observe(delivery.channel.split(":", 1)[0], "dead", 0.0)
+            self._observe(delivery.channel.split(":", 1)[0], "dead", 0.0, None)
 
     def _tasks(self) -> set[asyncio.Task[None]]:
         return {task for lane in self._lanes.values() for task in lane.inflight.values()}
@@ -256,10 +259,12 @@ class Dispatcher:
         if isinstance(result, Sent):
             await self._store.mark_delivered(event.id, delivery.channel, at=now)
             log.info("alert_sent", attempt=attempt, detail=result.detail or None, **fields)
-            self._observe(name, "sent", seconds)
+            self._observe(name, "sent", seconds, None)
             return
         config = lane.channel.config
         error = result.error
+        if result.reason is not None:
+            fields["reason"] = result.reason
         next_at: float | None = None
         if isinstance(result, Failed):
             error = f"permanent: {error}"
@@ -276,7 +281,7 @@ class Dispatcher:
         )
         if next_at is None:
             log.error("alert_dead", attempt=attempt, error=error, **fields)
-            self._observe(name, "dead", seconds)
+            self._observe(name, "dead", seconds, result.reason)
         else:
             log.warning(
                 "alert_retry",
@@ -285,12 +290,14 @@ class Dispatcher:
                 retry_in=round(next_at - now, 3),
                 **fields,
             )
-            self._observe(name, "failed", seconds)
+            self._observe(name, "failed", seconds, result.reason)
 
-    def _observe(self, channel: str, outcome: Outcome, seconds: float) -> None:
+    def _observe(
+        self, channel: str, outcome: Outcome, seconds: float, reason: Unconfirmed | None
+    ) -> None:
         if self._on_result is None:
             return
         try:
-            self._on_result(channel, outcome, seconds)
+            self._on_result(channel, outcome, seconds, reason)
         except Exception:
             log.exception("observer_failed", channel=channel)

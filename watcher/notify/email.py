@@ -136,7 +136,10 @@ class EmailChannel:
                     await smtp.quit()
             smtp.close()
         if refused:
-            return Sent("refused by the server: " + ", ".join(sorted(refused)))
+            # Accepted for the other recipients: a retry would mail them all again, for an
+            # address that is wrong (5xx) or full (4xx) for hours. Documented in alerts.md.
+            named = (f"{a} ({r.code} {excerpt(r.message)})" for a, r in sorted(refused.items()))
+            return Sent("refused by the server: " + ", ".join(named))
         return Sent()
 
     async def close(self) -> None:

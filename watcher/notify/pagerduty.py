@@ -46,6 +46,18 @@ def dedup_key(event: Event) -> str:
     return key
 
 
+def pagerduty_accepts(status: int, body: str) -> str | None:
+    """The Events API v2 answers 202 with `{"status": "success", ...}`: a 2xx without it
+    (a proxy's page, an empty body) is not an acceptance."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        answer = None
+    if isinstance(answer, dict) and answer.get("status") == "success":
+        return None
+    return 'PagerDuty answers {"status": "success"}'
+
+
 class PagerDutyChannel:
     def __init__(self, name: str, config: PagerDutyChannelConfig, *, clock: Clock) -> None:
         self._name = name
@@ -57,7 +69,10 @@ class PagerDutyChannel:
             field=f"channels.{name}.summary_template",
         )
         self._http = HttpPoster(
-            timeout=config.timeout, clock=clock, secrets=[config.routing_key.get_secret_value()]
+            timeout=config.timeout,
+            clock=clock,
+            secrets=[config.routing_key.get_secret_value()],
+            accept=pagerduty_accepts,
         )
 
     @property

@@ -1,6 +1,11 @@
 """Which channels an event goes to: a pure function of the event, the configuration, the
 job's settings and the time (for silences). See docs/alerts.md for the semantics.
 
+Routes and silences are compiled once, at start, into an immutable `RoutingTable`. Routing
+runs inside the commit of a poll cycle, so `router_for` never lets an error out: an event
+whose routes cannot be evaluated goes to every channel instead (a duplicate page beats a
+missed one), logged as `routing_failed` and counted.
+
 Outbox channel keys are plain strings: a configured channel's name (`slack-oncall`), or for
 an address from a job's own `email_notifications` the email channel's name, a colon and the
 address (`smtp:alice@example.com`), so each recipient has its own delivery state.
@@ -8,15 +13,22 @@ address (`smtp:alice@example.com`), so each recipient has its own delivery state
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
+
+import structlog
 
 from watcher.clock import Clock
-from watcher.config import Config, RouteMatch
+from watcher.config import Config, JobMatch, RouteMatch
 from watcher.databricks.models import JobEmailNotifications, JobSettings, WebhookNotifications
 from watcher.events import Event, EventType
+from watcher.notify.base import excerpt
 from watcher.notify.config import ADDRESS, BaseChannelConfig, EmailChannelConfig
+
+log = structlog.get_logger(__name__)
 
 # Databricks' notification keys for each event type. Databricks counts canceled and skipped
 # runs as unsuccessful: they go to on_failure unless the job's no_alert_for_canceled_runs /
@@ -41,17 +53,53 @@ class Routing:
     silenced: list[str] = field(default_factory=list)
 
 
-def matches(match: RouteMatch, event: Event) -> bool:
-    """Every criterion given must hold; lists match when any element does."""
-    if match.workspaces and event.workspace not in match.workspaces:
-        return False
-    if match.event_types and event.type not in match.event_types:
-        return False
-    if match.triggers and event.run.trigger not in match.triggers:
-        return False
-    if match.run_types and event.run.run_type not in match.run_types:
-        return False
-    return match.matches(event.job.job_id, event.job.name, event.job.tags)
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A compiled `RouteMatch`: every criterion given must hold; sets match when any
+    element does. The job criteria are a private copy of the configured ones."""
+
+    workspaces: frozenset[str]
+    event_types: frozenset[str]
+    triggers: frozenset[str]
+    run_types: frozenset[str]
+    job: JobMatch
+
+    @classmethod
+    def of(cls, match: RouteMatch) -> Match:
+        return cls(
+            workspaces=frozenset(match.workspaces),
+            event_types=frozenset(match.event_types),
+            triggers=frozenset(match.triggers),
+            run_types=frozenset(match.run_types),
+            job=match.model_copy(deep=True),
+        )
+
+    def __call__(self, event: Event) -> bool:
+        if self.workspaces and event.workspace not in self.workspaces:
+            return False
+        if self.event_types and event.type not in self.event_types:
+            return False
+        if self.triggers and event.run.trigger not in self.triggers:
+            return False
+        if self.run_types and event.run.run_type not in self.run_types:
+            return False
+        return self.job.matches(event.job.job_id, event.job.name, event.job.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: Callable[[Event], bool]
+    channels: tuple[str, ...]
+    continue_: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    match: Callable[[Event], bool]
+    starts_at: float
+    """Epoch seconds, inclusive."""
+    ends_at: float
+    """Epoch seconds, exclusive."""
 
 
 def address_key(channel: str, address: str) -> str:
@@ -79,72 +127,139 @@ def job_email_channels(config: Config) -> list[str]:
     return marked or list(emails)[:1]
 
 
-def _job_channels(event: Event, config: Config, settings: JobSettings) -> list[str]:
-    key = JOB_NOTIFICATION_KEYS.get(event.type)
-    if key is None:
-        return []
-    found: list[str] = []
-    hooks = settings.webhook_notifications or WebhookNotifications()
-    for hook in getattr(hooks, key):
-        if hook.id in config.destinations:
-            found.append(config.destinations[hook.id])
-    emails = settings.email_notifications or JobEmailNotifications()
-    addresses: dict[str, str] = {}
-    for address in getattr(emails, key):
-        address = address.strip()
-        if ADDRESS.match(address):
-            addresses.setdefault(address.lower(), address)
-    for channel in job_email_channels(config):
-        found.extend(address_key(channel, a) for a in addresses.values())
-    return found
+def _epoch(moment: datetime, where: str) -> float:
+    if moment.tzinfo is None:
+        # The configuration asks for a time zone; one without is read as UTC rather than
+        # compared with aware times later (which raises).
+        log.warning("silence_without_time_zone", silence=where, read_as="UTC")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
-def silenced_by(event: Event, config: Config, now: datetime) -> list[int]:
-    """Indexes of the silences active at `now` that match the event."""
-    return [
-        i
-        for i, silence in enumerate(config.silences)
-        if silence.starts_at <= now < silence.ends_at and matches(silence.match, event)
-    ]
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """Routes, silences and channels compiled from a configuration, immutable."""
+
+    channels: Mapping[str, BaseChannelConfig]
+    routes: tuple[Route, ...]
+    silences: tuple[Silence, ...] = ()
+    destinations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    job_emails: tuple[str, ...] | None = None
+    """Email channels carrying jobs' own addresses; None unless honour_job_notifications."""
+
+    @classmethod
+    def compile(cls, config: Config) -> RoutingTable:
+        """Raises for a configuration that cannot be compiled: at start, not per event."""
+        routes = [Route(Match.of(r.match), tuple(r.channels), r.continue_) for r in config.routes]
+        return cls(
+            channels=MappingProxyType(dict(config.channels)),
+            # Without routes every channel gets every event it accepts.
+            routes=tuple(routes) or (Route(lambda _: True, tuple(config.channels)),),
+            silences=tuple(
+                Silence(
+                    Match.of(s.match),
+                    _epoch(s.starts_at, f"silences.{i}.starts_at"),
+                    _epoch(s.ends_at, f"silences.{i}.ends_at"),
+                )
+                for i, s in enumerate(config.silences)
+            ),
+            destinations=MappingProxyType(dict(config.destinations)),
+            job_emails=tuple(job_email_channels(config))
+            if config.honour_job_notifications
+            else None,
+        )
+
+    def route(self, event: Event, job_settings: JobSettings | None, now: float) -> Routing:
+        """Routes are tried in order; the first that matches decides, unless it says
+        `continue`, in which case later routes may add channels. With
+        honour_job_notifications, the job's own webhook destinations (mapped through
+        `destinations`) and email addresses are added. Channels that cannot express the
+        event type are dropped; an active matching silence holds everything back."""
+        wanted: list[str] = []
+        for rule in self.routes:
+            if rule.match(event):
+                wanted.extend(rule.channels)
+                if not rule.continue_:
+                    break
+        if self.job_emails is not None and job_settings is not None:
+            wanted.extend(self._job_channels(event, job_settings))
+        keys: list[str] = []
+        for key in dict.fromkeys(wanted):
+            parsed = parse_key(key, self.channels)
+            if parsed is not None and self.channels[parsed[0]].accepts(event.type):
+                keys.append(key)
+        if keys and any(s.starts_at <= now < s.ends_at and s.match(event) for s in self.silences):
+            return Routing(silenced=keys)
+        return Routing(channels=keys)
+
+    def everyone(self, event: Event) -> list[str]:
+        """Every configured channel that can express the event (every channel at all when
+        even that cannot be decided): where an event goes when routing it failed."""
+        try:
+            return [n for n, c in self.channels.items() if c.accepts(event.type)]
+        except Exception:
+            return list(self.channels)
+
+    def _job_channels(self, event: Event, settings: JobSettings) -> list[str]:
+        key = JOB_NOTIFICATION_KEYS.get(event.type)
+        if key is None:
+            return []
+        found: list[str] = []
+        hooks = settings.webhook_notifications or WebhookNotifications()
+        for hook in getattr(hooks, key):
+            if hook.id in self.destinations:
+                found.append(self.destinations[hook.id])
+        emails = settings.email_notifications or JobEmailNotifications()
+        addresses: dict[str, str] = {}
+        for address in getattr(emails, key):
+            address = address.strip()
+            if ADDRESS.match(address):
+                addresses.setdefault(address.lower(), address)
+        for channel in self.job_emails or ():
+            found.extend(address_key(channel, a) for a in addresses.values())
+        return found
 
 
 def route(
     event: Event, *, config: Config, job_settings: JobSettings | None, now: datetime
 ) -> Routing:
-    """Routes are tried in order; the first that matches decides, unless it says `continue`,
-    in which case later routes may add channels. Without any routes every channel gets every
-    event it accepts. With honour_job_notifications, the job's own webhook destinations
-    (mapped through `destinations`) and email addresses are added. Channels that cannot
-    express the event type are dropped; an active matching silence holds everything back."""
-    wanted: list[str] = []
-    if not config.routes:
-        wanted.extend(config.channels)
-    for rule in config.routes:
-        if matches(rule.match, event):
-            wanted.extend(rule.channels)
-            if not rule.continue_:
-                break
-    if config.honour_job_notifications and job_settings is not None:
-        wanted.extend(_job_channels(event, config, job_settings))
-    keys: list[str] = []
-    for key in dict.fromkeys(wanted):
-        parsed = parse_key(key, config.channels)
-        if parsed is not None and config.channels[parsed[0]].accepts(event.type):
-            keys.append(key)
-    if keys and silenced_by(event, config, now):
-        return Routing(silenced=keys)
-    return Routing(channels=keys)
+    """`RoutingTable.route` of a configuration at one moment (compiling it each call)."""
+    return RoutingTable.compile(config).route(event, job_settings, now.timestamp())
 
 
 def router_for(
-    config: Config, *, clock: Clock
+    config: Config, *, clock: Clock, on_failure: Callable[[], None] | None = None
 ) -> Callable[[Event, JobSettings | None], tuple[list[str], list[str]]]:
-    """`route` bound to a configuration and a clock, in the shape the pipeline calls:
-    (event, job settings) -> (channels, silenced)."""
+    """The routing table of `config`, compiled now, bound to a clock, in the shape the
+    pipeline calls: (event, job settings) -> (channels, silenced). It never raises: when an
+    event's routes cannot be evaluated, the event goes to `RoutingTable.everyone`
+    (silences ignored), logged as `routing_failed` and reported to `on_failure`."""
+    return table_router(RoutingTable.compile(config), clock=clock, on_failure=on_failure)
+
+
+def table_router(
+    table: RoutingTable, *, clock: Clock, on_failure: Callable[[], None] | None = None
+) -> Callable[[Event, JobSettings | None], tuple[list[str], list[str]]]:
+    """`router_for` of an already compiled table."""
 
     def route_event(event: Event, job_settings: JobSettings | None) -> tuple[list[str], list[str]]:
-        now = datetime.fromtimestamp(clock.time(), UTC)
-        routing = route(event, config=config, job_settings=job_settings, now=now)
+        try:
+            routing = table.route(event, job_settings, clock.time())
+        except Exception as exc:
+            channels = table.everyone(event)
+            with contextlib.suppress(Exception):
+                log.error(
+                    "routing_failed",
+                    event_id=event.id,
+                    type=str(event.type),
+                    error_type=type(exc).__name__,
+                    error=excerpt(str(exc), 500),
+                    channels=channels,
+                )
+            if on_failure is not None:
+                with contextlib.suppress(Exception):
+                    on_failure()
+            return channels, []
         return routing.channels, routing.silenced
 
     return route_event

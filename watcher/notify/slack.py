@@ -8,7 +8,7 @@ from typing import Any
 
 from watcher.clock import Clock
 from watcher.events import Event
-from watcher.notify.base import Failed, Result
+from watcher.notify.base import Failed, Result, url_secrets
 from watcher.notify.config import SlackChannelConfig
 from watcher.notify.http import HttpPoster
 from watcher.notify.templates import Template, context
@@ -18,6 +18,13 @@ HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
 TEXT_LIMIT = 3000
 URL_LIMIT = 3000
+
+
+def slack_accepts(status: int, body: str) -> str | None:
+    """Slack's incoming webhooks answer 200 with the body `ok` (errors are 4xx/5xx with a
+    code such as `invalid_payload`): any other 2xx, an HTML page of a proxy or a login
+    portal, did not come from Slack. Slack-compatible servers (Mattermost) answer `ok` too."""
+    return None if body.strip() == "ok" else "Slack answers `ok`"
 
 
 def _plain(text: str) -> dict[str, str]:
@@ -36,7 +43,10 @@ class SlackChannel:
             field=f"channels.{name}.text_template",
         )
         self._http = HttpPoster(
-            timeout=config.timeout, clock=clock, secrets=[config.url.get_secret_value()]
+            timeout=config.timeout,
+            clock=clock,
+            secrets=url_secrets(config.url.get_secret_value()),
+            accept=slack_accepts,
         )
 
     @property

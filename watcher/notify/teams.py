@@ -8,7 +8,7 @@ from typing import Any
 
 from watcher.clock import Clock
 from watcher.events import Event, EventType
-from watcher.notify.base import Failed, Result
+from watcher.notify.base import Failed, Result, url_secrets
 from watcher.notify.config import TeamsChannelConfig
 from watcher.notify.http import HttpPoster
 from watcher.notify.templates import Template, context
@@ -26,6 +26,16 @@ _COLOURS: dict[str, str] = {
 }
 
 
+def teams_accepts(status: int, body: str) -> str | None:
+    """A Workflows webhook answers 202 Accepted (empty body); the retired Office 365
+    connectors answered 200 with `1`, and their errors as 200 with a message. So 202, or
+    any 2xx with an empty body or `1`; a 2xx with another body (a proxy's HTML page, a
+    connector's error text) is not an acceptance."""
+    if status == 202 or body.strip() in ("", "1"):
+        return None
+    return "Workflows answer 202, connectors `1`"
+
+
 class TeamsChannel:
     def __init__(self, name: str, config: TeamsChannelConfig, *, clock: Clock) -> None:
         self._name = name
@@ -37,7 +47,10 @@ class TeamsChannel:
             field=f"channels.{name}.text_template",
         )
         self._http = HttpPoster(
-            timeout=config.timeout, clock=clock, secrets=[config.url.get_secret_value()]
+            timeout=config.timeout,
+            clock=clock,
+            secrets=url_secrets(config.url.get_secret_value()),
+            accept=teams_accepts,
         )
 
     @property
