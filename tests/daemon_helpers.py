@@ -333,7 +333,8 @@ EXPECTED_EVENTS = frozenset(
         ("run_failed", "flaky-1"),
         ("run_started", "flaky-2"),
         ("run_succeeded", "flaky-2"),
-        ("job_recovered", "flaky-2"),
+        # Named after the failure it answers (its id is flaky-1's), sent when flaky-2 succeeds.
+        ("job_recovered", "flaky-1"),
         ("run_started", "slow"),
         ("run_duration_exceeded", "slow"),
         ("run_succeeded", "slow"),

@@ -15,9 +15,7 @@ from watcher.simulator import Simulator
 def config(host: str, token: str, channels: dict[str, Any]) -> Config:
     return Config.model_validate(
         {
-            "workspaces": [
-                {"name": "prod", "host": host, "auth": {"type": "pat", "token": token}}
-            ],
+            "workspaces": [{"name": "prod", "host": host, "auth": {"type": "pat", "token": token}}],
             "channels": channels,
         }
     )

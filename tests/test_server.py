@@ -16,10 +16,10 @@ from tests.conftest import TOKEN
 from watcher.app import Daemon, build, close, run_once, serve
 from watcher.clock import ManualClock
 from watcher.config import Config
-from watcher.databricks import ApiError
+from watcher.databricks import ApiError, RetryBudgetExceeded
 from watcher.poller import run_poll_loop
 from watcher.server import STUCK_AFTER_CYCLES, Probes, StatusServer
-from watcher.simulator import Simulator
+from watcher.simulator import Fault, Simulator
 
 
 @pytest.fixture
@@ -32,6 +32,7 @@ async def daemon(sim: Simulator, clock: ManualClock, tmp_path: Path) -> AsyncIte
                     "host": sim.url,
                     "poll_interval": 30,
                     "auth": {"type": "pat", "token": TOKEN},
+                    "requests_per_second": 1000,
                 },
             ],
             "store": {"path": str(tmp_path / "s.db")},
@@ -171,3 +172,20 @@ async def test_healthz_fails_when_a_workspace_loop_cannot_make_progress(
     assert "workspace prod" in body
     assert "store unreadable" in body
     assert await cycles(None) == 200
+
+
+async def test_status_shows_an_outage_while_the_client_retries(
+    daemon: Daemon, sim: Simulator
+) -> None:
+    """While the API keeps failing, /status names the problem being retried (not only
+    after the retry budget); the first answer clears it."""
+    sim.faults.add(Fault(kind="status", status=503, times=None))
+    with pytest.raises(RetryBudgetExceeded):
+        await run_once(daemon)
+    data = json.loads((await _get(daemon, "/status"))[2])
+    assert "HTTP 503" in data["workspaces"][0]["retrying"]
+    assert data["workspaces"][0]["retrying_since"] is not None
+    sim.faults.clear()
+    await run_once(daemon)
+    data = json.loads((await _get(daemon, "/status"))[2])
+    assert data["workspaces"][0]["retrying"] is None

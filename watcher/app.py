@@ -34,13 +34,17 @@ from watcher.notify.router import router_for
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
 from watcher.server import Probes, StatusServer, WorkspaceHealth
-from watcher.store.base import CycleCommit, Store
+from watcher.store.base import CycleCommit, Store, StoreError
 from watcher.store.sqlite import SQLiteStore
 
 log = structlog.get_logger(__name__)
 
 PRUNE_EVERY = 3600.0
 OUTBOX_STATS_EVERY = 5.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why in one line."""
 
 
 def make_auth(workspace: WorkspaceConfig, clock: Clock) -> Auth:
@@ -102,6 +106,9 @@ class Daemon:
                     "last_success_at": p.status.last_success_at,
                     "consecutive_failures": p.status.consecutive_failures,
                     "last_error": p.status.last_error,
+                    # An outage under way, before the retry budget gives up on the cycle.
+                    "retrying": client.retrying,
+                    "retrying_since": client.retrying_since,
                     "cycles": p.status.cycles,
                     "last_sweep_at": p.status.last_sweep_at,
                     "last_sweep_seconds": p.status.last_sweep_seconds,
@@ -109,7 +116,7 @@ class Daemon:
                         (await self.store.workspace_state(p.workspace)).active_run_ids
                     ),
                 }
-                for p in self.pollers
+                for p, client in zip(self.pollers, self.clients, strict=True)
             ],
             "outbox_pending": stats.pending,
             "dead_letters": stats.dead,
@@ -135,11 +142,15 @@ async def build(
     store: Store | None = None,
     console: TextIO | None = None,
     dry_run: bool = False,
+    accept_new_state: bool = False,
+    retry_budget: float | None = None,
 ) -> Daemon:
     """Open the store and build clients, pollers, the pipeline, channels, the dispatcher
     and metrics (nothing runs yet). A store that cannot be opened raises StoreError naming
     the database; a bad channel template raises naming its field. With `dry_run`, cycles
-    decide their events but commit nothing."""
+    decide their events but commit nothing. `accept_new_state` opens an empty database
+    file (a lost state) anyway; `retry_budget` caps every workspace's (for one-shot
+    commands that must fail fast)."""
     clock = clock or SystemClock()
     metrics = Metrics(
         registry=registry or CollectorRegistry(auto_describe=True),
@@ -147,10 +158,29 @@ async def build(
         jobs=config.metrics.jobs,
     )
     channels = build_channels(config, clock=clock, stream=console)
-    store = store or await SQLiteStore.open(config.store.path)
+    store = store or await SQLiteStore.open(config.store.path, accept_new_state=accept_new_state)
+    try:
+        metrics.restore(await store.job_times())
+        return _assemble(config, store, metrics, channels, clock, dry_run, retry_budget)
+    except BaseException:
+        # A half-built daemon must not keep the store's thread (and the process) alive.
+        await store.close()
+        await close_channels(channels)
+        raise
+
+
+def _assemble(
+    config: Config,
+    store: Store,
+    metrics: Metrics,
+    channels: dict[str, Channel],
+    clock: Clock,
+    dry_run: bool,
+    retry_budget: float | None,
+) -> Daemon:
+    """The daemon's parts around an open store and built channels."""
     if dry_run:
         store = cast(Store, _DryRun(store))
-    metrics.restore(await store.job_times())
     dispatcher = Dispatcher(
         store=store, channels=channels, clock=clock, on_result=metrics.observe_delivery
     )
@@ -165,12 +195,16 @@ async def build(
         health_rules=config.health_rules,
         startup=config.startup,
         clock=clock,
-        route=router_for(config, clock=clock),
+        route=router_for(config, clock=clock, on_failure=metrics.observe_routing_failure),
         on_commit=committed,
     )
     clients: list[JobsClient] = []
     pollers: list[Poller] = []
     for workspace in config.workspaces:
+        if retry_budget is not None:
+            workspace = workspace.model_copy(
+                update={"retry_budget": min(workspace.retry_budget, retry_budget)}
+            )
         client = make_client(workspace, metrics.attempt_hook(workspace.name), clock)
         clients.append(client)
         pollers.append(
@@ -221,7 +255,14 @@ async def serve(
         clock=clock,
         ready_after_missed_polls=config.server.ready_after_missed_polls,
     )
-    await daemon.server.start(config.server.host, config.server.port)
+    try:
+        await daemon.server.start(config.server.host, config.server.port)
+    except OSError as err:
+        # Nothing runs yet: close what build() opened (the store's thread would keep the
+        # process alive) and say which address, so Kubernetes sees an exit, not a hang.
+        await close(daemon)
+        where = f"{config.server.host}:{config.server.port}"
+        raise StartupError(f"cannot serve on {where}: {err.strerror or err}") from None
     inner_stop = asyncio.Event()
 
     loops = [
@@ -292,7 +333,17 @@ async def close(daemon: Daemon) -> None:
 async def _housekeeping(daemon: Daemon, clock: Clock, stop: asyncio.Event) -> None:
     """Keep the outbox gauges fresh and prune the database now and then."""
     last_prune = float("-inf")
+    store_problem: str | None = None
     while not stop.is_set():
+        # /readyz reports a lost database; the log says so once, when it happens.
+        try:
+            await daemon.store.ping()
+            problem = None
+        except StoreError as exc:
+            problem = str(exc)
+        if problem is not None and problem != store_problem:
+            log.error("store_unavailable", error=problem)
+        store_problem = problem
         daemon.metrics.set_outbox(await daemon.store.outbox_stats())
         if clock.monotonic() - last_prune >= PRUNE_EVERY:
             last_prune = clock.monotonic()

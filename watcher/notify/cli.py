@@ -17,7 +17,8 @@ StoreOpener = Callable[[Config], Awaitable[Store]]
 async def _open_sqlite(config: Config) -> Store:
     from watcher.store.sqlite import SQLiteStore
 
-    return await SQLiteStore.open(config.store.path)
+    # A mistyped store.path must not create an empty database and report "0 dead letters".
+    return await SQLiteStore.open(config.store.path, create=False)
 
 
 async def test_alert(config: Config, channel: str, out: TextIO) -> int:
@@ -38,19 +39,22 @@ async def dead_letters(
     *,
     open_store: StoreOpener = _open_sqlite,
 ) -> int:
-    """`list` prints the dead letters; `retry` requeues them (all, or the given events)."""
+    """`list` prints the dead letters, `retry` requeues them: all, or those of the given
+    events. Exit code 1 when given events have no dead letter (a mistyped id says so)."""
+    wanted = list(event_ids) if event_ids else None
     store = await open_store(config)
     try:
         if action == "list":
-            lines = await list_dead_letters(store)
+            lines = await list_dead_letters(store, event_ids=wanted)
             for line in lines:
                 print(line, file=out)
             print(f"dead letters: {max(0, len(lines) - 1)}", file=out)
-            return 0
-        count = await retry_dead_letters(
-            store, now=time.time(), event_ids=list(event_ids) if event_ids else None
-        )
+            return 1 if wanted and not lines else 0
+        count = await retry_dead_letters(store, now=time.time(), event_ids=wanted)
         print(f"requeued: {count} (the running watcher delivers them)", file=out)
+        if wanted and count == 0:
+            print("watcher: no dead letter has those event ids (see: alerts list)", file=out)
+            return 1
         return 0
     finally:
         await store.close()

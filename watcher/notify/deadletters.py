@@ -22,9 +22,14 @@ def describe(delivery: Delivery) -> str:
     return _ROW.format(event.id, channel, event.type, delivery.attempts, queued, f"{job}: {error}")
 
 
-async def list_dead_letters(store: Store, *, limit: int = 1000) -> list[str]:
-    """The dead letters as printable lines (header first), oldest first."""
+async def list_dead_letters(
+    store: Store, *, event_ids: Collection[str] | None = None, limit: int = 1000
+) -> list[str]:
+    """The dead letters (all, or those of `event_ids`) as printable lines (header first),
+    oldest first."""
     deliveries = await store.dead_letters(limit=limit)
+    if event_ids is not None:
+        deliveries = [d for d in deliveries if d.event.id in event_ids]
     return [HEADER, *(describe(d) for d in deliveries)] if deliveries else []
 
 
