@@ -75,6 +75,7 @@ def make_client(workspace: WorkspaceConfig, hooks: ClientHooks, clock: Clock) ->
         on_attempt=hooks,
         on_reject=hooks.item_rejected,
         on_date_missing=hooks.date_header_missing,
+        workspace=workspace.name,
     )
 
 

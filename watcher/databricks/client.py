@@ -183,6 +183,7 @@ class JobsClient:
         on_attempt: AttemptHook | None = None,
         on_reject: RejectHook | None = None,
         on_date_missing: DateMissingHook | None = None,
+        workspace: str | None = None,
     ) -> None:
         if api_version not in API_VERSIONS:
             raise ValueError(f"unsupported api_version {api_version!r}")
@@ -197,6 +198,8 @@ class JobsClient:
         self._on_attempt = on_attempt
         self._on_reject = on_reject
         self._on_date_missing = on_date_missing
+        # Which workspace this client serves, in every log line it writes.
+        self._log = log.bind(workspace=workspace) if workspace else log
         self._date_warned = False
         self._throttler = throttler_for(requests_per_second)
         self._session: aiohttp.ClientSession | None = None
@@ -468,7 +471,7 @@ class JobsClient:
                         if maximum := self._stated_maximum(endpoint, params, status, message):
                             # Not a failure of the call: ask again at once, and from now
                             # on, for no more than the server allows.
-                            log.warning(
+                            self._log.warning(
                                 "api_page_size_reduced",
                                 endpoint=endpoint,
                                 sent=params["limit"],
@@ -491,7 +494,7 @@ class JobsClient:
             # will not heal within the budget.
             if waited + delay > self._retry.budget or malformed > 1:
                 self._report(endpoint, code, started, False, throttled)
-                log.warning(
+                self._log.warning(
                     "api_retry_budget_exhausted",
                     host=self.host,
                     endpoint=endpoint,
@@ -506,7 +509,7 @@ class JobsClient:
                 self.retrying_since = self._clock.time()
             self.retrying = f"{endpoint}: {problem}"
             # One retry is routine; a second in a row is an outage worth seeing at WARNING.
-            log.log(
+            self._log.log(
                 logging.INFO if attempts == 1 else logging.WARNING,
                 "api_retry",
                 host=self.host,
@@ -580,7 +583,7 @@ class JobsClient:
         item_id = read("run_id" if kind == "run" else "job_id")
         job_id = read("job_id")
         item = RejectedItem(endpoint, kind, item_id, job_id, _item_detail(exc))
-        log.warning(
+        self._log.warning(
             "api_item_rejected",
             endpoint=endpoint,
             kind=kind,
@@ -612,7 +615,7 @@ class JobsClient:
                 self._on_date_missing()
             if not self._date_warned:
                 self._date_warned = True
-                log.warning("api_date_header_missing", host=self.host)
+                self._log.warning("api_date_header_missing", host=self.host)
             return
         # Date has whole-second resolution (truncated), so its midpoint is +0.5 s; the
         # answer was produced between sending and now.
