@@ -176,6 +176,7 @@ async def test_one_poisoned_run_is_left_out_of_its_page(stub: Stub, clock: Manua
         {
             "event": "api_item_rejected",
             "log_level": "warning",
+            "workspace": "ws",
             "endpoint": "runs/list",
             "kind": "run",
             "item_id": 125,

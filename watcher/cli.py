@@ -8,12 +8,13 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from watcher import __version__
 from watcher.config import Config, ConfigError, load_config
+from watcher.databricks.errors import DatabricksError
 from watcher.logs import configure_logging
 from watcher.store.base import StoreError
 
@@ -29,25 +30,43 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "-c",
-            "--config",
-            type=Path,
-            default=os.environ.get("WATCHER_CONFIG"),
-            required="WATCHER_CONFIG" not in os.environ,
-            help="configuration file (default: $WATCHER_CONFIG)",
-        )
+        _config_option(sub)
         return sub
 
-    with_config("run", "run the daemon until SIGTERM/SIGINT")
+    run = with_config("run", "run the daemon until SIGTERM/SIGINT")
+    run.add_argument(
+        "--accept-new-state",
+        action="store_true",
+        help="start even when the database file is empty (its state, pending alerts "
+        "included, was lost): begin anew",
+    )
     with_config("check-config", "validate a configuration file (exit 0 valid, 2 invalid)")
     once = with_config("once", "poll every workspace once and print the events as JSON lines")
     once.add_argument("--dry-run", action="store_true", help="decide events but commit nothing")
     test_alert = with_config("test-alert", "send a clearly marked test alert through a channel")
     test_alert.add_argument("--channel", required=True, help="channel name from the config")
-    alerts = with_config("alerts", "inspect or replay dead-lettered alerts")
-    alerts.add_argument("action", choices=["list", "retry"], help="list dead letters or retry them")
-    alerts.add_argument("--event", action="append", help="only this event id (repeatable)")
+    doctor = with_config(
+        "doctor",
+        "check online what check-config cannot: each workspace answers, the credentials "
+        "work, every endpoint may be read, each channel's server can be reached "
+        "(exit 0 all good, 1 otherwise)",
+    )
+    doctor.add_argument(
+        "--send", action="store_true", help="also send a test alert through every channel"
+    )
+    alerts = commands.add_parser(
+        "alerts", help="inspect or replay dead-lettered alerts", description="Dead letters."
+    )
+    actions = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in [
+        ("list", "show the dead letters (all, or those of --event)"),
+        ("retry", "requeue dead letters for the running watcher: --event IDs, or --all"),
+    ]:
+        sub = actions.add_parser(action, help=text, description=text)
+        _config_option(sub)
+        sub.add_argument("--event", action="append", help="an event id (repeatable)")
+        if action == "retry":
+            sub.add_argument("--all", action="store_true", help="every dead letter")
 
     demo = commands.add_parser(
         "demo",
@@ -76,9 +95,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=os.environ.get("WATCHER_CONFIG"),
+        required="WATCHER_CONFIG" not in os.environ,
+        help="configuration file (default: $WATCHER_CONFIG)",
+    )
+
+
+def check_config(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """The configuration at `path`, checked as far as it can be without the network: the
+    file (`load_config`) and every channel built as `run` builds it, which compiles its
+    templates and renders them for every event type. Raises ConfigError, and nothing else,
+    whatever the file holds. Every command loads through here: what check-config accepts,
+    `run` starts with."""
+    from watcher.clock import SystemClock
+    from watcher.notify.channels import build_channel
+    from watcher.notify.templates import InvalidTemplate, template_errors
+
+    config = load_config(path, env=env)
+    errors = [e for name, c in config.channels.items() for e in template_errors(name, c)]
+    if errors:
+        raise ConfigError(errors)
+    for name, channel in config.channels.items():
+        try:
+            build_channel(name, channel, clock=SystemClock())
+        except InvalidTemplate as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
 def _load(path: Path, out: TextIO) -> Config | None:
     try:
-        return load_config(path)
+        return check_config(path)
     except ConfigError as exc:
         print(f"{path}: invalid configuration", file=out)
         for line in exc.errors:
@@ -93,25 +147,45 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, accept_new_state: bool) -> int:
     from watcher.app import build, serve
 
     stop = asyncio.Event()
     _stop_on_signals(stop)  # before build: a SIGTERM during start-up still stops cleanly
-    daemon = await build(config)
+    daemon = await build(config, accept_new_state=accept_new_state)
     return await serve(daemon, stop=stop)
 
 
-async def _once(config: Config, dry_run: bool) -> int:
-    from watcher.app import build, close, run_once
+# `once` is run by hand: an unreachable workspace should say so in seconds, not minutes.
+ONCE_RETRY_BUDGET = 10.0
 
-    daemon = await build(config, dry_run=dry_run)
+
+async def _once(config: Config, dry_run: bool) -> int:
+    from watcher.app import build, close
+
+    daemon = await build(config, dry_run=dry_run, retry_budget=ONCE_RETRY_BUDGET)
+    code = 0
     try:
-        for event in await run_once(daemon):
-            print(event.model_dump_json(exclude_none=True), flush=True)
+        for poller in daemon.pollers:
+            try:
+                events = await daemon.pipeline.handle(await poller.poll())
+            except DatabricksError as exc:
+                print(f"watcher: workspace {poller.workspace}: {exc}", file=sys.stderr)
+                code = 1
+                continue
+            for event in events:
+                print(event.model_dump_json(exclude_none=True), flush=True)
     finally:
         await close(daemon)
-    return 0
+    return code
+
+
+async def _doctor(config: Config, send: bool) -> int:
+    from watcher.doctor import diagnose, render
+
+    checks = await diagnose(config, send=send, out=sys.stdout)
+    print(render(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 async def _simulate(args: argparse.Namespace) -> int:
@@ -140,19 +214,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "simulate":
         return asyncio.run(_simulate(args))
     if command == "demo":
+        from watcher.app import StartupError
         from watcher.demo import run_demo
 
         configure_logging(level="WARNING", fmt="console")
-        return asyncio.run(
-            run_demo(
-                duration=args.duration,
-                speed=args.speed,
-                port=args.port,
-                jobs=args.jobs,
-                seed=args.seed,
-                out=sys.stdout,
+        try:
+            return asyncio.run(
+                run_demo(
+                    duration=args.duration,
+                    speed=args.speed,
+                    port=args.port,
+                    jobs=args.jobs,
+                    seed=args.seed,
+                    out=sys.stdout,
+                )
             )
-        )
+        except StartupError as exc:
+            print(f"watcher: {exc} (try --port 0)", file=sys.stderr)
+            return 1
     config = _load(args.config, sys.stderr)
     if config is None:
         return 2
@@ -163,21 +242,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     configure_logging(level=config.logging.level, fmt=config.logging.format)
+    from watcher.app import StartupError
+
     try:
-        if command == "run":
-            return asyncio.run(_run(config))
-        if command == "once":
-            return asyncio.run(_once(config, args.dry_run))
-        if command == "test-alert":
-            from watcher.notify.cli import test_alert
-
-            return asyncio.run(test_alert(config, args.channel, sys.stdout))
-        from watcher.notify.cli import dead_letters
-
-        return asyncio.run(dead_letters(config, args.action, args.event, sys.stdout))
-    except StoreError as exc:
+        code = _command(args, config)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return code
+    except (StoreError, StartupError) as exc:
         print(f"watcher: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `watcher alerts list | head`: the reader is gone, which is no error of ours.
+        # Python would complain again when flushing stdout at exit: point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _command(args: argparse.Namespace, config: Config) -> int:
+    command: str = args.command
+    if command == "run":
+        return asyncio.run(_run(config, args.accept_new_state))
+    if command == "once":
+        return asyncio.run(_once(config, args.dry_run))
+    if command == "doctor":
+        return asyncio.run(_doctor(config, args.send))
+    if command == "test-alert":
+        from watcher.notify.cli import test_alert
+
+        return asyncio.run(test_alert(config, args.channel, sys.stdout))
+    from watcher.notify.cli import dead_letters
+
+    if args.action == "retry" and not (args.event or args.all):
+        print("watcher: alerts retry needs --event ID (repeatable) or --all", file=sys.stderr)
+        return 2
+    return asyncio.run(dead_letters(config, args.action, args.event, sys.stdout))
 
 
 if __name__ == "__main__":

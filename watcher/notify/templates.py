@@ -18,8 +18,9 @@ from jinja2 import PackageLoader, StrictUndefined, TemplateError
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
-from watcher.databricks.models import Run, RunState
+from watcher.databricks.models import Run, RunState, RunTask
 from watcher.events import Event, EventType, JobRef, RuleRef
+from watcher.notify.config import BaseChannelConfig
 from watcher.notify.text import human_seconds, markdown_escape, one_line, slack_escape, truncate
 
 log = structlog.get_logger(__name__)
@@ -94,6 +95,38 @@ class Template:
                 # A template mistake must not cost the alert: fall back to the default text.
                 log.warning("template_failed", field=self._field, error=str(exc))
         return self._default.render(values)
+
+
+_CHANNEL_FLAVOURS: dict[str, Flavour] = {"slack": "slack", "teams": "markdown"}
+
+
+def template_errors(name: str, channel: BaseChannelConfig) -> list[str]:
+    """Why each configured template of channel `name` does not compile, or does not render
+    an event of every type, naming its field. `Template` itself checks one event and falls
+    back to the default text on a failure at runtime; check-config wants none of those:
+    `{{ rule.limit }}` renders a duration breach, but no failure (only breaches carry a
+    rule)."""
+    errors = []
+    for field, source in channel:
+        if not field.endswith("_template") or not isinstance(source, str):
+            continue
+        where = f"channels.{name}.{field}"
+        # The flavour the channel renders it in (see the channel modules); it decides the
+        # escaping, not whether a variable or filter exists.
+        kind = getattr(channel, "type", "")
+        flavour = "html" if field == "html_template" else _CHANNEL_FLAVOURS.get(kind, "text")
+        try:
+            compiled = _environment(flavour).from_string(source)
+        except TemplateError as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        for event in sample_events():
+            try:
+                compiled.render(context(event))
+            except TemplateError as exc:
+                errors.append(f"{where}: {exc} (rendering a {event.type} event)")
+                break
+    return errors
 
 
 def _url(value: str | None) -> str | None:
@@ -207,4 +240,44 @@ def sample_event() -> Event:
         ),
         rule=RuleRef(name="job", value=1800, source="job"),
         observed_seconds=3600.0,
+    )
+
+
+@functools.cache
+def sample_events() -> tuple[Event, ...]:
+    """An event of every type, shaped as the tracker makes them (a rule only on duration
+    breaches, failed tasks on failures, a detail on unreadables), to render configured
+    templates against: a template that renders all of them renders any event."""
+    base = sample_event()
+    ended = base.run.model_copy(update={"end_time": 1_704_070_800_000})
+    failed = ended.model_copy(
+        update={
+            "state": RunState(
+                life_cycle_state="TERMINATED", result_state="FAILED", state_message="boom"
+            ),
+            "tasks": [
+                RunTask(
+                    task_key="load",
+                    state=RunState(life_cycle_state="TERMINATED", result_state="FAILED"),
+                )
+            ],
+        }
+    )
+    succeeded = ended.model_copy(
+        update={"state": RunState(life_cycle_state="TERMINATED", result_state="SUCCESS")}
+    )
+    plain = {"rule": None, "observed_seconds": None}
+    shapes: dict[EventType, dict[str, Any]] = {
+        EventType.RUN_STARTED: plain,
+        EventType.RUN_SUCCEEDED: plain | {"run": succeeded},
+        EventType.RUN_FAILED: plain | {"run": failed, "raw_state": "FAILED"},
+        EventType.RUN_CANCELED: plain | {"run": failed, "raw_state": "CANCELED"},
+        EventType.RUN_SKIPPED: plain | {"run": failed, "raw_state": "SKIPPED"},
+        EventType.RUN_DURATION_EXCEEDED: {},
+        EventType.JOB_RECOVERED: plain | {"run": succeeded},
+        EventType.RUN_UNREADABLE: plain | {"detail": "state.result_state: unknown value"},
+        EventType.JOB_UNREADABLE: plain | {"detail": "settings.tags: not a mapping"},
+    }
+    return tuple(
+        base.model_copy(update={"type": kind, **shapes.get(kind, plain)}) for kind in EventType
     )

@@ -1,0 +1,131 @@
+"""The CLI as users run it (a real process): start-up failures exit at once with one clear
+line, `once` fails fast naming the workspace, `alerts` honours --event and never creates a
+database, a closed pipe is no error, `doctor` exits non-zero on a failed check."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.notify_fixtures import free_port
+
+
+def watcher(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, *, host: str, port: int = 0, extra: str = "") -> Path:
+    path = tmp_path / "watcher.yaml"
+    path.write_text(
+        f"workspaces:\n  - name: prod\n    host: {host}\n"
+        f"    auth: {{type: pat, token: dapi-not-real}}\n"
+        f"store: {{path: {tmp_path / 'state.db'}}}\n"
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"logging: {{format: json, level: WARNING}}\n{extra}"
+    )
+    return path
+
+
+def test_a_busy_port_makes_run_exit_at_once_naming_the_port(tmp_path: Path) -> None:
+    """With the metrics port taken, `watcher run` closes what it opened and exits 1 within
+    seconds (no traceback, no hang) with one line that names the address."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path, host="http://127.0.0.1:1", port=port)
+        began = time.monotonic()
+        result = watcher("run", "-c", str(config), timeout=30)
+        took = time.monotonic() - began
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert took < 10
+
+
+def test_an_empty_state_file_is_refused_unless_accepted(tmp_path: Path) -> None:
+    """An existing but empty database file is a lost state: `run` refuses it, saying how to
+    accept it (and `--accept-new-state` gets past that check)."""
+    config = write_config(tmp_path, host="http://127.0.0.1:1", port=free_port())
+    (tmp_path / "state.db").touch()
+    refused = watcher("run", "-c", str(config))
+    assert refused.returncode == 1
+    assert "--accept-new-state" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_once_against_an_unreachable_host_fails_fast_naming_the_workspace(
+    tmp_path: Path,
+) -> None:
+    """`watcher once` against a host nobody listens on answers within its 10 s retry
+    budget (plus start-up), exit 1, with the workspace named and no traceback."""
+    config_host = f"http://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, host=config_host)
+    began = time.monotonic()
+    result = watcher("once", "-c", str(config), timeout=60)
+    assert result.returncode == 1
+    assert "workspace prod" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - began < 30
+    # The retries along the way say which workspace and host, at WARNING from the second.
+    retries = [json.loads(line) for line in result.stderr.splitlines() if '"api_retry"' in line]
+    assert retries
+    assert {(r["workspace"], r["host"]) for r in retries} == {("prod", config_host)}
+
+
+def test_alerts_commands_never_create_a_database_and_say_when_nothing_matches(
+    tmp_path: Path,
+) -> None:
+    """A mistyped store path is an error, not "0 dead letters" over a new empty database;
+    `retry` needs --event or --all; an event id with no dead letter exits 1."""
+    config = write_config(tmp_path, host="http://127.0.0.1:1")
+    missing = watcher("alerts", "list", "-c", str(config))
+    assert missing.returncode == 1
+    assert "no database at" in missing.stderr
+    assert not (tmp_path / "state.db").exists()
+    assert watcher("once", "-c", str(config), "--dry-run").returncode == 1  # creates the db
+    assert watcher("alerts", "retry", "-c", str(config)).returncode == 2
+    bogus = watcher("alerts", "retry", "-c", str(config), "--event", "bogus")
+    assert bogus.returncode == 1
+    assert "requeued: 0" in bogus.stdout
+    listed = watcher("alerts", "list", "-c", str(config), "--event", "bogus")
+    assert listed.returncode == 1
+    assert "dead letters: 0" in listed.stdout
+
+
+def test_a_closed_pipe_is_no_error(tmp_path: Path) -> None:
+    """`watcher alerts list | head -0`: the reader is gone before anything is written;
+    the command ends quietly (exit 0), with no BrokenPipeError."""
+    config = write_config(tmp_path, host="http://127.0.0.1:1")
+    watcher("once", "-c", str(config), "--dry-run")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "watcher", "alerts", "list", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # no reader left: every write the child makes fails
+    _, stderr = process.communicate(timeout=60)
+    assert "BrokenPipe" not in stderr.decode()
+    assert process.returncode == 0
+
+
+def test_doctor_exits_non_zero_on_any_failed_check(tmp_path: Path) -> None:
+    """`watcher doctor` prints its table and exits 1 when a check fails (here: no server
+    where the workspace should be); the checks that pass say so beside it."""
+    host = f"http://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, host=host, extra="channels: {out: {type: console}}\n")
+    result = watcher("doctor", "-c", str(config))
+    assert result.returncode == 1
+    assert "✗ workspace prod" in result.stdout
+    assert "✔ channel out" in result.stdout
