@@ -1039,3 +1039,16 @@ async def test_ten_workspaces_one_failing_others_keep_cadence_nothing_lost() -> 
     ]
     assert len(unseen) >= 5
     assert all(store.runs[f"ws{failing}"][r.run_id].is_terminal for r in unseen)
+
+
+async def test_state_from_before_the_news_horizon_takes_its_watermarks_cut_off(
+    make_world: WorldFactory, clock: ManualClock
+) -> None:
+    """State written by a release that stored no news horizon: what ended after the
+    watermark's cut-off (watermark - completed_overlap - 2 s) is news, as that release's
+    walk would have seen it; nothing earlier is."""
+    w = await make_world(version="2.1")
+    old_watermark = w.ws.now_ms() - 60_000
+    w.store.watermark["ws"] = old_watermark
+    result = await w.cycle()
+    assert result.news_since_ms == old_watermark - 300_000 - 2_000

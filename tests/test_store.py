@@ -290,12 +290,12 @@ async def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_version_1_database_keeps_its_state_and_counts_the_past_as_history(
+async def test_a_version_1_database_keeps_its_state_and_gets_a_horizon_later(
     tmp_path: Path,
 ) -> None:
     """A database of the first schema (before repairs) is upgraded in place: its runs keep
-    repair 0, and everything before its watermark becomes history (news_since_ms = the
-    watermark), so the reconciliation sweep cannot page for runs from before the upgrade."""
+    repair 0, and its news horizon stays unset (the poller then uses the watermark's
+    cut-off, overlap included) until a commit sets it; after that it never moves back."""
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
     conn.executescript(MIGRATIONS[0])
@@ -310,19 +310,19 @@ async def test_a_version_1_database_keeps_its_state_and_counts_the_past_as_histo
     store = await SQLiteStore.open(path)
     try:
         state = await store.workspace_state("prod")
-        assert (state.watermark_ms, state.news_since_ms) == (1700000000000, 1700000000000)
+        assert (state.watermark_ms, state.news_since_ms) == (1700000000000, None)
         assert (await store.get_runs("prod", [42]))[42].repair == 0
         assert await store.terminal_ends("prod", [42, 43]) == {42: 1699999999000}
-        # The horizon never moves back: an older one in a commit changes nothing.
-        await store.commit_cycle(
-            CycleCommit(
-                workspace="prod",
-                watermark_ms=1700000060000,
-                committed_at=1.0,
-                news_since_ms=1600000000000,
+        for since in (1699999600000, 1600000000000):
+            await store.commit_cycle(
+                CycleCommit(
+                    workspace="prod",
+                    watermark_ms=1700000060000,
+                    committed_at=1.0,
+                    news_since_ms=since,
+                )
             )
-        )
-        assert (await store.workspace_state("prod")).news_since_ms == 1700000000000
+        assert (await store.workspace_state("prod")).news_since_ms == 1699999600000
     finally:
         await store.close()
 

@@ -88,14 +88,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deliveries_status ON deliveries (status, channel, next_attempt_at);
     """,
-    # Repairs re-run a run under its run_id; the news horizon separates history from news.
-    # Existing state counts everything before its watermark as history.
+    # Repairs re-run a run under its run_id; the news horizon separates history from news
+    # (NULL for existing state: the poller then takes its watermark's cut-off).
     """
     ALTER TABLE runs ADD COLUMN repair INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN repair_start INTEGER;
     ALTER TABLE jobs ADD COLUMN last_outcome_repair INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE watermarks ADD COLUMN news_since_ms INTEGER;
-    UPDATE watermarks SET news_since_ms = watermark_ms;
     """,
 ]
 
