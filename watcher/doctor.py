@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -102,9 +102,9 @@ async def _endpoints(target: str, client: JobsClient) -> list[Check]:
     run_id: int | None = None
     job_id: int | None = None
 
-    async def first_page(pages: AsyncIterator[Any]) -> Any:
+    async def first_page(pages: AsyncGenerator[Any, None]) -> Any:
         page = await anext(pages)
-        await pages.aclose()  # type: ignore[attr-defined]
+        await pages.aclose()  # the rest of the walk is not wanted
         return page
 
     async def list_active() -> str:

@@ -155,7 +155,9 @@ class Poller:
         async for page in client.list_runs(
             active_only=True, expand_tasks=self._expand_tasks, overlap=self._overlap
         ):
-            got_page(got, page, rejected)
+            rejected.extend(page.rejected)
+            for run in page.runs:
+                got.add(run)
         # The start instant in server time, with the skew this cycle's answers measured:
         # a fresh client knows none before its first answer.
         offset = client.server_offset or 0.0
@@ -550,12 +552,6 @@ class _Window:
             _ended_before(r, self.floor_ms) and (r.start_time or 0) < self.start_from_ms
             for r in runs
         )
-
-
-def got_page(got: _Gathered, page: ListedRunsPage, rejected: list[RejectedItem]) -> None:
-    rejected.extend(page.rejected)
-    for run in page.runs:
-        got.add(run)
 
 
 async def run_poll_loop(
