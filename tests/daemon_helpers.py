@@ -64,20 +64,20 @@ async def settle(
     db: Path,
     *,
     tick: Callable[[], Awaitable[None]] | None = None,
-    limit: float | None = None,
+    limit: float = WAIT,
     context: Callable[[], str] | None = None,
 ) -> None:
     """Wait until a cycle that began after this call has committed. A cycle begins with
     the first page of active runs; it has committed once the watermark row is rewritten
-    after it. `tick` runs between checks (default: a 50 ms sleep); with `limit`, fail
-    after that many real seconds, with `context()` in the message."""
+    after it. `tick` runs between checks (default: a 50 ms sleep); fail after `limit`
+    real seconds, with `context()` in the message."""
     first = len(sim.requests)
     began_by: float | None = None
-    deadline = None if limit is None else time.monotonic() + limit
+    deadline = time.monotonic() + limit
     while began_by is None or (committed_at(db) or 0) <= began_by:
         if began_by is None and any(starts_cycle(r) for r in sim.requests[first:]):
             began_by = time.time()
-        if deadline is not None and time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             state = "began but did not commit" if began_by else "did not begin"
             raise AssertionError(
                 f"no poll cycle committed within {limit:g}s (a new cycle {state})\n"

@@ -1,6 +1,12 @@
-"""Crash safety with a real process: `watcher run` is SIGKILLed at random points of a
-scripted workload and restarted; the committed events must equal, exactly, those of an
-uninterrupted run over the same workload."""
+"""Crash safety with a real process: `watcher run` is SIGKILLed at points of a scripted
+workload and restarted; the committed events must equal, exactly, those of an uninterrupted
+run over the same workload.
+
+The kill schedule is derived from a seed (CRASH_SEED, printed on failure): each life of the
+daemon dies when the simulator receives its k-th API request, before answering it, with k
+drawn from the seed. Replaying a seed kills at the same points of each life's request
+stream; when in that stream a cycle commits still depends on scheduling, which SQLite's
+transactions make all-or-nothing."""
 
 from __future__ import annotations
 
@@ -10,24 +16,26 @@ import os
 import random
 import signal
 import sqlite3
-import sys
+import time
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from tests.conftest import TOKEN
-from tests.daemon_helpers import settle
+from tests.daemon_helpers import WatcherProcess, daemon_env, settle
+from watcher.app import build, close, run_once
 from watcher.clock import ManualClock
-from watcher.config import HealthRulesConfig, StartupConfig, WorkspaceConfig
-from watcher.databricks import JobsClient, StaticToken
-from watcher.pipeline import Pipeline
-from watcher.poller import Poller
+from watcher.config import Config
 from watcher.simulator import Simulator, TaskPlan
-from watcher.store.sqlite import SQLiteStore
+from watcher.simulator.server import LoggedRequest
 
 STEPS = 24
 STEP_SECONDS = 60
 KILLS = 32
+SEED = int(os.environ.get("CRASH_SEED", "5"))
+SETTLE_LIMIT = 120.0
+"""Real seconds one step may take, restarts included, before the test fails."""
+# Simulated time starts now: the daemon prunes run records by its own (real) clock, and a
+# workload dated years ago would be pruned at every restart.
+START = float(int(time.time()))
 
 
 def script(sim: Simulator, step: int, rng: random.Random, jobs: list[int]) -> None:
@@ -81,43 +89,51 @@ def populate(sim: Simulator) -> list[int]:
     ]
 
 
-async def reference_events(tmp_path: Path) -> set[str]:
-    """The same workload, stepped the same way, with no crash: in-process, two full
-    cycles after every step."""
-    clock = ManualClock()
-    rng = random.Random(11)
-    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
-        jobs = populate(sim)
-        store = await SQLiteStore.open(tmp_path / "reference.db")
-        config = WorkspaceConfig.model_validate(
+def _config(sim: Simulator, db: Path, **workspace: object) -> dict[str, object]:
+    return {
+        "workspaces": [
             {
                 "name": "sim",
                 "host": sim.url,
                 "auth": {"type": "pat", "token": TOKEN},
-                # A sweep every step, as the daemon below sweeps (almost) every cycle.
-                "reconcile": {"interval": 1},
+                "requests_per_second": 1000,  # the client's throttle waits in real time
+                **workspace,
             }
+        ],
+        "store": {"path": str(db)},
+        "server": {"host": "127.0.0.1", "port": 0},
+        "logging": {"format": "json", "level": "WARNING"},
+    }
+
+
+async def reference_events(tmp_path: Path) -> set[str]:
+    """The same workload, stepped the same way, with no crash: in-process, two full
+    cycles after every step."""
+    clock = ManualClock(START)
+    rng = random.Random(11)
+    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
+        jobs = populate(sim)
+        # A sweep every step, as the daemon below sweeps (almost) every cycle.
+        config = Config.model_validate(
+            _config(sim, tmp_path / "reference.db", reconcile={"interval": 1})
         )
-        client = JobsClient(host=sim.url, auth=StaticToken(SecretStr(TOKEN)), clock=clock)
-        poller = Poller(
-            config=config, startup=StartupConfig(), client=client, state=store, clock=clock
-        )
-        pipeline = Pipeline(
-            store=store, health_rules=HealthRulesConfig(), startup=StartupConfig(), clock=clock
-        )
-        for step in range(STEPS + 1):
-            for _ in range(2):
-                await pipeline.handle(await poller.poll())
-            if step < STEPS:
-                script(sim, step, rng, jobs)
+        daemon = await build(config, clock=clock)
+        try:
+            for step in range(STEPS + 1):
+                for _ in range(2):
+                    await run_once(daemon)
+                if step < STEPS:
+                    script(sim, step, rng, jobs)
+                    clock.advance(STEP_SECONDS)
+            for _ in range(12):  # let everything finish
                 clock.advance(STEP_SECONDS)
-        for _ in range(12):  # let everything finish
-            clock.advance(STEP_SECONDS)
-            for _ in range(2):
-                await pipeline.handle(await poller.poll())
-        ids = set(await store.event_ids())
-        await client.close()
-        await store.close()
+                for _ in range(2):
+                    await run_once(daemon)
+        finally:
+            await close(daemon)
+    conn = sqlite3.connect(tmp_path / "reference.db")
+    ids = {row[0] for row in conn.execute("SELECT id FROM events")}
+    conn.close()
     return ids
 
 
@@ -138,81 +154,76 @@ def _describe(db: Path, ids: set[str]) -> str:
     return "\n".join(sorted(described))
 
 
-async def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    """Across 30+ SIGKILLs of the real daemon at random instants (mid-poll, mid-commit,
-    between cycles) and restarts from the same database, the union of committed events is
+async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """Across 32 SIGKILLs of the real daemon (mid-poll, between cycles, just before or
+    after a commit) and restarts from the same database, the union of committed events is
     exactly the uninterrupted run's: none missing, none duplicated."""
     expected = await reference_events(tmp_path)
-    clock = ManualClock()
+    clock = ManualClock(START)
     rng = random.Random(11)
-    killer = random.Random(5)
+    killer = random.Random(SEED)
     db = tmp_path / "crash.db"
+    logs = tmp_path / "logs"
     async with Simulator(clock=clock, tokens={TOKEN}) as sim:
         jobs = populate(sim)
         config = tmp_path / "watcher.yaml"
-        config.write_text(
-            f"workspaces:\n"
-            f"  - name: sim\n    host: {sim.url}\n    poll_interval: 0.1\n"
-            f"    reconcile: {{interval: 0.5}}\n"
-            f"    auth: {{type: pat, token: '${{SIM_TOKEN}}'}}\n"
-            f"store: {{path: {db}}}\nserver: {{host: 127.0.0.1, port: 0}}\n"
-            f"logging: {{format: json, level: WARNING}}\n"
-        )
-        env = {**os.environ, "SIM_TOKEN": TOKEN}
-        process: asyncio.subprocess.Process | None = None
-        kills = 0
+        settings = _config(sim, db, poll_interval=0.1, reconcile={"interval": 0.5})
+        settings["workspaces"][0]["auth"]["token"] = "${SIM_TOKEN}"  # type: ignore[index]
+        config.write_text(json.dumps(settings))
+        daemon: WatcherProcess | None = None
+        kills: list[int] = []  # the request each killed life died at
+        served = 0
+        kill_at: int | None = None
 
-        async def start() -> asyncio.subprocess.Process:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "watcher",
-                "run",
-                "-c",
-                str(config),
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
+        def on_request(_: LoggedRequest) -> None:
+            nonlocal served
+            served += 1
+            if daemon is not None and served == kill_at and daemon.process.returncode is None:
+                daemon.process.send_signal(signal.SIGKILL)
+                kills.append(served)
+
+        sim.on_request = on_request
 
         async def tick() -> None:
-            """Between the checks of `settle`: (re)start the daemon, and kill it at
-            random instants on the way."""
-            nonlocal process, kills
-            if process is None or process.returncode is not None:
-                process = await start()
-            if kills < KILLS and killer.random() < 0.6:
-                await asyncio.sleep(killer.uniform(0.0, 0.5))
-                process.send_signal(signal.SIGKILL)
-                await process.wait()
-                kills += 1
-                return
-            await asyncio.sleep(0.05)
+            """Between the checks of `settle`: (re)start a killed daemon with the next
+            kill point of the schedule."""
+            nonlocal daemon, served, kill_at
+            if daemon is None or daemon.process.returncode is not None:
+                served = 0
+                kill_at = killer.randint(1, 20) if len(kills) < KILLS else None
+                daemon = await WatcherProcess.start(
+                    "run", "-c", str(config), env=daemon_env(), logs=logs
+                )
+            await asyncio.sleep(0.02)
+
+        def context() -> str:
+            tail = daemon.tail() if daemon is not None else "(no daemon)"
+            return f"CRASH_SEED={SEED}, killed at requests {kills}\n{tail}"
 
         for step in range(STEPS + 1):
-            await settle(sim, db, tick=tick)
+            await settle(sim, db, tick=tick, limit=SETTLE_LIMIT, context=context)
             if step < STEPS:
                 script(sim, step, rng, jobs)
                 clock.advance(STEP_SECONDS)
         for _ in range(12):
             clock.advance(STEP_SECONDS)
-            await settle(sim, db, tick=tick)
-        assert process is not None
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await process.communicate()
-        assert process.returncode == 0, stderr.decode()[-2000:]
-    assert kills >= 30
+            await settle(sim, db, tick=tick, limit=SETTLE_LIMIT, context=context)
+        while len(kills) < KILLS:  # the rest of the schedule, should the workload end first
+            await settle(sim, db, tick=tick, limit=SETTLE_LIMIT, context=context)
+        print(f"{len(sim.requests)} requests, killed at {kills}")
+        assert daemon is not None
+        code, _ = await daemon.terminate()
+        assert code == 0, context()
+    assert len(kills) == KILLS, context()
     conn = sqlite3.connect(db)
     got = [row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq")]
     runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    repairs = conn.execute("SELECT COUNT(*) FROM runs WHERE repair > 0").fetchone()[0]
     conn.close()
     assert runs >= 300
     assert len(got) == len(set(got))
     missing = expected - set(got)
-    assert not missing, _describe(tmp_path / "reference.db", missing)
-    assert set(got) == expected, _describe(db, set(got) - expected)
+    assert not missing, context() + "\nmissing:\n" + _describe(tmp_path / "reference.db", missing)
+    assert set(got) == expected, context() + "\nextra:\n" + _describe(db, set(got) - expected)
     assert len(expected) > 500
-    conn = sqlite3.connect(db)
-    repairs = conn.execute("SELECT COUNT(*) FROM runs WHERE repair > 0").fetchone()[0]
-    conn.close()
     assert repairs >= 20

@@ -86,6 +86,9 @@ class Simulator:
         self.completed_order = completed_order
         self.faults = FaultPlan()
         self.requests: list[LoggedRequest] = []
+        self.on_request: Callable[[LoggedRequest], None] | None = None
+        """Called with each API request as it is logged, before its response is sent (a
+        crash test kills its client there, at a point of the request stream it can replay)."""
         self.oauth_issued = 0
         self._oauth_tokens: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
@@ -188,9 +191,10 @@ class Simulator:
             response.headers.popall("Date", None)
 
     def _log(self, version: str, endpoint: str, request: web.Request, status: int) -> None:
-        self.requests.append(
-            LoggedRequest(version, endpoint, dict(request.query), status, request.method)
-        )
+        logged = LoggedRequest(version, endpoint, dict(request.query), status, request.method)
+        self.requests.append(logged)
+        if self.on_request is not None:
+            self.on_request(logged)
 
     # -- auth ------------------------------------------------------------------------
 
