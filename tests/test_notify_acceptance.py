@@ -14,16 +14,16 @@ from prometheus_client import CollectorRegistry
 
 from tests.notify_fixtures import Receiver, make_event
 from watcher.clock import ManualClock
-from watcher.metrics import Metrics
-from watcher.notify.alertmanager import AlertmanagerChannel
-from watcher.notify.base import Channel, Failed, Retry, Sent, location_text
-from watcher.notify.config import (
+from watcher.config.channels import (
     AlertmanagerChannelConfig,
     PagerDutyChannelConfig,
     SlackChannelConfig,
     TeamsChannelConfig,
     WebhookChannelConfig,
 )
+from watcher.metrics import Metrics
+from watcher.notify.alertmanager import AlertmanagerChannel
+from watcher.notify.base import Channel, Failed, Retry, Sent, location_text
 from watcher.notify.dispatcher import Dispatcher
 from watcher.notify.pagerduty import PagerDutyChannel
 from watcher.notify.slack import SlackChannel

@@ -16,10 +16,10 @@ import pytest
 
 from tests.notify_fixtures import free_port, make_event
 from watcher.clock import ManualClock
+from watcher.config.channels import AlertmanagerChannelConfig
 from watcher.events import EventType, RuleRef
 from watcher.notify.alertmanager import AlertmanagerChannel
 from watcher.notify.base import Sent
-from watcher.notify.config import AlertmanagerChannelConfig
 
 BINARY = "prometheus-alertmanager"
 

@@ -8,14 +8,14 @@ import structlog
 
 from tests.notify_fixtures import Receiver, make_event
 from watcher.clock import ManualClock
-from watcher.events import EventType, RuleRef
-from watcher.notify.base import Retry, Sent
-from watcher.notify.config import (
+from watcher.config.channels import (
     ConsoleChannelConfig,
     PagerDutyChannelConfig,
     SlackChannelConfig,
     TeamsChannelConfig,
 )
+from watcher.events import EventType, RuleRef
+from watcher.notify.base import Retry, Sent
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.pagerduty import PagerDutyChannel, dedup_key
 from watcher.notify.slack import SlackChannel

@@ -14,9 +14,9 @@ import structlog
 
 from tests.notify_fixtures import Receiver, free_port, make_event, start_smtp
 from watcher.clock import ManualClock
+from watcher.config.channels import EmailChannelConfig, WebhookChannelConfig
 from watcher.events import Event
 from watcher.notify.base import Channel, Sent, Unconfirmed
-from watcher.notify.config import EmailChannelConfig, WebhookChannelConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
 from watcher.notify.dispatcher import Dispatcher, Outcome
 from watcher.notify.email import EmailChannel

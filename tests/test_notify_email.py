@@ -23,8 +23,8 @@ from tests.notify_fixtures import (
     tls_files,
 )
 from watcher.clock import ManualClock
+from watcher.config.channels import EmailChannelConfig
 from watcher.notify.base import Failed, Retry, Sent
-from watcher.notify.config import EmailChannelConfig
 from watcher.notify.email import EmailChannel
 
 

@@ -15,9 +15,7 @@ import structlog
 
 from tests.notify_fixtures import HOSTILE_NAME, Receiver, SmtpServer, make_event, start_smtp
 from watcher.clock import ManualClock
-from watcher.events import Event, EventType
-from watcher.notify.base import Sent
-from watcher.notify.config import (
+from watcher.config.channels import (
     ConsoleChannelConfig,
     EmailChannelConfig,
     PagerDutyChannelConfig,
@@ -25,6 +23,8 @@ from watcher.notify.config import (
     TeamsChannelConfig,
     WebhookChannelConfig,
 )
+from watcher.events import Event, EventType
+from watcher.notify.base import Sent
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.email import EmailChannel
 from watcher.notify.pagerduty import PagerDutyChannel

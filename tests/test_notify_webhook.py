@@ -11,9 +11,9 @@ from standardwebhooks import Webhook
 
 from tests.notify_fixtures import FAKE_SECRET, Receiver, make_event
 from watcher.clock import ManualClock
+from watcher.config.channels import WebhookChannelConfig
 from watcher.events import PAYLOAD_VERSION, EventType, RuleRef
 from watcher.notify.base import Failed, Retry, Sent
-from watcher.notify.config import WebhookChannelConfig
 from watcher.notify.webhook import WebhookChannel
 
 

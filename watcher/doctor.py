@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, WorkspaceConfig
+from watcher.config.channels import ChannelConfig, ConsoleChannelConfig, EmailChannelConfig
 from watcher.databricks import JobsClient, RetryPolicy, Timeouts
 from watcher.databricks.errors import ApiError, DatabricksError
-from watcher.notify.config import ChannelConfig, ConsoleChannelConfig, EmailChannelConfig
 
 # A doctor answers in seconds: no retry budget, short timeouts.
 TIMEOUT = 5.0

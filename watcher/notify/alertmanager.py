@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from watcher.clock import Clock
+from watcher.config.channels import AlertmanagerChannelConfig
 from watcher.events import Event, EventType
 from watcher.notify.base import Failed, Result, Sent, iso
-from watcher.notify.config import AlertmanagerChannelConfig
 from watcher.notify.http import HttpPoster
 from watcher.notify.templates import Template, context
 from watcher.notify.text import one_line, truncate

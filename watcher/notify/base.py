@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 from urllib.parse import urljoin, urlsplit
 
+from watcher.config.channels import BaseChannelConfig
 from watcher.events import Event
-from watcher.notify.config import BaseChannelConfig
 
 Unconfirmed = Literal["redirect", "implausible"]
 """Why an answer that looked like success was not taken as a delivery: the target

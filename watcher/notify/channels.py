@@ -9,9 +9,7 @@ from typing import TextIO
 
 from watcher.clock import Clock
 from watcher.config import Config
-from watcher.notify.alertmanager import AlertmanagerChannel
-from watcher.notify.base import Channel
-from watcher.notify.config import (
+from watcher.config.channels import (
     AlertmanagerChannelConfig,
     ChannelConfig,
     ConsoleChannelConfig,
@@ -21,6 +19,8 @@ from watcher.notify.config import (
     TeamsChannelConfig,
     WebhookChannelConfig,
 )
+from watcher.notify.alertmanager import AlertmanagerChannel
+from watcher.notify.base import Channel
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.email import EmailChannel
 from watcher.notify.pagerduty import PagerDutyChannel

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from watcher.config.channels import ConsoleChannelConfig
 from watcher.events import Event
 from watcher.notify.base import Failed, Result, Sent
-from watcher.notify.config import ConsoleChannelConfig
 from watcher.notify.templates import Template
 from watcher.notify.text import one_line, truncate
 

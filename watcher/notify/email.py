@@ -17,9 +17,9 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from watcher.clock import Clock
+from watcher.config.channels import EmailChannelConfig
 from watcher.events import Event
 from watcher.notify.base import Failed, Result, Retry, Sent, excerpt, redact
-from watcher.notify.config import EmailChannelConfig
 from watcher.notify.templates import Template
 from watcher.notify.text import one_line, truncate
 

@@ -23,10 +23,10 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.config import Config, JobMatch, RouteMatch
+from watcher.config.channels import ADDRESS, BaseChannelConfig, EmailChannelConfig
 from watcher.databricks.models import JobEmailNotifications, JobSettings, WebhookNotifications
 from watcher.events import Event, EventType
 from watcher.notify.base import excerpt
-from watcher.notify.config import ADDRESS, BaseChannelConfig, EmailChannelConfig
 
 log = structlog.get_logger(__name__)
 

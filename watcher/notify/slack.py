@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from watcher.clock import Clock
+from watcher.config.channels import SlackChannelConfig
 from watcher.events import Event
 from watcher.notify.base import Failed, Result, url_secrets
-from watcher.notify.config import SlackChannelConfig
 from watcher.notify.http import HttpPoster
 from watcher.notify.templates import Template, context
 from watcher.notify.text import slack_escape, truncate

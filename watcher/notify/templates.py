@@ -18,9 +18,9 @@ from jinja2 import PackageLoader, StrictUndefined, TemplateError
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 
+from watcher.config.channels import BaseChannelConfig
 from watcher.databricks.models import Run, RunState, RunTask
 from watcher.events import Event, EventType, JobRef, RuleRef
-from watcher.notify.config import BaseChannelConfig
 from watcher.notify.text import human_seconds, markdown_escape, one_line, slack_escape, truncate
 
 log = structlog.get_logger(__name__)

@@ -11,9 +11,9 @@ import json
 from collections.abc import Mapping
 
 from watcher.clock import Clock
+from watcher.config.channels import WebhookChannelConfig, signing_key
 from watcher.events import Event
 from watcher.notify.base import Failed, Result, Sent
-from watcher.notify.config import WebhookChannelConfig, signing_key
 from watcher.notify.http import HttpPoster
 from watcher.notify.payloads import databricks_payload, watcher_payload, workspace_id
 

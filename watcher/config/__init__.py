@@ -32,8 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from watcher.events import EventType
-from watcher.notify.config import (
+from watcher.config.channels import (
     CaBundle,
     ChannelConfig,
     FieldErrors,
@@ -43,6 +42,7 @@ from watcher.notify.config import (
     TokenFilePath,
     secret_file_keys,
 )
+from watcher.events import EventType
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
