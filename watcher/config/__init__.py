@@ -345,6 +345,17 @@ class SilenceConfig(_Config):
         return self
 
 
+class RoutingConfig(_Config):
+    """What notify needs of the configuration, and nothing else: the channels, where each
+    event goes, and what is held back. In the file these are top-level keys."""
+
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    destinations: dict[str, str] = Field(default_factory=dict)
+    honour_job_notifications: bool = False
+    routes: list[RouteConfig] = Field(default_factory=list)
+    silences: list[SilenceConfig] = Field(default_factory=list)
+
+
 class Config(_Config):
     workspaces: list[WorkspaceConfig] = Field(
         min_length=1, description="The Databricks workspaces to watch, each polled on its own."
@@ -381,6 +392,17 @@ class Config(_Config):
         default_factory=MetricsConfig, description="Prometheus metrics (see docs/metrics.md)."
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
+
+    @property
+    def routing(self) -> RoutingConfig:
+        """The routing slice handed to notify."""
+        return RoutingConfig.model_construct(
+            channels=self.channels,
+            destinations=self.destinations,
+            honour_job_notifications=self.honour_job_notifications,
+            routes=self.routes,
+            silences=self.silences,
+        )
 
     @field_validator("workspaces")
     @classmethod
