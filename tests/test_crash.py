@@ -21,9 +21,9 @@ from pathlib import Path
 
 from tests.conftest import TOKEN
 from tests.daemon_helpers import WatcherProcess, daemon_env, settle
-from watcher.app import build, close, run_once
+from tests.wiring import config_for, daemon
+from watcher.app import run_once
 from watcher.clock import ManualClock
-from watcher.config import Config
 from watcher.simulator import Simulator, TaskPlan
 from watcher.simulator.server import LoggedRequest
 
@@ -89,23 +89,6 @@ def populate(sim: Simulator) -> list[int]:
     ]
 
 
-def _config(sim: Simulator, db: Path, **workspace: object) -> dict[str, object]:
-    return {
-        "workspaces": [
-            {
-                "name": "sim",
-                "host": sim.url,
-                "auth": {"type": "pat", "token": TOKEN},
-                "requests_per_second": 1000,  # the client's throttle waits in real time
-                **workspace,
-            }
-        ],
-        "store": {"path": str(db)},
-        "server": {"host": "127.0.0.1", "port": 0},
-        "logging": {"format": "json", "level": "WARNING"},
-    }
-
-
 async def reference_events(tmp_path: Path) -> set[str]:
     """The same workload, stepped the same way, with no crash: in-process, two full
     cycles after every step."""
@@ -114,23 +97,18 @@ async def reference_events(tmp_path: Path) -> set[str]:
     async with Simulator(clock=clock, tokens={TOKEN}) as sim:
         jobs = populate(sim)
         # A sweep every step, as the daemon below sweeps (almost) every cycle.
-        config = Config.model_validate(
-            _config(sim, tmp_path / "reference.db", reconcile={"interval": 1})
-        )
-        daemon = await build(config, clock=clock)
-        try:
+        config = config_for(sim, tmp_path / "reference.db", reconcile={"interval": 1})
+        async with daemon(config, clock) as built:
             for step in range(STEPS + 1):
                 for _ in range(2):
-                    await run_once(daemon)
+                    await run_once(built)
                 if step < STEPS:
                     script(sim, step, rng, jobs)
                     clock.advance(STEP_SECONDS)
             for _ in range(12):  # let everything finish
                 clock.advance(STEP_SECONDS)
                 for _ in range(2):
-                    await run_once(daemon)
-        finally:
-            await close(daemon)
+                    await run_once(built)
     conn = sqlite3.connect(tmp_path / "reference.db")
     ids = {row[0] for row in conn.execute("SELECT id FROM events")}
     conn.close()
@@ -167,10 +145,15 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
     async with Simulator(clock=clock, tokens={TOKEN}) as sim:
         jobs = populate(sim)
         config = tmp_path / "watcher.yaml"
-        settings = _config(sim, db, poll_interval=0.1, reconcile={"interval": 0.5})
-        settings["workspaces"][0]["auth"]["token"] = "${SIM_TOKEN}"  # type: ignore[index]
-        config.write_text(json.dumps(settings))
-        daemon: WatcherProcess | None = None
+        config.write_text(
+            f"workspaces:\n"
+            f"  - name: sim\n    host: {sim.url}\n    poll_interval: 0.1\n"
+            f"    requests_per_second: 1000\n    reconcile: {{interval: 0.5}}\n"
+            f"    auth: {{type: pat, token: '${{SIM_TOKEN}}'}}\n"
+            f"store: {{path: {db}}}\nserver: {{host: 127.0.0.1, port: 0}}\n"
+            f"logging: {{format: json, level: WARNING}}\n"
+        )
+        process: WatcherProcess | None = None
         kills: list[int] = []  # the request each killed life died at
         served = 0
         kill_at: int | None = None
@@ -178,8 +161,8 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
         def on_request(_: LoggedRequest) -> None:
             nonlocal served
             served += 1
-            if daemon is not None and served == kill_at and daemon.process.returncode is None:
-                daemon.process.send_signal(signal.SIGKILL)
+            if process is not None and served == kill_at and process.process.returncode is None:
+                process.process.send_signal(signal.SIGKILL)
                 kills.append(served)
 
         sim.on_request = on_request
@@ -187,17 +170,17 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
         async def tick() -> None:
             """Between the checks of `settle`: (re)start a killed daemon with the next
             kill point of the schedule."""
-            nonlocal daemon, served, kill_at
-            if daemon is None or daemon.process.returncode is not None:
+            nonlocal process, served, kill_at
+            if process is None or process.process.returncode is not None:
                 served = 0
                 kill_at = killer.randint(1, 20) if len(kills) < KILLS else None
-                daemon = await WatcherProcess.start(
+                process = await WatcherProcess.start(
                     "run", "-c", str(config), env=daemon_env(), logs=logs
                 )
             await asyncio.sleep(0.02)
 
         def context() -> str:
-            tail = daemon.tail() if daemon is not None else "(no daemon)"
+            tail = process.tail() if process is not None else "(no daemon)"
             return f"CRASH_SEED={SEED}, killed at requests {kills}\n{tail}"
 
         for step in range(STEPS + 1):
@@ -211,8 +194,8 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
         while len(kills) < KILLS:  # the rest of the schedule, should the workload end first
             await settle(sim, db, tick=tick, limit=SETTLE_LIMIT, context=context)
         print(f"{len(sim.requests)} requests, killed at {kills}")
-        assert daemon is not None
-        code, _ = await daemon.terminate()
+        assert process is not None
+        code, _ = await process.terminate()
         assert code == 0, context()
     assert len(kills) == KILLS, context()
     conn = sqlite3.connect(db)

@@ -6,16 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from tests.conftest import TOKEN
+from tests.wiring import config_for, daemon
+from watcher.app import run_once
 from watcher.clock import ManualClock
-from watcher.config import HealthRulesConfig, StartupConfig, WorkspaceConfig
-from watcher.databricks import JobsClient, StaticToken
-from watcher.pipeline import Pipeline
-from watcher.poller import Poller
 from watcher.simulator import Simulator
-from watcher.store.sqlite import SQLiteStore
 
 
 @pytest.mark.parametrize(
@@ -51,36 +47,12 @@ async def test_a_retried_failure_that_then_succeeds(
             min_retry_interval_ms=60_000,
             notification_settings={"alert_on_last_attempt": last_attempt_only},
         )
-        store = await SQLiteStore.open(tmp_path / "r.db")
-        client = JobsClient(
-            host=sim.url,
-            auth=StaticToken(SecretStr(TOKEN)),
-            api_version=version,  # type: ignore[arg-type]
-            clock=clock,
-            requests_per_second=1000,
-        )
-        config = WorkspaceConfig.model_validate(
-            {
-                "name": "ws",
-                "host": sim.url,
-                "api_version": version,
-                "auth": {"type": "pat", "token": TOKEN},
-            }
-        )
-        poller = Poller(
-            config=config, startup=StartupConfig(), client=client, state=store, clock=clock
-        )
-        pipeline = Pipeline(
-            store=store, health_rules=HealthRulesConfig(), startup=StartupConfig(), clock=clock
-        )
+        config = config_for(sim, tmp_path / "r.db", api_version=version)
         events = []
-        try:
-            await pipeline.handle(await poller.poll())  # first start: nothing yet
+        async with daemon(config, clock) as built:
+            await run_once(built)  # first start: nothing yet
             sim.workspace.start_run(job, setup_s=5, execution_s=40, cleanup_s=5, result="FAILED")
             for _ in range(12):
                 clock.advance(20)
-                events += await pipeline.handle(await poller.poll())
-        finally:
-            await client.close()
-            await store.close()
+                events += await run_once(built)
     assert [e.type.value for e in sorted(events, key=lambda e: e.occurred_at)] == expected
