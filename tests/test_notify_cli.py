@@ -11,7 +11,7 @@ from tests.notify_fixtures import Receiver, make_config, make_event, start_smtp
 from watcher.clock import ManualClock
 from watcher.notify import cli
 from watcher.notify.testalert import TestAlertError, send_test_alert
-from watcher.store.base import CycleCommit
+from watcher.store.base import CycleCommit, DeliveryKey
 from watcher.store.sqlite import SQLiteStore
 
 
@@ -92,7 +92,9 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
         )
     )
     for event in events:
-        await store.mark_failed(event.id, "hook", error="HTTP 400: nope", next_attempt_at=None)
+        await store.mark_failed(
+            event.id, DeliveryKey("hook"), error="HTTP 400: nope", next_attempt_at=None
+        )
     await store.close()
 
     out = io.StringIO()

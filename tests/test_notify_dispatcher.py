@@ -22,7 +22,7 @@ from watcher.notify.dispatcher import Dispatcher, Outcome
 from watcher.notify.email import EmailChannel
 from watcher.notify.ratelimit import TokenBucket
 from watcher.notify.webhook import WebhookChannel
-from watcher.store.base import CycleCommit, StoreError
+from watcher.store.base import CycleCommit, DeliveryKey, StoreError
 from watcher.store.sqlite import SQLiteStore
 
 
@@ -398,7 +398,10 @@ class Exploding:
     def config(self) -> WebhookChannelConfig:
         return self._config
 
-    async def send(self, event: Event, *, recipient: str | None = None) -> Sent:
+    def target(self, key: DeliveryKey) -> Exploding:
+        return self
+
+    async def send(self, event: Event) -> Sent:
         self.calls += 1
         if self.calls == 1:
             raise KeyError("https://unused.invalid/fake-secret")

@@ -26,6 +26,7 @@ from watcher.clock import ManualClock
 from watcher.config.channels import EmailChannelConfig
 from watcher.notify.base import Failed, Retry, Sent
 from watcher.notify.email import EmailChannel
+from watcher.store.base import DeliveryKey
 
 
 def channel(port: int, clock: ManualClock, **options: Any) -> EmailChannel:
@@ -81,7 +82,8 @@ async def test_plain_smtp_sends_multipart_text_and_html(
 
 async def test_one_address_replaces_the_recipients(plain: SmtpServer, clock: ManualClock) -> None:
     """A per-address delivery (from a job's email_notifications) goes to that address only."""
-    await channel(plain.port, clock).send(make_event(), recipient="owner@example.com")
+    address = DeliveryKey("mail", "owner@example.com")
+    await channel(plain.port, clock).target(address).send(make_event())
     assert plain.mailbox.envelopes[0].rcpt_tos == ["owner@example.com"]
     assert parsed(plain.mailbox)["To"] == "owner@example.com"
 

@@ -114,7 +114,7 @@ def raising_route(table: RoutingTable) -> RoutingTable:
 
 async def deliveries(store: SQLiteStore, clock: ManualClock) -> list[str]:
     due = await store.due_deliveries(now=clock.time(), limit=100)
-    return sorted(d.channel for d in due)
+    return sorted(str(d.key) for d in due)
 
 
 @pytest.mark.parametrize(

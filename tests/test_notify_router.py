@@ -11,10 +11,17 @@ from tests.notify_fixtures import make_config, make_event
 from watcher.clock import ManualClock
 from watcher.databricks.models import JobSettings
 from watcher.events import EventType
-from watcher.notify.router import address_key, parse_key, route, router_for
+from watcher.notify.router import route, router_for, serves
+from watcher.store.base import DeliveryKey
 
 NOW = datetime(2023, 11, 14, 22, 0, tzinfo=UTC)
 E = EventType
+
+
+def keys(texts: list[str]) -> list[DeliveryKey]:
+    """Delivery keys as `alerts list` shows them: `channel` or `channel:address`."""
+    return [DeliveryKey.parse(text) for text in texts]
+
 
 CHANNELS: dict[str, Any] = {
     "console": {"type": "console"},
@@ -76,7 +83,7 @@ def test_route_table(event_kwargs: dict[str, Any], expected: list[str]) -> None:
     config = make_config(workspaces=WORKSPACES, channels=CHANNELS, routes=ROUTES)
     event = make_event(**event_kwargs)
     routing = route(event, config=config, job_settings=None, now=NOW)
-    assert (routing.channels, routing.silenced) == (expected, [])
+    assert (routing.channels, routing.silenced) == (keys(expected), [])
 
 
 @pytest.mark.parametrize(
@@ -97,7 +104,8 @@ def test_without_routes_every_channel_gets_what_it_can_express(
     Databricks webhook format has no recovery). Email without recipients is still listed."""
     channels = {k: v for k, v in CHANNELS.items() if k != "mail"}
     config = make_config(channels=channels)
-    assert route(make_event(type_), config=config, job_settings=None, now=NOW).channels == expected
+    routing = route(make_event(type_), config=config, job_settings=None, now=NOW)
+    assert routing.channels == keys(expected)
 
 
 def test_no_route_matches_means_no_delivery() -> None:
@@ -134,11 +142,11 @@ def test_silence_window(now: datetime, silenced: bool) -> None:
     )
     routing = route(make_event(), config=config, job_settings=None, now=now)
     if silenced:
-        assert (routing.channels, routing.silenced) == ([], ["slack", "pd"])
+        assert (routing.channels, routing.silenced) == ([], keys(["slack", "pd"]))
     else:
-        assert (routing.channels, routing.silenced) == (["slack", "pd"], [])
+        assert (routing.channels, routing.silenced) == (keys(["slack", "pd"]), [])
     other = route(make_event(name="hourly"), config=config, job_settings=None, now=now)
-    assert other.channels == ["slack", "pd"]
+    assert other.channels == keys(["slack", "pd"])
 
 
 SETTINGS = JobSettings.model_validate(
@@ -185,20 +193,20 @@ def test_job_notifications_are_honoured_like_databricks(
     )
     routing = route(make_event(type_), config=config, job_settings=SETTINGS, now=NOW)
     pd_accepts = type_ in (E.RUN_FAILED, E.RUN_DURATION_EXCEEDED, E.JOB_RECOVERED)
-    assert routing.channels == [c for c in expected if c != "pd" or pd_accepts]
+    assert routing.channels == keys([c for c in expected if c != "pd" or pd_accepts])
 
 
 def test_job_notifications_off_by_default_and_without_settings() -> None:
     """Job notification settings are ignored unless honour_job_notifications is on, and
     unknown settings (None) add nothing."""
     config = make_config(channels=CHANNELS, routes=[{"channels": ["console"]}])
-    assert route(make_event(), config=config, job_settings=SETTINGS, now=NOW).channels == [
-        "console"
-    ]
+    assert route(make_event(), config=config, job_settings=SETTINGS, now=NOW).channels == keys(
+        ["console"]
+    )
     on = make_config(
         channels=CHANNELS, routes=[{"channels": ["console"]}], honour_job_notifications=True
     )
-    assert route(make_event(), config=on, job_settings=None, now=NOW).channels == ["console"]
+    assert route(make_event(), config=on, job_settings=None, now=NOW).channels == keys(["console"])
 
 
 def test_marked_email_channel_carries_job_addresses_and_duplicates_collapse() -> None:
@@ -213,7 +221,7 @@ def test_marked_email_channel_carries_job_addresses_and_duplicates_collapse() ->
         honour_job_notifications=True,
     )
     routing = route(make_event(), config=config, job_settings=SETTINGS, now=NOW)
-    assert routing.channels == ["slack", "mail2:Oncall@Example.com"]
+    assert routing.channels == keys(["slack", "mail2:Oncall@Example.com"])
 
 
 @pytest.mark.parametrize(
@@ -228,11 +236,14 @@ def test_marked_email_channel_carries_job_addresses_and_duplicates_collapse() ->
     ],
 )
 def test_channel_keys(key: str, parsed: tuple[str, str | None] | None) -> None:
-    """Outbox keys are a channel name, or an email channel name, ':' and one address."""
+    """Delivery keys are a channel, or an email channel and one address (shown and typed
+    as `channel:address`); keys no configured channel serves are recognised."""
     config = make_config(channels=CHANNELS)
-    assert parse_key(key, dict(config.channels)) == parsed
-    if parsed and parsed[1]:
-        assert address_key(*parsed) == key  # type: ignore[arg-type]
+    delivery_key = DeliveryKey.parse(key)
+    served = (delivery_key.channel, delivery_key.recipient or None)
+    assert (served if serves(delivery_key, config.routing.channels) else None) == parsed
+    if parsed:
+        assert str(DeliveryKey(parsed[0], parsed[1] or "")) == key
 
 
 def test_router_for_reads_the_clock_for_silences() -> None:

@@ -14,6 +14,7 @@ from watcher.databricks.models import Run
 from watcher.domain import JobRecord, RunRecord
 from watcher.events import Event, EventType, JobRef, event_id
 from watcher.store import CycleCommit, StoreError
+from watcher.store.base import DeliveryKey
 from watcher.store.sqlite import MIGRATIONS, SQLiteStore
 
 NOW = 1_700_000_000.0
@@ -141,8 +142,10 @@ async def test_outbox_keeps_order_per_job_and_channel(store: SQLiteStore) -> Non
         (3, "ops"),
         (3, "mail"),
     }
-    await store.mark_failed(event(1).id, "ops", error="HTTP 500", next_attempt_at=NOW + 60)
-    await store.mark_delivered(event(1).id, "mail", at=NOW)
+    await store.mark_failed(
+        event(1).id, DeliveryKey("ops"), error="HTTP 500", next_attempt_at=NOW + 60
+    )
+    await store.mark_delivered(event(1).id, DeliveryKey("mail"), at=NOW)
     due = await store.due_deliveries(now=NOW + 1, limit=100, channels=["ops", "mail"])
     assert {(d.event.run.run_id, d.channel) for d in due} == {(2, "mail"), (3, "ops"), (3, "mail")}
     due = await store.due_deliveries(now=NOW + 61, limit=100, channels=["ops"])
@@ -156,7 +159,9 @@ async def test_dead_letters_are_kept_listed_and_requeued(store: SQLiteStore) -> 
     await store.commit_cycle(
         commit(events=[event(1), event(2)], channels={event(1).id: ["ops"], event(2).id: ["ops"]})
     )
-    await store.mark_failed(event(1).id, "ops", error="HTTP 400 bad payload", next_attempt_at=None)
+    await store.mark_failed(
+        event(1).id, DeliveryKey("ops"), error="HTTP 400 bad payload", next_attempt_at=None
+    )
     assert [d.event.run.run_id for d in await store.due_deliveries(now=NOW, limit=10)] == [2]
     (dead,) = await store.dead_letters()
     assert (dead.event.id, dead.status, dead.last_error) == (
@@ -193,8 +198,8 @@ async def test_pruning_bounds_the_database(store: SQLiteStore) -> None:
             at=NOW - 20 * 86_400,
         )
     )
-    await store.mark_delivered(event(1).id, "ops", at=NOW)
-    await store.mark_failed(event(3).id, "mail", error="x", next_attempt_at=None)
+    await store.mark_delivered(event(1).id, DeliveryKey("ops"), at=NOW)
+    await store.mark_failed(event(3).id, DeliveryKey("mail"), error="x", next_attempt_at=None)
     result = await store.prune(now=NOW, run_retention_days=60, event_retention_days=14)
     assert (result.runs, result.events) == (1, 1)
     assert set(await store.get_runs("prod", [1, 2])) == {2}
@@ -323,6 +328,63 @@ async def test_a_version_1_database_keeps_its_state_and_gets_a_horizon_later(
                 )
             )
         assert (await store.workspace_state("prod")).news_since_ms == 1699999600000
+    finally:
+        await store.close()
+
+
+async def test_a_version_2_outbox_gets_its_keys_split_and_keeps_delivering(
+    tmp_path: Path,
+) -> None:
+    """A database of the second schema, whose deliveries are keyed by one string
+    (`channel` or `email channel:address`), is upgraded in place: each key becomes a
+    channel and a recipient, pending deliveries stay due (in order, per recipient) and
+    dead ones stay dead with their error."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        conn.executescript(script)
+    first, second = event(1), event(2)
+    for seq, ev in enumerate((first, second), start=1):
+        conn.execute(
+            "INSERT INTO events (seq, id, workspace, job_id, type, payload, created_at) "
+            "VALUES (?, ?, 'prod', 7, ?, ?, ?)",
+            (seq, ev.id, ev.type.value, ev.model_dump_json(exclude_none=True), NOW),
+        )
+    rows = [
+        (first.id, "ops", "pending", 2, None),
+        (first.id, "mail:alice@example.com", "pending", 0, None),
+        (first.id, "mail", "dead", 3, "SMTP 550: no"),
+        (second.id, "mail:alice@example.com", "pending", 0, None),
+        (second.id, "pager", "silenced", 0, None),
+    ]
+    conn.executemany(
+        "INSERT INTO deliveries (event_id, channel, status, attempts, created_at, "
+        "next_attempt_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(e, c, st, a, NOW, NOW, err) for e, c, st, a, err in rows],
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    store = await SQLiteStore.open(path)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS)
+        due = await store.due_deliveries(now=NOW, limit=10)
+        assert {(d.event.id, d.key, d.attempts) for d in due} == {
+            (first.id, DeliveryKey("ops"), 2),
+            (first.id, DeliveryKey("mail", "alice@example.com"), 0),
+        }
+        (dead,) = await store.dead_letters()
+        assert (dead.event.id, dead.key, dead.last_error) == (
+            first.id,
+            DeliveryKey("mail"),
+            "SMTP 550: no",
+        )
+        stats = await store.outbox_stats()
+        assert (stats.pending, stats.dead, stats.silenced) == (3, 1, 1)
+        address = DeliveryKey("mail", "alice@example.com")
+        await store.mark_delivered(first.id, address, at=NOW)
+        due = await store.due_deliveries(now=NOW, limit=10, channels=["mail"])
+        assert [(d.event.id, d.key) for d in due] == [(second.id, address)]
     finally:
         await store.close()
 

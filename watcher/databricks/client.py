@@ -23,7 +23,6 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
-from watcher import __version__
 from watcher.clock import Clock, SystemClock
 from watcher.databricks import models
 from watcher.databricks.auth import Auth
@@ -37,6 +36,7 @@ from watcher.databricks.errors import (
     parse_error_body,
 )
 from watcher.databricks.models import Job, JobsPage, Run, RunsPage
+from watcher.http_headers import USER_AGENT, retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -400,7 +400,7 @@ class JobsClient:
                     total=self._timeouts.total, connect=self._timeouts.connect
                 ),
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=32),
-                headers={"User-Agent": f"databricks-run-watcher/{__version__}"},
+                headers={"User-Agent": USER_AGENT},
                 raise_for_status=False,
             )
         return self._session
@@ -601,9 +601,8 @@ class JobsClient:
         return self._rng.uniform(0, cap)
 
     def _retry_after(self, header: str | None) -> float:
-        if header is not None and header.strip().isdigit():
-            return float(header.strip())
-        return self._retry.default_retry_after
+        seconds = retry_after_seconds(header)
+        return self._retry.default_retry_after if seconds is None else seconds
 
     def _note_server_time(self, date_header: str | None, round_trip: float) -> None:
         try:

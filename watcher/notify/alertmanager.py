@@ -16,10 +16,9 @@ from typing import Any
 from watcher.clock import Clock
 from watcher.config.channels import AlertmanagerChannelConfig
 from watcher.events import Event, EventType
-from watcher.notify.base import Failed, Result, Sent, iso
-from watcher.notify.http import HttpPoster
-from watcher.notify.templates import Template, context
-from watcher.notify.text import one_line, truncate
+from watcher.notify.http import HttpChannel
+from watcher.notify.templates import context
+from watcher.notify.text import iso, one_line, truncate
 
 _ANNOTATION_LIMIT = 4096
 RESOLVE_SKEW = timedelta(minutes=1)
@@ -37,31 +36,18 @@ def alertmanager_accepts(status: int, body: str) -> str | None:
     return None
 
 
-class AlertmanagerChannel:
+class AlertmanagerChannel(HttpChannel[AlertmanagerChannelConfig]):
+    accepts = staticmethod(alertmanager_accepts)
+    skipped = "nothing to send: {type} raises no alert"
+
     def __init__(self, name: str, config: AlertmanagerChannelConfig, *, clock: Clock) -> None:
-        self._name = name
-        self._config = config
-        self._clock = clock
-        self._summary = Template(
-            "summary.txt.j2",
-            flavour="text",
-            override=config.summary_template,
-            field=f"channels.{name}.summary_template",
-        )
-        self._http = HttpPoster(
-            timeout=config.timeout,
-            clock=clock,
-            ca_bundle=config.ca_bundle,
-            accept=alertmanager_accepts,
-        )
+        url = str(config.url).rstrip("/") + "/api/v2/alerts"
+        super().__init__(name, config, url=url, clock=clock, ca_bundle=config.ca_bundle)
+        self._summary = self.template("summary.txt.j2", flavour="text", field="summary_template")
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def config(self) -> AlertmanagerChannelConfig:
-        return self._config
+    def payload(self, event: Event) -> list[dict[str, Any]] | None:
+        alert = self.alert(event)
+        return None if alert is None else [alert]
 
     def labels(self, event: Event) -> dict[str, str]:
         if event.test:
@@ -119,15 +105,3 @@ class AlertmanagerChannel:
         if values["run_page_url"]:
             alert["generatorURL"] = values["run_page_url"]
         return alert
-
-    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
-        if recipient is not None:
-            return Failed("an Alertmanager channel has no recipients")
-        alert = self.alert(event)
-        if alert is None:
-            return Sent(f"nothing to send: {event.type} raises no alert")
-        url = str(self._config.url).rstrip("/") + "/api/v2/alerts"
-        return await self._http.post(url, json.dumps([alert], ensure_ascii=False).encode())
-
-    async def close(self) -> None:
-        await self._http.close()

@@ -12,16 +12,16 @@ docs/alerts.md, "Delivery guarantees".
 
 from __future__ import annotations
 
-import email.utils
-import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from watcher.config.channels import BaseChannelConfig
 from watcher.events import Event
+from watcher.notify.templates import Flavour, Template
+from watcher.store.base import DeliveryKey
 
 Unconfirmed = Literal["redirect", "implausible"]
 """Why an answer that looked like success was not taken as a delivery: the target
@@ -73,28 +73,52 @@ class Channel(Protocol):
     @property
     def config(self) -> BaseChannelConfig: ...
 
-    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
-        """Deliver one alert. `recipient` (email only) replaces the configured recipients.
-        Never raises for delivery problems: they are results."""
+    def target(self, key: DeliveryKey) -> Channel | None:
+        """What delivers `key`: the channel itself for its own key; for a key with a
+        recipient, the email channel sending to that address alone, and None from any
+        other channel (it has no recipients)."""
+
+    async def send(self, event: Event) -> Result:
+        """Deliver one alert. Never raises for delivery problems: they are results."""
 
     async def close(self) -> None: ...
 
 
-def retry_after_seconds(value: str | None, *, now: float) -> float | None:
-    """A Retry-After header (delay seconds or an HTTP date) as seconds from `now`."""
-    if value is None:
+_C = TypeVar("_C", bound=BaseChannelConfig)
+
+
+class ChannelBase(ABC, Generic[_C]):
+    """What every channel has: its name, its configuration, templates overridable per
+    channel, no recipients of its own, and nothing to close."""
+
+    def __init__(self, name: str, config: _C) -> None:
+        self._name = name
+        self._config = config
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config(self) -> _C:
+        return self._config
+
+    def template(self, default: str, *, flavour: Flavour, field: str) -> Template:
+        """The default template `default`, or the one configured in `field` (checked now:
+        `InvalidTemplate` names `channels.<name>.<field>`)."""
+        override: str | None = getattr(self._config, field)
+        return Template(
+            default, flavour=flavour, override=override, field=f"channels.{self._name}.{field}"
+        )
+
+    def target(self, key: DeliveryKey) -> Channel | None:
+        return None if key.recipient else self
+
+    @abstractmethod
+    async def send(self, event: Event) -> Result: ...
+
+    async def close(self) -> None:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    seconds = when.timestamp() - now
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def http_result(
@@ -163,8 +187,3 @@ def redact(text: str, secrets: list[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
-
-
-def iso(moment: datetime) -> str:
-    """RFC 3339 in UTC with a `Z`, as every receiver parses it."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

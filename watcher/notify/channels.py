@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from watcher.clock import Clock
-from watcher.config import Config
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
     ChannelConfig,
@@ -24,7 +23,8 @@ from watcher.notify.base import Channel
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.email import EmailChannel
 from watcher.notify.pagerduty import PagerDutyChannel
-from watcher.notify.payloads import workspace_id_from_host
+from watcher.notify.payloads import workspace_ids as workspace_ids_of
+from watcher.notify.settings import NotifyConfig, routing_of, workspaces_of
 from watcher.notify.slack import SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.webhook import WebhookChannel
@@ -57,15 +57,20 @@ def build_channel(
 
 
 def build_channels(
-    config: Config, *, clock: Clock, stream: TextIO | None = None
+    config: NotifyConfig,
+    *,
+    clock: Clock,
+    stream: TextIO | None = None,
+    workspace_ids: Mapping[str, str] | None = None,
 ) -> dict[str, Channel]:
-    """Every configured channel by name. `stream` replaces stdout/stderr of console channels."""
-    workspace_ids = {
-        w.name: found for w in config.workspaces if (found := workspace_id_from_host(str(w.host)))
-    }
+    """Every configured channel by name. `stream` replaces stdout/stderr of console channels;
+    `workspace_ids` (workspace name -> id, for Databricks-format webhooks) defaults to the
+    ids in the hosts of the root configuration's workspaces."""
+    if workspace_ids is None:
+        workspace_ids = workspace_ids_of(workspaces_of(config))
     return {
         name: build_channel(name, channel, clock=clock, stream=stream, workspace_ids=workspace_ids)
-        for name, channel in config.channels.items()
+        for name, channel in routing_of(config).channels.items()
     }
 
 

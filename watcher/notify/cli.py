@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from watcher.config import Config
+from watcher.config import StoreConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
+from watcher.notify.settings import NotifyConfig
 from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import Store
 
-StoreOpener = Callable[[Config], Awaitable[Store]]
+
+class StoreSettings(Protocol):
+    """Where the state is: the root configuration, as far as `alerts` reads it."""
+
+    @property
+    def store(self) -> StoreConfig: ...
 
 
-async def _open_sqlite(config: Config) -> Store:
+StoreOpener = Callable[[StoreSettings], Awaitable[Store]]
+
+
+async def _open_sqlite(config: StoreSettings) -> Store:
     from watcher.store.sqlite import SQLiteStore
 
     # A mistyped store.path must not create an empty database and report "0 dead letters".
     return await SQLiteStore.open(config.store.path, create=False)
 
 
-async def test_alert(config: Config, channel: str, out: TextIO) -> int:
+async def test_alert(config: NotifyConfig, channel: str, out: TextIO) -> int:
     """Exit code 0 when the test alert was accepted, 1 otherwise (with the reason)."""
     try:
         print(await send_test_alert(config, channel, stream=out), file=out)
@@ -32,7 +41,7 @@ async def test_alert(config: Config, channel: str, out: TextIO) -> int:
 
 
 async def dead_letters(
-    config: Config,
+    config: StoreSettings,
     action: str,
     event_ids: Sequence[str] | None,
     out: TextIO,

@@ -18,7 +18,7 @@ def describe(delivery: Delivery) -> str:
     queued = datetime.fromtimestamp(delivery.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
     job = truncate(one_line(f"{event.workspace}/{event.job.name or event.job.job_id}"), 60)
     error = truncate(one_line(delivery.last_error or "-"), 300)
-    channel = truncate(delivery.channel, 20)
+    channel = truncate(str(delivery.key), 20)
     return _ROW.format(event.id, channel, event.type, delivery.attempts, queued, f"{job}: {error}")
 
 

@@ -26,11 +26,12 @@ from typing import Literal
 
 import structlog
 
+from watcher.aio import first_of
 from watcher.clock import Clock
 from watcher.notify.base import Channel, Failed, Result, Retry, Sent, Unconfirmed
 from watcher.notify.ratelimit import TokenBucket
-from watcher.notify.router import parse_key
-from watcher.store.base import Delivery, Store
+from watcher.notify.router import serves
+from watcher.store.base import Delivery, DeliveryKey, Store
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +45,7 @@ why an answer that looked like success was not taken as one (or None)."""
 class _Lane:
     channel: Channel
     bucket: TokenBucket
-    keys: set[str]
-    inflight: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    inflight: dict[tuple[str, DeliveryKey], asyncio.Task[None]] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -74,12 +74,10 @@ class Dispatcher:
                 bucket=TokenBucket(
                     rate=channel.config.rate_per_second, burst=channel.config.burst, clock=clock
                 ),
-                keys={name},
             )
             for name, channel in channels.items()
         }
         self._configs = {name: channel.config for name, channel in channels.items()}
-        self._owner = {name: name for name in channels}
         self._wake = asyncio.Event()
 
     # -- control ---------------------------------------------------------------------
@@ -148,21 +146,21 @@ class Dispatcher:
         now = self._clock.time()
         await self._discover(now)
         started = 0
-        for lane in self._lanes.values():
+        for name, lane in self._lanes.items():
             room = lane.channel.config.concurrency - len(lane.inflight)
             if room <= 0:
                 continue
             due = await self._store.due_deliveries(
-                now=now, limit=room + len(lane.inflight), channels=sorted(lane.keys)
+                now=now, limit=room + len(lane.inflight), channels=[name]
             )
             for delivery in due:
-                key = (delivery.event.id, delivery.channel)
-                if key in lane.inflight:
-                    continue
+                key = (delivery.event.id, delivery.key)
+                if key in lane.inflight or not serves(delivery.key, self._configs):
+                    continue  # in flight, or for `_discover` to dead-letter
                 if room == 0:
                     break
                 lane.inflight[key] = asyncio.create_task(
-                    self._attempt(lane, delivery), name=f"deliver {delivery.channel}"
+                    self._attempt(lane, delivery), name=f"deliver {delivery.key}"
                 )
                 room -= 1
                 started += 1
@@ -171,39 +169,29 @@ class Dispatcher:
     # -- internals -------------------------------------------------------------------
 
     async def _discover(self, now: float) -> None:
-        """Learn the per-address keys of email channels; dead-letter deliveries whose
-        channel is no longer configured (visible in `alerts list`, replayable)."""
+        """Dead-letter deliveries no configured channel serves (the channel was removed
+        from the configuration): visible in `alerts list`, replayable."""
         for delivery in await self._store.due_deliveries(now=now, limit=self._discovery_limit):
-            if delivery.channel in self._owner:
+            if serves(delivery.key, self._configs):
                 continue
-            parsed = parse_key(delivery.channel, self._configs)
-            if parsed is not None:
-                self._owner[delivery.channel] = parsed[0]
-                self._lanes[parsed[0]].keys.add(delivery.channel)
-                continue
-            error = f"channel {delivery.channel!r} is not configured"
+            shown = str(delivery.key)
+            error = f"channel {shown!r} is not configured"
             await self._store.mark_failed(
-                delivery.event.id, delivery.channel, error=error, next_attempt_at=None
+                delivery.event.id, delivery.key, error=error, next_attempt_at=None
             )
-            log.error(
-                "alert_dead", channel=delivery.channel, event_id=delivery.event.id, error=error
-            )
-            self._observe(delivery.channel.split(":", 1)[0], "dead", 0.0, None)
+            log.error("alert_dead", channel=shown, event_id=delivery.event.id, error=error)
+            self._observe(delivery.channel, "dead", 0.0, None)
 
     def _tasks(self) -> set[asyncio.Task[None]]:
         return {task for lane in self._lanes.values() for task in lane.inflight.values()}
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        waiters: set[asyncio.Future[object]] = {
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(self._clock.sleep(self._poll_interval)),
-        }
-        try:
-            await asyncio.wait(waiters | self._tasks(), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await first_of(
+            stop.wait(),
+            self._wake.wait(),
+            self._clock.sleep(self._poll_interval),
+            among=self._tasks(),
+        )
 
     async def _cancel_inflight(self) -> None:
         tasks = self._tasks()
@@ -213,7 +201,7 @@ class Dispatcher:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _attempt(self, lane: _Lane, delivery: Delivery) -> None:
-        name = self._owner[delivery.channel]
+        name = delivery.channel
         try:
             await lane.bucket.acquire()
             started = self._clock.monotonic()
@@ -224,15 +212,18 @@ class Dispatcher:
             # attempted again (at-least-once).
             log.exception("delivery_not_recorded", channel=name, event_id=delivery.event.id)
         finally:
-            lane.inflight.pop((delivery.event.id, delivery.channel), None)
+            lane.inflight.pop((delivery.event.id, delivery.key), None)
 
     async def _send(self, lane: _Lane, delivery: Delivery) -> Result:
         config = lane.channel.config
-        owner = self._owner[delivery.channel]
-        recipient = None if delivery.channel == owner else delivery.channel[len(owner) + 1 :]
         try:
+            target = lane.channel.target(delivery.key)
+            if target is None:
+                return Failed(f"channel {delivery.channel!r} has no recipients")
+            # The loop's time, not the clock's: a ManualClock's sleep passes at once, so
+            # `watcher.aio.within` would cut off every real request in simulated time.
             async with asyncio.timeout(config.timeout):
-                return await lane.channel.send(delivery.event, recipient=recipient)
+                return await target.send(delivery.event)
         except TimeoutError:
             return Retry(f"timed out after {config.timeout:g}s")
         except Exception as exc:
@@ -240,7 +231,7 @@ class Dispatcher:
             # hold URLs and keys that are secrets.
             error = f"unexpected {type(exc).__name__} in the channel"
             log.error(
-                "channel_error", channel=delivery.channel, event_id=delivery.event.id, error=error
+                "channel_error", channel=str(delivery.key), event_id=delivery.event.id, error=error
             )
             return Retry(error)
 
@@ -255,9 +246,9 @@ class Dispatcher:
         event = delivery.event
         now = self._clock.time()
         attempt = delivery.attempts + 1
-        fields = {"channel": delivery.channel, "event_id": event.id, "type": str(event.type)}
+        fields = {"channel": str(delivery.key), "event_id": event.id, "type": str(event.type)}
         if isinstance(result, Sent):
-            await self._store.mark_delivered(event.id, delivery.channel, at=now)
+            await self._store.mark_delivered(event.id, delivery.key, at=now)
             log.info("alert_sent", attempt=attempt, detail=result.detail or None, **fields)
             self._observe(name, "sent", seconds, None)
             return
@@ -276,9 +267,7 @@ class Dispatcher:
                 error = f"{error} (undelivered for longer than max_age {config.max_age:g}s)"
             else:
                 next_at = now + delay
-        await self._store.mark_failed(
-            event.id, delivery.channel, error=error, next_attempt_at=next_at
-        )
+        await self._store.mark_failed(event.id, delivery.key, error=error, next_attempt_at=next_at)
         if next_at is None:
             log.error("alert_dead", attempt=attempt, error=error, **fields)
             self._observe(name, "dead", seconds, result.reason)

@@ -9,6 +9,7 @@ The `Message-ID` derives from the event id: a duplicate delivery is recognisable
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.policy
 import email.utils
 import ssl
@@ -19,9 +20,9 @@ import aiosmtplib
 from watcher.clock import Clock
 from watcher.config.channels import EmailChannelConfig
 from watcher.events import Event
-from watcher.notify.base import Failed, Result, Retry, Sent, excerpt, redact
-from watcher.notify.templates import Template
+from watcher.notify.base import ChannelBase, Failed, Result, Retry, Sent, excerpt, redact
 from watcher.notify.text import one_line, truncate
+from watcher.store.base import DeliveryKey
 
 SUBJECT_LIMIT = 250
 BODY_LIMIT = 100_000
@@ -33,39 +34,25 @@ def _smtp_result(code: int, message: str) -> Result:
     return Retry(text) if 400 <= code < 500 else Failed(text)
 
 
-class EmailChannel:
+class EmailChannel(ChannelBase[EmailChannelConfig]):
     def __init__(self, name: str, config: EmailChannelConfig, *, clock: Clock) -> None:
-        self._name = name
-        self._config = config
+        super().__init__(name, config)
         self._clock = clock
-        prefix = f"channels.{name}"
-        self._subject = Template(
-            "subject.txt.j2",
-            flavour="text",
-            override=config.subject_template,
-            field=f"{prefix}.subject_template",
-        )
-        self._text = Template(
-            "email.txt.j2",
-            flavour="text",
-            override=config.text_template,
-            field=f"{prefix}.text_template",
-        )
-        self._html = Template(
-            "email.html.j2",
-            flavour="html",
-            override=config.html_template,
-            field=f"{prefix}.html_template",
-        )
+        self._recipients = list(config.recipients)
+        self._subject = self.template("subject.txt.j2", flavour="text", field="subject_template")
+        self._text = self.template("email.txt.j2", flavour="text", field="text_template")
+        self._html = self.template("email.html.j2", flavour="html", field="html_template")
         self._secrets = [config.password.get_secret_value()] if config.password else []
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def config(self) -> EmailChannelConfig:
-        return self._config
+    def target(self, key: DeliveryKey) -> EmailChannel:
+        """Itself, or for a key with a recipient (an address from a job's own
+        email_notifications) this channel sending to that address instead of the
+        configured recipients."""
+        if not key.recipient:
+            return self
+        addressed = copy.copy(self)
+        addressed._recipients = [key.recipient]
+        return addressed
 
     def message(self, event: Event, recipients: list[str]) -> EmailMessage:
         msg = EmailMessage(policy=email.policy.SMTP)
@@ -99,8 +86,8 @@ class EmailChannel:
             password=config.password.get_secret_value() if config.password else None,
         )
 
-    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
-        recipients = [recipient] if recipient is not None else list(self._config.recipients)
+    async def send(self, event: Event) -> Result:
+        recipients = list(self._recipients)
         if not recipients:
             return Failed("no recipients configured")
         result = await self._send(self.message(event, recipients))
@@ -141,6 +128,3 @@ class EmailChannel:
             named = (f"{a} ({r.code} {excerpt(r.message)})" for a, r in sorted(refused.items()))
             return Sent("refused by the server: " + ", ".join(named))
         return Sent()
-
-    async def close(self) -> None:
-        return None

@@ -1,28 +1,36 @@
-"""One HTTP POST as a delivery `Result`, for every webhook-style channel."""
+"""One HTTP POST as a delivery `Result`, and the base of every webhook-style channel."""
 
 from __future__ import annotations
 
+import json
 import ssl
-from collections.abc import Mapping
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 
-from watcher import __version__
 from watcher.clock import Clock
+from watcher.config.channels import BaseChannelConfig, SlackChannelConfig, TeamsChannelConfig
+from watcher.events import Event
+from watcher.http_headers import USER_AGENT, retry_after_seconds
 from watcher.notify.base import (
     Acceptance,
+    ChannelBase,
     Result,
     Retry,
+    Sent,
     accept_any,
     http_result,
     location_text,
     redact,
-    retry_after_seconds,
+    url_secrets,
 )
+from watcher.notify.templates import Flavour
 
-USER_AGENT = f"databricks-run-watcher/{__version__}"
 _BODY_LIMIT = 64 * 1024
+_C = TypeVar("_C", bound=BaseChannelConfig)
 
 
 class HttpPoster:
@@ -97,3 +105,82 @@ class HttpPoster:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class HttpChannel(ChannelBase[_C]):
+    """A channel that POSTs one JSON document per alert to one URL. Each channel supplies
+    the document (`payload`, None when it has nothing to say about the event) and any
+    headers; this base owns the `HttpPoster`, `send` and `close`.
+
+    `secrets` are redacted from error texts; `accepts` judges a 2xx answer."""
+
+    skipped: ClassVar[str] = "nothing to send: {type}"
+    """The detail of the `Sent` when `payload` is None (`{type}` is the event type)."""
+    separators: ClassVar[tuple[str, str] | None] = None
+    """`json.dumps` separators of the body (None: its defaults)."""
+
+    def __init__(
+        self,
+        name: str,
+        config: _C,
+        *,
+        url: str,
+        clock: Clock,
+        ca_bundle: Path | None = None,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name, config)
+        self._url = url
+        self._clock = clock
+        self._http = HttpPoster(
+            timeout=config.timeout,
+            clock=clock,
+            ca_bundle=ca_bundle,
+            secrets=list(secrets),
+            accept=self.accepts,
+        )
+
+    @abstractmethod
+    def payload(self, event: Event) -> Any:
+        """The JSON document to post for `event`; None to send nothing."""
+
+    def accepts(self, status: int, body: str) -> str | None:
+        """Whether a 2xx answer came from the target (`watcher.notify.base.Acceptance`)."""
+        return accept_any(status, body)
+
+    def headers(self, event: Event, body: bytes) -> dict[str, str]:
+        """Headers besides Content-Type and User-Agent."""
+        return {}
+
+    def body(self, event: Event) -> bytes | None:
+        """The request body for `event`; None when there is nothing to send."""
+        payload = self.payload(event)
+        if payload is None:
+            return None
+        return json.dumps(payload, ensure_ascii=False, separators=self.separators).encode()
+
+    async def send(self, event: Event) -> Result:
+        body = self.body(event)
+        if body is None:
+            return Sent(self.skipped.format(type=event.type))
+        return await self._http.post(self._url, body, headers=self.headers(event, body))
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
+_Chat = TypeVar("_Chat", bound=SlackChannelConfig | TeamsChannelConfig)
+
+
+class ChatChannel(HttpChannel[_Chat]):
+    """An incoming webhook of a chat (Slack, Teams): the whole URL is a secret (never in
+    an error text), and `text_template` renders the details in the chat's markup."""
+
+    details: ClassVar[tuple[str, Flavour]]
+    """The default template of the details and its flavour."""
+
+    def __init__(self, name: str, config: _Chat, *, clock: Clock) -> None:
+        url = config.url.get_secret_value()
+        super().__init__(name, config, url=url, clock=clock, secrets=url_secrets(url))
+        default, flavour = self.details
+        self._details = self.template(default, flavour=flavour, field="text_template")

@@ -16,10 +16,9 @@ from typing import Any
 from watcher.clock import Clock
 from watcher.config.channels import PagerDutyChannelConfig
 from watcher.events import Event, EventType
-from watcher.notify.base import Failed, Result, Sent, iso
-from watcher.notify.http import HttpPoster
-from watcher.notify.templates import Template, context
-from watcher.notify.text import one_line, truncate
+from watcher.notify.http import HttpChannel
+from watcher.notify.templates import context
+from watcher.notify.text import iso, one_line, truncate
 
 SUMMARY_LIMIT = 1024
 _FIELD_LIMIT = 255
@@ -58,32 +57,16 @@ def pagerduty_accepts(status: int, body: str) -> str | None:
     return 'PagerDuty answers {"status": "success"}'
 
 
-class PagerDutyChannel:
+class PagerDutyChannel(HttpChannel[PagerDutyChannelConfig]):
+    accepts = staticmethod(pagerduty_accepts)
+    skipped = "nothing to send: {type} does not page"
+
     def __init__(self, name: str, config: PagerDutyChannelConfig, *, clock: Clock) -> None:
-        self._name = name
-        self._config = config
-        self._summary = Template(
-            "summary.txt.j2",
-            flavour="text",
-            override=config.summary_template,
-            field=f"channels.{name}.summary_template",
-        )
-        self._http = HttpPoster(
-            timeout=config.timeout,
-            clock=clock,
-            secrets=[config.routing_key.get_secret_value()],
-            accept=pagerduty_accepts,
-        )
+        key = config.routing_key.get_secret_value()
+        super().__init__(name, config, url=str(config.url), clock=clock, secrets=[key])
+        self._summary = self.template("summary.txt.j2", flavour="text", field="summary_template")
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def config(self) -> PagerDutyChannelConfig:
-        return self._config
-
-    def message(self, event: Event) -> dict[str, Any] | None:
+    def payload(self, event: Event) -> dict[str, Any] | None:
         """The Events API v2 body; None for event types this channel does not page on."""
         key = self._config.routing_key.get_secret_value()
         if event.type == EventType.JOB_RECOVERED and not event.test:
@@ -135,15 +118,3 @@ class PagerDutyChannel:
             body["links"] = [{"href": values["run_page_url"], "text": "Databricks run"}]
             body["client_url"] = values["run_page_url"]
         return body
-
-    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
-        if recipient is not None:
-            return Failed("a PagerDuty channel has no recipients")
-        body = self.message(event)
-        if body is None:
-            return Sent(f"nothing to send: {event.type} does not page")
-        url = str(self._config.url)
-        return await self._http.post(url, json.dumps(body, ensure_ascii=False).encode())
-
-    async def close(self) -> None:
-        await self._http.close()

@@ -4,14 +4,14 @@ notification destinations send (`databricks`), for receivers built for those."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from watcher.config import WorkspaceConfig
 from watcher.databricks.models import Run, RunTask
 from watcher.events import PAYLOAD_VERSION, Event, EventType
-from watcher.notify.base import iso
+from watcher.notify.text import iso, ms_iso, ms_seconds
 
 DATABRICKS_EVENT_TYPES: dict[EventType, str] = {
     EventType.RUN_STARTED: "jobs.on_start",
@@ -28,14 +28,6 @@ _AZURE_HOST = re.compile(r"^adb-(\d+)\.\d+\.")
 _GCP_HOST = re.compile(r"^(\d+)\.\d+\.gcp\.databricks\.com$")
 
 
-def _seconds(ms: int | None) -> float | None:
-    return None if ms is None else ms / 1000
-
-
-def _time(ms: int | None) -> str | None:
-    return iso(datetime.fromtimestamp(ms / 1000, UTC)) if ms else None
-
-
 def _task(task: RunTask) -> dict[str, Any]:
     return {
         "task_key": task.task_key,
@@ -44,10 +36,10 @@ def _task(task: RunTask) -> dict[str, Any]:
         "result_state": task.state.result_state if task.state else None,
         "state_message": task.state.state_message if task.state else None,
         "attempt_number": task.attempt_number,
-        "start_time": _time(task.start_time),
-        "end_time": _time(task.end_time),
-        "duration_seconds": _seconds(task.run_duration)
-        or _seconds(
+        "start_time": ms_iso(task.start_time),
+        "end_time": ms_iso(task.end_time),
+        "duration_seconds": ms_seconds(task.run_duration)
+        or ms_seconds(
             sum(
                 d or 0
                 for d in (task.setup_duration, task.execution_duration, task.cleanup_duration)
@@ -73,15 +65,15 @@ def _run(run: Run) -> dict[str, Any]:
             "state_message": run.state.state_message,
             "user_cancelled_or_timedout": run.state.user_cancelled_or_timedout,
         },
-        "start_time": _time(run.start_time),
-        "end_time": _time(run.end_time),
+        "start_time": ms_iso(run.start_time),
+        "end_time": ms_iso(run.end_time),
         "durations": {
-            "queue_seconds": _seconds(run.queue_duration),
-            "setup_seconds": _seconds(run.setup_duration),
-            "execution_seconds": _seconds(run.execution_duration),
-            "cleanup_seconds": _seconds(run.cleanup_duration),
-            "run_seconds": _seconds(run.run_duration),
-            "total_seconds": _seconds(run.duration_ms),
+            "queue_seconds": ms_seconds(run.queue_duration),
+            "setup_seconds": ms_seconds(run.setup_duration),
+            "execution_seconds": ms_seconds(run.execution_duration),
+            "cleanup_seconds": ms_seconds(run.cleanup_duration),
+            "run_seconds": ms_seconds(run.run_duration),
+            "total_seconds": ms_seconds(run.duration_ms),
         },
         "tasks": [_task(task) for task in run.tasks],
     }
@@ -124,6 +116,11 @@ def workspace_id_from_host(host: str) -> str | None:
     hostname = urlsplit(host if "//" in host else f"//{host}").hostname or ""
     match = _AZURE_HOST.match(hostname) or _GCP_HOST.match(hostname)
     return match.group(1) if match else None
+
+
+def workspace_ids(workspaces: Iterable[WorkspaceConfig]) -> dict[str, str]:
+    """Workspace name -> the id in its host, for the workspaces whose host carries one."""
+    return {w.name: found for w in workspaces if (found := workspace_id_from_host(str(w.host)))}
 
 
 def workspace_id(event: Event, known: Mapping[str, str]) -> str:

@@ -6,9 +6,9 @@ runs inside the commit of a poll cycle, so `router_for` never lets an error out:
 whose routes cannot be evaluated goes to every channel instead (a duplicate page beats a
 missed one), logged as `routing_failed` and counted.
 
-Outbox channel keys are plain strings: a configured channel's name (`slack-oncall`), or for
-an address from a job's own `email_notifications` the email channel's name, a colon and the
-address (`smtp:alice@example.com`), so each recipient has its own delivery state.
+Deliveries are keyed by `DeliveryKey`: a configured channel (`slack-oncall`), and for an
+address from a job's own `email_notifications` the email channel with that address as the
+recipient (shown as `smtp:alice@example.com`), so each recipient has its own delivery state.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from types import MappingProxyType
 import structlog
 
 from watcher.clock import Clock
-from watcher.config import Config, JobMatch, RouteMatch
+from watcher.config import JobMatch, RouteMatch, RoutingConfig
 from watcher.config.channels import ADDRESS, BaseChannelConfig, EmailChannelConfig
 from watcher.databricks.models import JobEmailNotifications, JobSettings, WebhookNotifications
 from watcher.events import Event, EventType
 from watcher.notify.base import excerpt
+from watcher.notify.settings import NotifyConfig, routing_of
+from watcher.store.base import DeliveryKey
 
 log = structlog.get_logger(__name__)
 
@@ -46,11 +48,10 @@ JOB_NOTIFICATION_KEYS: dict[EventType, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Routing:
-    """Channel keys to deliver an event to, or, when a silence holds it, that would have
-    received it."""
+    """Where to deliver an event, or, when a silence holds it, where it would have gone."""
 
-    channels: list[str] = field(default_factory=list)
-    silenced: list[str] = field(default_factory=list)
+    channels: list[DeliveryKey] = field(default_factory=list)
+    silenced: list[DeliveryKey] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,24 +103,19 @@ class Silence:
     """Epoch seconds, exclusive."""
 
 
-def address_key(channel: str, address: str) -> str:
-    """The outbox key of one address delivered through email channel `channel`."""
-    return f"{channel}:{address}"
+def serves(key: DeliveryKey, channels: Mapping[str, BaseChannelConfig]) -> bool:
+    """Whether a configured channel delivers `key`: its channel is configured, and a
+    recipient is one address of an email channel. False for a channel removed from the
+    configuration."""
+    config = channels.get(key.channel)
+    if config is None:
+        return False
+    if not key.recipient:
+        return True
+    return isinstance(config, EmailChannelConfig) and ADDRESS.match(key.recipient) is not None
 
 
-def parse_key(key: str, channels: Mapping[str, BaseChannelConfig]) -> tuple[str, str | None] | None:
-    """(channel name, recipient or None) of an outbox key; None when no configured channel
-    serves it (the channel was removed from the configuration)."""
-    if key in channels:
-        return key, None
-    for name, config in channels.items():
-        if isinstance(config, EmailChannelConfig) and key.startswith(f"{name}:"):
-            address = key[len(name) + 1 :]
-            return (name, address) if ADDRESS.match(address) else None
-    return None
-
-
-def job_email_channels(config: Config) -> list[str]:
+def job_email_channels(config: RoutingConfig) -> list[str]:
     """The email channels that carry jobs' own addresses: those marked `job_notifications`,
     else the first email channel."""
     emails = {n: c for n, c in config.channels.items() if isinstance(c, EmailChannelConfig)}
@@ -148,8 +144,9 @@ class RoutingTable:
     """Email channels carrying jobs' own addresses; None unless honour_job_notifications."""
 
     @classmethod
-    def compile(cls, config: Config) -> RoutingTable:
+    def compile(cls, config: NotifyConfig) -> RoutingTable:
         """Raises for a configuration that cannot be compiled: at start, not per event."""
+        config = routing_of(config)
         routes = [Route(Match.of(r.match), tuple(r.channels), r.continue_) for r in config.routes]
         return cls(
             channels=MappingProxyType(dict(config.channels)),
@@ -175,40 +172,40 @@ class RoutingTable:
         honour_job_notifications, the job's own webhook destinations (mapped through
         `destinations`) and email addresses are added. Channels that cannot express the
         event type are dropped; an active matching silence holds everything back."""
-        wanted: list[str] = []
+        wanted: list[DeliveryKey] = []
         for rule in self.routes:
             if rule.match(event):
-                wanted.extend(rule.channels)
+                wanted.extend(DeliveryKey(name) for name in rule.channels)
                 if not rule.continue_:
                     break
         if self.job_emails is not None and job_settings is not None:
             wanted.extend(self._job_channels(event, job_settings))
-        keys: list[str] = []
-        for key in dict.fromkeys(wanted):
-            parsed = parse_key(key, self.channels)
-            if parsed is not None and self.channels[parsed[0]].accepts(event.type):
-                keys.append(key)
+        keys = [
+            key
+            for key in dict.fromkeys(wanted)
+            if serves(key, self.channels) and self.channels[key.channel].accepts(event.type)
+        ]
         if keys and any(s.starts_at <= now < s.ends_at and s.match(event) for s in self.silences):
             return Routing(silenced=keys)
         return Routing(channels=keys)
 
-    def everyone(self, event: Event) -> list[str]:
+    def everyone(self, event: Event) -> list[DeliveryKey]:
         """Every configured channel that can express the event (every channel at all when
         even that cannot be decided): where an event goes when routing it failed."""
         try:
-            return [n for n, c in self.channels.items() if c.accepts(event.type)]
+            return [DeliveryKey(n) for n, c in self.channels.items() if c.accepts(event.type)]
         except Exception:
-            return list(self.channels)
+            return [DeliveryKey(n) for n in self.channels]
 
-    def _job_channels(self, event: Event, settings: JobSettings) -> list[str]:
+    def _job_channels(self, event: Event, settings: JobSettings) -> list[DeliveryKey]:
         key = JOB_NOTIFICATION_KEYS.get(event.type)
         if key is None:
             return []
-        found: list[str] = []
+        found: list[DeliveryKey] = []
         hooks = settings.webhook_notifications or WebhookNotifications()
         for hook in getattr(hooks, key):
             if hook.id in self.destinations:
-                found.append(self.destinations[hook.id])
+                found.append(DeliveryKey(self.destinations[hook.id]))
         emails = settings.email_notifications or JobEmailNotifications()
         addresses: dict[str, str] = {}
         for address in getattr(emails, key):
@@ -216,24 +213,26 @@ class RoutingTable:
             if ADDRESS.match(address):
                 addresses.setdefault(address.lower(), address)
         for channel in self.job_emails or ():
-            found.extend(address_key(channel, a) for a in addresses.values())
+            found.extend(DeliveryKey(channel, a) for a in addresses.values())
         return found
 
 
 def route(
-    event: Event, *, config: Config, job_settings: JobSettings | None, now: datetime
+    event: Event, *, config: NotifyConfig, job_settings: JobSettings | None, now: datetime
 ) -> Routing:
     """`RoutingTable.route` of a configuration at one moment (compiling it each call)."""
     return RoutingTable.compile(config).route(event, job_settings, now.timestamp())
 
 
 def router_for(
-    config: Config, *, clock: Clock, on_failure: Callable[[], None] | None = None
+    config: NotifyConfig, *, clock: Clock, on_failure: Callable[[], None] | None = None
 ) -> Callable[[Event, JobSettings | None], tuple[list[str], list[str]]]:
     """The routing table of `config`, compiled now, bound to a clock, in the shape the
-    pipeline calls: (event, job settings) -> (channels, silenced). It never raises: when an
-    event's routes cannot be evaluated, the event goes to `RoutingTable.everyone`
-    (silences ignored), logged as `routing_failed` and reported to `on_failure`."""
+    pipeline calls: (event, job settings) -> (channels, silenced), as the keys' text
+    (`str(key)`, which the store reads back and the silenced-alerts metric labels show).
+    It never raises: when an event's routes cannot be evaluated, the event goes to
+    `RoutingTable.everyone` (silences ignored), logged as `routing_failed` and reported
+    to `on_failure`."""
     return table_router(RoutingTable.compile(config), clock=clock, on_failure=on_failure)
 
 
@@ -254,12 +253,12 @@ def table_router(
                     type=str(event.type),
                     error_type=type(exc).__name__,
                     error=excerpt(str(exc), 500),
-                    channels=channels,
+                    channels=[str(c) for c in channels],
                 )
             if on_failure is not None:
                 with contextlib.suppress(Exception):
                     on_failure()
-            return channels, []
-        return routing.channels, routing.silenced
+            return [str(c) for c in channels], []
+        return [str(c) for c in routing.channels], [str(c) for c in routing.silenced]
 
     return route_event

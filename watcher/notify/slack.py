@@ -3,15 +3,12 @@ a button to the run), each cut to Slack's limits. The URL is a secret and never 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from watcher.clock import Clock
 from watcher.config.channels import SlackChannelConfig
 from watcher.events import Event
-from watcher.notify.base import Failed, Result, url_secrets
-from watcher.notify.http import HttpPoster
-from watcher.notify.templates import Template, context
+from watcher.notify.http import ChatChannel
+from watcher.notify.templates import context, headline
 from watcher.notify.text import slack_escape, truncate
 
 HEADER_LIMIT = 150
@@ -32,39 +29,18 @@ def _plain(text: str) -> dict[str, str]:
     return {"type": "plain_text", "text": text}
 
 
-class SlackChannel:
-    def __init__(self, name: str, config: SlackChannelConfig, *, clock: Clock) -> None:
-        self._name = name
-        self._config = config
-        self._details = Template(
-            "slack.md.j2",
-            flavour="slack",
-            override=config.text_template,
-            field=f"channels.{name}.text_template",
-        )
-        self._http = HttpPoster(
-            timeout=config.timeout,
-            clock=clock,
-            secrets=url_secrets(config.url.get_secret_value()),
-            accept=slack_accepts,
-        )
+class SlackChannel(ChatChannel[SlackChannelConfig]):
+    accepts = staticmethod(slack_accepts)
+    details = ("slack.md.j2", "slack")
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def config(self) -> SlackChannelConfig:
-        return self._config
-
-    def message(self, event: Event) -> dict[str, Any]:
+    def payload(self, event: Event) -> dict[str, Any]:
         values = context(event)
-        headline = ("[TEST] " if event.test else "") + values["title"]
+        head = headline(event)
         footer = f"{values['workspace']} · {values['type']} · event {values['event_id']}"
         blocks: list[dict[str, Any]] = [
             {
                 "type": "header",
-                "text": {"type": "plain_text", "text": truncate(headline, HEADER_LIMIT)},
+                "text": {"type": "plain_text", "text": truncate(head, HEADER_LIMIT)},
             },
             {
                 "type": "section",
@@ -89,13 +65,4 @@ class SlackChannel:
                     ],
                 }
             )
-        return {"text": truncate(slack_escape(headline), TEXT_LIMIT), "blocks": blocks}
-
-    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
-        if recipient is not None:
-            return Failed("a Slack channel has no recipients")
-        body = json.dumps(self.message(event), ensure_ascii=False).encode()
-        return await self._http.post(self._config.url.get_secret_value(), body)
-
-    async def close(self) -> None:
-        await self._http.close()
+        return {"text": truncate(slack_escape(head), TEXT_LIMIT), "blocks": blocks}

@@ -3,15 +3,12 @@ Teams' 28 KB message limit. The URL is a secret and never logged."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from watcher.clock import Clock
 from watcher.config.channels import TeamsChannelConfig
 from watcher.events import Event, EventType
-from watcher.notify.base import Failed, Result, url_secrets
-from watcher.notify.http import HttpPoster
-from watcher.notify.templates import Template, context
+from watcher.notify.http import ChatChannel
+from watcher.notify.templates import context, headline
 from watcher.notify.text import markdown_escape, truncate, truncate_bytes
 
 CARD_TEXT_LIMIT = 20_000  # bytes: the whole message must stay under 28 KB
@@ -36,34 +33,13 @@ def teams_accepts(status: int, body: str) -> str | None:
     return "Workflows answer 202, connectors `1`"
 
 
-class TeamsChannel:
-    def __init__(self, name: str, config: TeamsChannelConfig, *, clock: Clock) -> None:
-        self._name = name
-        self._config = config
-        self._details = Template(
-            "teams.md.j2",
-            flavour="markdown",
-            override=config.text_template,
-            field=f"channels.{name}.text_template",
-        )
-        self._http = HttpPoster(
-            timeout=config.timeout,
-            clock=clock,
-            secrets=url_secrets(config.url.get_secret_value()),
-            accept=teams_accepts,
-        )
+class TeamsChannel(ChatChannel[TeamsChannelConfig]):
+    accepts = staticmethod(teams_accepts)
+    details = ("teams.md.j2", "markdown")
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def config(self) -> TeamsChannelConfig:
-        return self._config
-
-    def message(self, event: Event) -> dict[str, Any]:
+    def payload(self, event: Event) -> dict[str, Any]:
         values = context(event)
-        headline = ("[TEST] " if event.test else "") + values["title"]
+        head = headline(event)
         card: dict[str, Any] = {
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "type": "AdaptiveCard",
@@ -71,7 +47,7 @@ class TeamsChannel:
             "body": [
                 {
                     "type": "TextBlock",
-                    "text": markdown_escape(truncate(headline, _TITLE_LIMIT)),
+                    "text": markdown_escape(truncate(head, _TITLE_LIMIT)),
                     "size": "Large",
                     "weight": "Bolder",
                     "color": _COLOURS.get(event.type, "Default"),
@@ -99,12 +75,3 @@ class TeamsChannel:
                 }
             ],
         }
-
-    async def send(self, event: Event, *, recipient: str | None = None) -> Result:
-        if recipient is not None:
-            return Failed("a Teams channel has no recipients")
-        body = json.dumps(self.message(event), ensure_ascii=False).encode()
-        return await self._http.post(self._config.url.get_secret_value(), body)
-
-    async def close(self) -> None:
-        await self._http.close()

@@ -21,7 +21,16 @@ from jinja2.sandbox import SandboxedEnvironment
 from watcher.config.channels import BaseChannelConfig
 from watcher.databricks.models import Run, RunState, RunTask
 from watcher.events import Event, EventType, JobRef, RuleRef
-from watcher.notify.text import human_seconds, markdown_escape, one_line, slack_escape, truncate
+from watcher.notify.text import (
+    human_seconds,
+    iso,
+    markdown_escape,
+    ms_iso,
+    ms_seconds,
+    one_line,
+    slack_escape,
+    truncate,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -133,18 +142,6 @@ def _url(value: str | None) -> str | None:
     return value if value and value.startswith(("https://", "http://")) else None
 
 
-def _seconds(ms: int | None) -> float | None:
-    return None if ms is None else ms / 1000
-
-
-def _time(ms: int | None) -> str | None:
-    if not ms:
-        return None
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
-
-
 def _name(text: str | None, limit: int = NAME_LIMIT) -> str | None:
     return None if text is None else truncate(one_line(text), limit)
 
@@ -157,6 +154,11 @@ def title(event: Event) -> str:
     )
     repair = f" repair {event.repair}" if event.repair else ""
     return f"{name}{repair} {_VERBS.get(event.type, event.type)}"
+
+
+def headline(event: Event) -> str:
+    """The `title`, marked `[TEST] ` for a test alert: the first line chat messages show."""
+    return ("[TEST] " if event.test else "") + title(event)
 
 
 def context(event: Event) -> dict[str, Any]:
@@ -180,9 +182,7 @@ def context(event: Event) -> dict[str, Any]:
         "title": title(event),
         "verb": _VERBS.get(event.type, str(event.type)),
         "event_id": event.id,
-        "occurred_at": event.occurred_at.astimezone(UTC)
-        .isoformat(timespec="seconds")
-        .replace("+00:00", "Z"),
+        "occurred_at": iso(event.occurred_at, timespec="seconds"),
         "workspace": _name(event.workspace),
         "job_id": event.job.job_id,
         "job_name": _name(event.job.name) or "(unnamed)",
@@ -199,14 +199,14 @@ def context(event: Event) -> dict[str, Any]:
         "result_state": _name(run.state.result_state, 40),
         "raw_state": _name(event.raw_state, 40),
         "state_message": truncate(run.state.state_message or "", MESSAGE_LIMIT) or None,
-        "started_at": _time(run.start_time),
-        "ended_at": _time(run.end_time),
-        "duration": human_seconds(_seconds(total) if total else event.observed_seconds),
-        "duration_seconds": _seconds(total),
-        "queue_seconds": _seconds(run.queue_duration),
-        "setup_seconds": _seconds(run.setup_duration),
-        "execution_seconds": _seconds(run.execution_duration),
-        "cleanup_seconds": _seconds(run.cleanup_duration),
+        "started_at": ms_iso(run.start_time, timespec="seconds"),
+        "ended_at": ms_iso(run.end_time, timespec="seconds"),
+        "duration": human_seconds(ms_seconds(total) if total else event.observed_seconds),
+        "duration_seconds": ms_seconds(total),
+        "queue_seconds": ms_seconds(run.queue_duration),
+        "setup_seconds": ms_seconds(run.setup_duration),
+        "execution_seconds": ms_seconds(run.execution_duration),
+        "cleanup_seconds": ms_seconds(run.cleanup_duration),
         "rule": None
         if rule is None
         else {

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TextIO
 
 from watcher.clock import Clock, SystemClock
-from watcher.config import Config
 from watcher.databricks.models import Run, RunState
 from watcher.events import Event, EventType, JobRef
-from watcher.notify.base import Retry, Sent
+from watcher.notify.base import Failed, Result, Retry, Sent
 from watcher.notify.channels import build_channel
-from watcher.notify.payloads import workspace_id_from_host
-from watcher.notify.router import parse_key
+from watcher.notify.payloads import workspace_ids as workspace_ids_of
+from watcher.notify.router import serves
+from watcher.notify.settings import NotifyConfig, routing_of, workspaces_of
+from watcher.store.base import DeliveryKey
+
+TEST_WORKSPACE = "watcher-test"
+"""The workspace of a test alert sent without any configured workspace."""
 
 
 class TestAlertError(Exception):
@@ -24,14 +29,15 @@ class TestAlertError(Exception):
     __test__ = False  # not a pytest test class
 
 
-def test_event(config: Config, *, now: float) -> Event:
-    """A failed-run event flagged `test=True`, with texts saying it is a test."""
+def test_event(workspace: str, *, now: float) -> Event:
+    """A failed-run event in `workspace` flagged `test=True`, with texts saying it is a
+    test."""
     moment = datetime.fromtimestamp(now, UTC)
     ms = int(now * 1000)
     return Event(
         id=str(uuid.uuid4()),
         type=EventType.RUN_FAILED,
-        workspace=config.workspaces[0].name,
+        workspace=workspace,
         occurred_at=moment,
         job=JobRef(name="watcher test alert"),
         run=Run(
@@ -52,29 +58,46 @@ def test_event(config: Config, *, now: float) -> Event:
 
 
 async def send_test_alert(
-    config: Config, channel: str, *, clock: Clock | None = None, stream: TextIO | None = None
+    config: NotifyConfig,
+    channel: str,
+    *,
+    clock: Clock | None = None,
+    stream: TextIO | None = None,
+    workspace: str | None = None,
+    workspace_ids: Mapping[str, str] | None = None,
 ) -> str:
     """Send a test alert through `channel` (a channel name, or `<email channel>:<address>`);
-    the result in words, or TestAlertError. `stream` receives console channel output."""
+    the result in words, or TestAlertError. `stream` receives console channel output.
+    The event's `workspace` and the `workspace_ids` of Databricks-format webhooks default
+    to the root configuration's (its first workspace)."""
     clock = clock or SystemClock()
-    parsed = parse_key(channel, dict(config.channels))
-    if parsed is None:
-        known = ", ".join(sorted(config.channels)) or "none"
+    routing = routing_of(config)
+    key = DeliveryKey.parse(channel)
+    if not serves(key, routing.channels):
+        known = ", ".join(sorted(routing.channels)) or "none"
         raise TestAlertError(f"unknown channel {channel!r} (configured: {known})")
-    name, recipient = parsed
-    settings = config.channels[name]
-    workspace_ids = {
-        w.name: found for w in config.workspaces if (found := workspace_id_from_host(str(w.host)))
-    }
-    target = build_channel(name, settings, clock=clock, stream=stream, workspace_ids=workspace_ids)
-    event = test_event(config, now=clock.time())
+    workspaces = workspaces_of(config)
+    if workspace is None:
+        workspace = workspaces[0].name if workspaces else TEST_WORKSPACE
+    if workspace_ids is None:
+        workspace_ids = workspace_ids_of(workspaces)
+    settings = routing.channels[key.channel]
+    built = build_channel(
+        key.channel, settings, clock=clock, stream=stream, workspace_ids=workspace_ids
+    )
+    event = test_event(workspace, now=clock.time())
+    target = built.target(key)
+    result: Result
     try:
-        async with asyncio.timeout(settings.timeout):
-            result = await target.send(event, recipient=recipient)
+        if target is None:
+            result = Failed(f"channel {key.channel!r} has no recipients")
+        else:
+            async with asyncio.timeout(settings.timeout):  # the loop's time: see dispatcher
+                result = await target.send(event)
     except TimeoutError:
         result = Retry(f"timed out after {settings.timeout:g}s")
     finally:
-        await target.close()
+        await built.close()
     if isinstance(result, Sent):
         detail = f": {result.detail}" if result.detail else ""
         return f"test alert {event.id} sent through {channel!r} ({settings.type}){detail}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import UTC, datetime
 
 MARKER = "… [truncated]"
 
@@ -59,3 +60,18 @@ def human_seconds(seconds: float | None) -> str:
     minutes, secs = divmod(rest, 60)
     parts = ([f"{hours}h"] if hours else []) + [f"{minutes}m", f"{secs}s"]
     return " ".join(parts)
+
+
+def iso(moment: datetime, *, timespec: str = "auto") -> str:
+    """RFC 3339 in UTC with a `Z`, as every receiver parses it."""
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def ms_seconds(ms: int | None) -> float | None:
+    """Milliseconds (a Databricks duration) as seconds; None stays None."""
+    return None if ms is None else ms / 1000
+
+
+def ms_iso(ms: int | None, *, timespec: str = "auto") -> str | None:
+    """Epoch milliseconds (a Databricks time) as `iso`; None for None or 0 (not set)."""
+    return iso(datetime.fromtimestamp(ms / 1000, UTC), timespec=timespec) if ms else None

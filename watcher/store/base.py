@@ -33,6 +33,32 @@ class WorkspaceState:
     started, raised when a catch-up is truncated."""
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class DeliveryKey:
+    """Where one delivery of an event goes: a configured channel, and for an address from
+    a job's own `email_notifications` that address (the email channel sends to it alone),
+    so each recipient has its own delivery state. `recipient` is "" for the channel's own
+    target."""
+
+    channel: str
+    recipient: str = ""
+
+    def __str__(self) -> str:
+        """`channel`, or `channel:recipient`: how operators see and type a key."""
+        return f"{self.channel}:{self.recipient}" if self.recipient else self.channel
+
+    @classmethod
+    def parse(cls, text: str) -> DeliveryKey:
+        """The key `str(key)` shows (channel names cannot contain `:`)."""
+        channel, _, recipient = text.partition(":")
+        return cls(channel, recipient)
+
+    @classmethod
+    def of(cls, key: DeliveryKey | str) -> DeliveryKey:
+        """A key, or the text of one."""
+        return key if isinstance(key, DeliveryKey) else cls.parse(key)
+
+
 @dataclass(frozen=True, slots=True)
 class CycleCommit:
     """Everything one workspace cycle decided, committed in one transaction."""
@@ -44,25 +70,31 @@ class CycleCommit:
     runs: Sequence[RunRecord] = ()
     jobs: Sequence[JobRecord] = ()
     events: Sequence[Event] = ()
-    channels: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    """event id -> channels to deliver it to (from routing)."""
-    silenced: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    """event id -> channels it would have gone to, held back by a silence."""
+    channels: Mapping[str, Sequence[DeliveryKey | str]] = field(default_factory=dict)
+    """event id -> where to deliver it (from routing); a key's text (`str(key)`) is read
+    as the key."""
+    silenced: Mapping[str, Sequence[DeliveryKey | str]] = field(default_factory=dict)
+    """event id -> where it would have gone, held back by a silence."""
     news_since_ms: int | None = None
     """Raise the workspace's news horizon to this (it never moves back)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One (event, channel) pair in the outbox."""
+    """One (event, delivery key) pair in the outbox."""
 
     event: Event
-    channel: str
+    key: DeliveryKey
     status: DeliveryStatus
     attempts: int
     created_at: float
     next_attempt_at: float
     last_error: str | None = None
+
+    @property
+    def channel(self) -> str:
+        """The configured channel that delivers it."""
+        return self.key.channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +143,13 @@ class Store(Protocol):
         self, *, now: float, limit: int, channels: Collection[str] | None = None
     ) -> list[Delivery]:
         """Pending deliveries whose next attempt is due, oldest event first, at most one
-        per (channel, workspace, job) so that a job's alerts reach a channel in order."""
+        per (key, workspace, job) so that a job's alerts reach a recipient in order.
+        `channels` limits them to those channels (every recipient of each)."""
 
-    async def mark_delivered(self, event_id: str, channel: str, *, at: float) -> None: ...
+    async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None: ...
 
     async def mark_failed(
-        self, event_id: str, channel: str, *, error: str, next_attempt_at: float | None
+        self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
     ) -> None:
         """Count a failed attempt; `next_attempt_at=None` dead-letters the delivery."""
 

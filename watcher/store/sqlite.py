@@ -20,6 +20,7 @@ from watcher.events import Event
 from watcher.store.base import (
     CycleCommit,
     Delivery,
+    DeliveryKey,
     DeliveryStatus,
     JobTimes,
     OutboxStats,
@@ -96,6 +97,35 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN last_outcome_repair INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE watermarks ADD COLUMN news_since_ms INTEGER;
     """,
+    # A delivery's key in two columns: the channel, and the address of a job's own email
+    # notification ('' for the channel's own target), split from the `channel:address`
+    # strings that held both (channel names cannot contain ':').
+    """
+    CREATE TABLE deliveries_keyed (
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        delivered_at REAL,
+        PRIMARY KEY (event_id, channel, recipient)
+    );
+    INSERT INTO deliveries_keyed (event_id, channel, recipient, status, attempts, created_at,
+        next_attempt_at, last_error, delivered_at)
+    SELECT event_id,
+        CASE WHEN instr(channel, ':') > 0 THEN substr(channel, 1, instr(channel, ':') - 1)
+            ELSE channel END,
+        CASE WHEN instr(channel, ':') > 0 THEN substr(channel, instr(channel, ':') + 1)
+            ELSE '' END,
+        status, attempts, created_at, next_attempt_at, last_error, delivered_at
+    FROM deliveries;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_keyed RENAME TO deliveries;
+    CREATE INDEX deliveries_status ON deliveries (status, channel, recipient, next_attempt_at);
+    """,
 ]
 
 _P = ParamSpec("_P")
@@ -114,8 +144,8 @@ def _locked(
 
 
 _DELIVERY_COLUMNS = (
-    "e.payload, d.channel, d.status, d.attempts, d.created_at, d.next_attempt_at, "
-    "d.last_error, d.event_id"
+    "e.payload, d.channel, d.recipient, d.status, d.attempts, d.created_at, "
+    "d.next_attempt_at, d.last_error, d.event_id"
 )
 
 
@@ -414,12 +444,19 @@ class SQLiteStore:
             await self._db.execute("ROLLBACK")
 
     async def _add_deliveries(
-        self, event_id: str, channels: Iterable[str], status: DeliveryStatus, now: float
+        self,
+        event_id: str,
+        keys: Iterable[DeliveryKey | str],
+        status: DeliveryStatus,
+        now: float,
     ) -> None:
         await self._db.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, created_at, "
-            "next_attempt_at) VALUES (?,?,?,?,?)",
-            [(event_id, channel, status, now, now) for channel in dict.fromkeys(channels)],
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, recipient, status, "
+            "created_at, next_attempt_at) VALUES (?,?,?,?,?,?)",
+            [
+                (event_id, key.channel, key.recipient, status, now, now)
+                for key in dict.fromkeys(DeliveryKey.of(k) for k in keys)
+            ],
         )
 
     # -- outbox ------------------------------------------------------------------------
@@ -428,8 +465,8 @@ class SQLiteStore:
     async def due_deliveries(
         self, *, now: float, limit: int, channels: Collection[str] | None = None
     ) -> list[Delivery]:
-        # Head of line per (channel, workspace, job): a job's later alert waits for its
-        # earlier one on the same channel (delivered or dead), so order is kept.
+        # Head of line per (key, workspace, job): a job's later alert waits for its earlier
+        # one to the same channel and recipient (delivered or dead), so order is kept.
         channel_filter = ""
         params: list[Any] = []
         if channels is not None:
@@ -439,7 +476,8 @@ class SQLiteStore:
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and ? placeholders only
             f"WHERE d.status = 'pending' {channel_filter} AND e.seq = ("
             "  SELECT MIN(e2.seq) FROM deliveries d2 JOIN events e2 ON e2.id = d2.event_id"
-            "  WHERE d2.channel = d.channel AND d2.status = 'pending'"
+            "  WHERE d2.channel = d.channel AND d2.recipient = d.recipient"
+            "  AND d2.status = 'pending'"
             "  AND e2.workspace = e.workspace AND e2.job_id IS e.job_id"
             ") AND d.next_attempt_at <= ? ORDER BY e.seq LIMIT ?"
         )
@@ -454,28 +492,35 @@ class SQLiteStore:
                 # One unreadable payload must not stop every other alert: dead-letter it.
                 await self._db.execute(
                     "UPDATE deliveries SET status = 'dead', last_error = ? "
-                    "WHERE event_id = ? AND channel = ?",
-                    (f"stored event cannot be read: {exc.error_count()} errors", row[7], row[1]),
+                    "WHERE event_id = ? AND channel = ? AND recipient = ?",
+                    (
+                        f"stored event cannot be read: {exc.error_count()} errors",
+                        row[8],
+                        row[1],
+                        row[2],
+                    ),
                 )
         return due
 
     @_locked
-    async def mark_delivered(self, event_id: str, channel: str, *, at: float) -> None:
+    async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
         await self._db.execute(
             "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, "
-            "delivered_at = ?, last_error = NULL WHERE event_id = ? AND channel = ?",
-            (at, event_id, channel),
+            "delivered_at = ?, last_error = NULL "
+            "WHERE event_id = ? AND channel = ? AND recipient = ?",
+            (at, event_id, key.channel, key.recipient),
         )
 
     @_locked
     async def mark_failed(
-        self, event_id: str, channel: str, *, error: str, next_attempt_at: float | None
+        self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
     ) -> None:
         status = "dead" if next_attempt_at is None else "pending"
         await self._db.execute(
             "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
-            "next_attempt_at = COALESCE(?, next_attempt_at) WHERE event_id = ? AND channel = ?",
-            (status, error[:1000], next_attempt_at, event_id, channel),
+            "next_attempt_at = COALESCE(?, next_attempt_at) "
+            "WHERE event_id = ? AND channel = ? AND recipient = ?",
+            (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient),
         )
 
     @_locked
@@ -595,10 +640,10 @@ def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
 def _delivery(row: Any) -> Delivery:
     return Delivery(
         event=Event.model_validate_json(row[0]),
-        channel=row[1],
-        status=row[2],
-        attempts=row[3],
-        created_at=row[4],
-        next_attempt_at=row[5],
-        last_error=row[6],
+        key=DeliveryKey(row[1], row[2]),
+        status=row[3],
+        attempts=row[4],
+        created_at=row[5],
+        next_attempt_at=row[6],
+        last_error=row[7],
     )
