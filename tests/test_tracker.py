@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from watcher.cycle import job_duration_rules
 from watcher.databricks.models import JobSettings, Run
-from watcher.domain import RunRecord
+from watcher.domain import Category, RunRecord
 from watcher.events import EventType, RuleRef, event_id
-from watcher.tracker import Category, Evaluation, JobContext, classify, evaluate
+from watcher.tracker import Evaluation, JobContext, classify, evaluate
 
 T0 = 1_700_000_000_000  # ms
 WS = "prod"
@@ -48,8 +49,10 @@ def step(
     now: int = T0 + 10_000,
     **kwargs: Any,
 ) -> Evaluation:
+    # The cycle plan resolves every rule of the run: the job's own, then the given ones.
+    every_rule = [*job_duration_rules(job.settings), *(rules or [])]
     return evaluate(
-        previous, observed, workspace=WS, job=job, rules=rules or [], now_ms=now, **kwargs
+        previous, observed, workspace=WS, job=job, rules=every_rule, now_ms=now, **kwargs
     )
 
 

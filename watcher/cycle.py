@@ -7,26 +7,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from watcher.config import HealthRulesConfig, StartupConfig
 from watcher.databricks.models import Job, JobSettings, Run
-from watcher.domain import JobRecord, PollResult, RunRecord, Unreadable
+from watcher.domain import JobRecord, PollResult, RunRecord, Transition, TransitionKind, Unreadable
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
-from watcher.tracker import JobContext, evaluate, job_duration_rules
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    previous: RunRecord | None
-    record: RunRecord
+from watcher.tracker import Evaluation, JobContext, evaluate
 
 
 @dataclass(frozen=True, slots=True)
 class CyclePlan:
     transitions: Sequence[Transition]
-    """Every run record that changed, with the record it replaces."""
+    """Every run record that changed, with the record it replaces and what it means."""
     events: Sequence[Event]
     settings_of: Mapping[str, JobSettings | None]
     """event id -> settings of the event's job, for routing (the job's own destinations)."""
@@ -36,6 +30,47 @@ class CyclePlan:
     deleted_jobs: Sequence[int]
     """Jobs of observed runs that no longer exist in the workspace."""
     active_by_state: Mapping[str, int]
+
+
+def run_duration_rules(
+    config: HealthRulesConfig,
+    job_id: int | None,
+    name: str | None,
+    tags: Mapping[str, str],
+    settings: JobSettings | None,
+) -> list[RuleRef]:
+    """Every duration rule that applies to a run: the job's own (job, then tasks), then the
+    config's (the default only when the job has no rule at all)."""
+    own = job_duration_rules(settings)
+    return [*own, *config_rules(config, job_id, name, tags, has_own_rule=bool(own))]
+
+
+def job_duration_rules(settings: JobSettings | None) -> list[RuleRef]:
+    """RUN_DURATION_SECONDS GREATER_THAN rules of the job and of its tasks."""
+    if settings is None:
+        return []
+    rules: list[RuleRef] = []
+    for rule in settings.health.rules if settings.health else []:
+        if _is_duration_rule(rule.metric, rule.op, rule.value):
+            assert rule.value is not None
+            rules.append(RuleRef(name="job", value=rule.value, source="job"))
+    for task in settings.tasks:
+        for rule in task.health.rules if task.health else []:
+            if _is_duration_rule(rule.metric, rule.op, rule.value) and task.task_key:
+                assert rule.value is not None
+                rules.append(
+                    RuleRef(
+                        name=f"task:{task.task_key}",
+                        value=rule.value,
+                        source="task",
+                        task_key=task.task_key,
+                    )
+                )
+    return rules
+
+
+def _is_duration_rule(metric: str | None, op: str | None, value: int | None) -> bool:
+    return metric == "RUN_DURATION_SECONDS" and op == "GREATER_THAN" and value is not None
 
 
 def config_rules(
@@ -68,36 +103,14 @@ def plan_cycle(
 ) -> CyclePlan:
     """Track every observed run against its stored record, keep each job's last outcome
     for recovery detection, close out vanished runs and report unreadable items."""
-    workspace = result.workspace
-    jobs: dict[int, JobRecord] = {}
-    active: Counter[str] = Counter()
-    transitions: list[Transition] = []
-    events: list[Event] = []
-    settings_of: dict[str, JobSettings | None] = {}
-    # Finished runs in end order, then active ones: a failure followed by a success
-    # of the same job within one cycle is a recovery, the other way round is not.
-    ordered = sorted(result.runs, key=lambda r: (r.end_time or 2**62, r.start_time or 0, r.run_id))
-    for run in ordered:
+    workspace, now_ms = result.workspace, result.server_now_ms
+    plan = _Planned()
+    for run in _in_outcome_order(result.runs):
         job = result.jobs.get(run.job_id) if run.job_id is not None else None
-        record = _job_record(workspace, run, job, jobs, stored_jobs)
+        record = _job_record(workspace, run, job, plan.jobs, stored_jobs)
         settings = job.settings if job is not None else None
-        context = JobContext(
-            job_id=run.job_id,
-            name=record.name if record else run.run_name,
-            tags=record.tags if record else {},
-            settings=settings,
-            last_outcome=record.last_outcome if record else None,
-            last_outcome_end_time=record.last_outcome_end_time if record else None,
-            last_outcome_run_id=record.last_outcome_run_id if record else None,
-            last_outcome_repair=record.last_outcome_repair if record else 0,
-        )
-        rules = config_rules(
-            health_rules,
-            run.job_id,
-            context.name,
-            context.tags,
-            has_own_rule=bool(job_duration_rules(settings)),
-        )
+        context = _job_context(run, record, settings)
+        rules = run_duration_rules(health_rules, run.job_id, context.name, context.tags, settings)
         before = previous.get(run.run_id)
         try:
             evaluation = evaluate(
@@ -106,7 +119,7 @@ def plan_cycle(
                 workspace=workspace,
                 job=context,
                 rules=rules,
-                now_ms=result.server_now_ms,
+                now_ms=now_ms,
                 history_before_ms=result.news_since_ms,
                 alert_on_history=startup.alert_on_backfill,
             )
@@ -116,47 +129,99 @@ def plan_cycle(
             item = Unreadable(
                 "run", run.run_id, run.job_id, f"cannot be evaluated: {type(exc).__name__}"
             )
-            event = _unreadable_event(workspace, item, stored_jobs, result.server_now_ms)
-            events.append(event)
-            settings_of[event.id] = None
+            plan.add_event(_unreadable_event(workspace, item, stored_jobs, now_ms), None)
             continue
-        if not evaluation.record.terminal:
-            active[evaluation.record.life_cycle_state or "UNKNOWN"] += 1
-        if evaluation.record != before:
-            transitions.append(Transition(before, evaluation.record))
-        events.extend(evaluation.events)
-        for event in evaluation.events:
-            settings_of[event.id] = settings
+        plan.add_evaluation(before, evaluation, settings)
         if record is not None and evaluation.outcome is not None:
-            ended = evaluation.record.end_time or result.server_now_ms
-            if record.last_outcome_end_time is None or ended >= record.last_outcome_end_time:
-                jobs[record.job_id] = record.model_copy(
-                    update={
-                        "last_outcome": evaluation.outcome,
-                        "last_outcome_run_id": run.run_id,
-                        "last_outcome_repair": evaluation.record.repair,
-                        "last_outcome_end_time": ended,
-                    }
-                )
-    for run_id in result.vanished:
+            plan.settle(record, run.run_id, evaluation, now_ms)
+    plan.transitions.extend(_vanished(result.vanished, previous))
+    for item in result.unreadable:
+        plan.add_event(_unreadable_event(workspace, item, stored_jobs, now_ms), None)
+    return plan.plan(result, stored_jobs)
+
+
+@dataclass(slots=True)
+class _Planned:
+    """What plan_cycle gathers, run by run."""
+
+    jobs: dict[int, JobRecord] = field(default_factory=dict)
+    active: Counter[str] = field(default_factory=Counter)
+    transitions: list[Transition] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    settings_of: dict[str, JobSettings | None] = field(default_factory=dict)
+
+    def add_event(self, event: Event, settings: JobSettings | None) -> None:
+        self.events.append(event)
+        self.settings_of[event.id] = settings
+
+    def add_evaluation(
+        self, before: RunRecord | None, evaluation: Evaluation, settings: JobSettings | None
+    ) -> None:
+        record = evaluation.record
+        if not record.terminal:
+            self.active[record.life_cycle_state or "UNKNOWN"] += 1
+        if record != before:
+            kind, category, raw = evaluation.kind, evaluation.category, evaluation.raw_state
+            self.transitions.append(Transition(before, record, kind, category, raw))
+        for event in evaluation.events:
+            self.add_event(event, settings)
+
+    def settle(self, job: JobRecord, run_id: int, evaluation: Evaluation, now_ms: int) -> None:
+        """Record the job outcome the run settled, unless a later run's outcome is
+        already recorded."""
+        ended = evaluation.record.end_time or now_ms
+        if job.last_outcome_end_time is None or ended >= job.last_outcome_end_time:
+            self.jobs[job.job_id] = job.model_copy(
+                update={
+                    "last_outcome": evaluation.outcome,
+                    "last_outcome_run_id": run_id,
+                    "last_outcome_repair": evaluation.record.repair,
+                    "last_outcome_end_time": ended,
+                }
+            )
+
+    def plan(self, result: PollResult, stored_jobs: Mapping[int, JobRecord]) -> CyclePlan:
+        job_ids = {r.job_id for r in result.runs if r.job_id is not None}
+        return CyclePlan(
+            transitions=self.transitions,
+            events=self.events,
+            settings_of=self.settings_of,
+            jobs=self.jobs,
+            changed_jobs=[j for j in self.jobs.values() if stored_jobs.get(j.job_id) != j],
+            deleted_jobs=sorted(j for j in job_ids if j not in result.jobs),
+            active_by_state=dict(self.active),
+        )
+
+
+def _in_outcome_order(runs: Sequence[Run]) -> list[Run]:
+    """Finished runs in end order, then active ones: a failure followed by a success of
+    the same job within one cycle is a recovery, the other way round is not."""
+    return sorted(runs, key=lambda r: (r.end_time or 2**62, r.start_time or 0, r.run_id))
+
+
+def _job_context(run: Run, record: JobRecord | None, settings: JobSettings | None) -> JobContext:
+    """What the tracker needs to know of the run's job."""
+    return JobContext(
+        job_id=run.job_id,
+        name=record.name if record else run.run_name,
+        tags=record.tags if record else {},
+        settings=settings,
+        last_outcome=record.last_outcome if record else None,
+        last_outcome_end_time=record.last_outcome_end_time if record else None,
+        last_outcome_run_id=record.last_outcome_run_id if record else None,
+        last_outcome_repair=record.last_outcome_repair if record else 0,
+    )
+
+
+def _vanished(run_ids: Sequence[int], previous: Mapping[int, RunRecord]) -> list[Transition]:
+    """Runs deleted while we watched them: closed out, with nothing to alert on."""
+    transitions: list[Transition] = []
+    for run_id in run_ids:
         before = previous.get(run_id)
         if before is not None and not before.terminal:
-            # Deleted while we watched it: close it out, with nothing to alert on.
-            transitions.append(Transition(before, before.model_copy(update={"terminal": True})))
-    for item in result.unreadable:
-        event = _unreadable_event(workspace, item, stored_jobs, result.server_now_ms)
-        events.append(event)
-        settings_of[event.id] = None
-    job_ids = {r.job_id for r in result.runs if r.job_id is not None}
-    return CyclePlan(
-        transitions=transitions,
-        events=events,
-        settings_of=settings_of,
-        jobs=jobs,
-        changed_jobs=[j for j in jobs.values() if stored_jobs.get(j.job_id) != j],
-        deleted_jobs=sorted(j for j in job_ids if j not in result.jobs),
-        active_by_state=dict(active),
-    )
+            closed = before.model_copy(update={"terminal": True})
+            transitions.append(Transition(before, closed, TransitionKind.VANISHED))
+    return transitions
 
 
 def _job_record(

@@ -1,10 +1,12 @@
-"""The run domain: what the watcher remembers of each run and job between cycles. The
-tracker decides these records, the store persists them, metrics read them; none of those
-owns them."""
+"""The run domain: what the watcher remembers of each run and job between cycles, and the
+vocabulary of what happens to a run (its category, the kind of each transition). The
+tracker decides these records and transitions, the store persists them, metrics read them;
+none of those owns them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +14,34 @@ from pydantic import BaseModel, ConfigDict, Field
 from watcher.databricks.models import Job, Run
 
 Outcome = Literal["success", "failure"]
+
+
+class Category(StrEnum):
+    """What a run snapshot says of the run: still active, or how it finished."""
+
+    ACTIVE = "active"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+
+class TransitionKind(StrEnum):
+    """What a changed run record means, decided once by the tracker (or by the cycle plan
+    for a vanished run)."""
+
+    STARTED = "started"
+    """First seen, active."""
+    FINISHED = "finished"
+    """Seen finished for the first time in its current repair: first seen finished, or
+    finished since it was last seen active (including a repair found never to have
+    happened)."""
+    REPAIRED = "repaired"
+    """A finished run reopened by a repair (active again, or already finished again)."""
+    VANISHED = "vanished"
+    """Closed out because it no longer exists: not a finish, nothing to measure."""
+    UPDATED = "updated"
+    """Anything else: an active run that progressed, or a record that changed otherwise."""
 
 
 class RunRecord(BaseModel):
@@ -58,6 +88,20 @@ class JobRecord(BaseModel):
     last_outcome_end_time: int | None = None
     """end_time (ms) of the run that set last_outcome: an older run's outcome never
     overrides a newer one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One run record that changed in a cycle, with the record it replaces."""
+
+    previous: RunRecord | None
+    record: RunRecord
+    kind: TransitionKind
+    category: Category | None = None
+    """The run's category as the tracker classified the record's snapshot (for FINISHED:
+    how it finished); None for a vanished run, which was not observed."""
+    raw_state: str | None = None
+    """The raw state behind `category` (result state, else life-cycle state)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -20,16 +20,17 @@ from watcher import __version__
 from watcher.config import JobFilter, MetricsConfig
 from watcher.databricks.client import ITEM_ENDPOINTS, Attempt
 from watcher.databricks.errors import RejectedItem
-from watcher.domain import RunRecord
+from watcher.domain import Category, Transition, TransitionKind
 from watcher.pipeline import CommitReport
 from watcher.poller import PollStatus
 from watcher.store.base import JobTimes, OutboxStats
-from watcher.tracker import Category, classify
 
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _RUN_LABELS = ("workspace", "job_id", "result_state")
 _JobKey = tuple[str, str]
+_Stamp = Literal["last_success", "last_finish"]
+"""A per-job timestamp gauge, by the name the metrics know it by."""
 _M = TypeVar("_M", Counter, Gauge, Histogram)
 
 
@@ -43,7 +44,28 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self._jobs = jobs or JobFilter()
-        r = registry
+        self._declare_run_metrics(registry, run_buckets)
+        self._declare_api_metrics(registry)
+        self._declare_poll_metrics(registry)
+        self._declare_alert_metrics(registry)
+        self.build_info = Gauge(
+            "watcher_build_info", "Build information (value 1).", ("version",), registry=registry
+        )
+        self.build_info.labels(__version__).set(1)
+        self._stamps: dict[_Stamp, Gauge] = {
+            "last_success": self.last_success,
+            "last_finish": self.last_finish,
+        }
+        # Label sets created per job, so a deleted job's series can be removed.
+        self._series: dict[_JobKey, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(
+            set
+        )
+        self._job_names: dict[_JobKey, str] = {}
+        self._timestamps: dict[tuple[_Stamp, str, str], float] = {}
+        self._active_states: dict[str, set[str]] = defaultdict(set)
+
+    def _declare_run_metrics(self, r: CollectorRegistry, run_buckets: Sequence[float]) -> None:
+        """Runs and jobs of the workspaces: observed from committed transitions."""
         self.phase_seconds = {
             phase: Histogram(
                 f"databricks_run_{phase}_duration_seconds",
@@ -100,6 +122,9 @@ class Metrics:
             ("workspace", "job_id", "job_name"),
             registry=r,
         )
+
+    def _declare_api_metrics(self, r: CollectorRegistry) -> None:
+        """The Jobs API as the watcher's clients see it."""
         self.api_requests = Counter(
             "watcher_api_requests",
             "Jobs API HTTP attempts by endpoint and status code.",
@@ -137,6 +162,9 @@ class Metrics:
             ("workspace",),
             registry=r,
         )
+
+    def _declare_poll_metrics(self, r: CollectorRegistry) -> None:
+        """The poll loops."""
         self.cycle_seconds = Histogram(
             "watcher_poll_cycle_duration_seconds",
             "Duration of poll cycles, seconds.",
@@ -159,6 +187,9 @@ class Metrics:
             ("workspace",),
             registry=r,
         )
+
+    def _declare_alert_metrics(self, r: CollectorRegistry) -> None:
+        """Alert routing, delivery and the outbox."""
         self.alerts_sent = Counter(
             "watcher_alerts_sent", "Alerts delivered.", ("channel",), registry=r
         )
@@ -191,17 +222,6 @@ class Metrics:
         self.dead_letters = Gauge(
             "watcher_dead_letters", "Alert deliveries in the dead-letter state.", registry=r
         )
-        self.build_info = Gauge(
-            "watcher_build_info", "Build information (value 1).", ("version",), registry=r
-        )
-        self.build_info.labels(__version__).set(1)
-        # Label sets created per job, so a deleted job's series can be removed.
-        self._series: dict[_JobKey, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(
-            set
-        )
-        self._job_names: dict[_JobKey, str] = {}
-        self._timestamps: dict[tuple[str, str, str], float] = {}
-        self._active_states: dict[str, set[str]] = defaultdict(set)
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -246,9 +266,9 @@ class Metrics:
             if job.name is not None:
                 self._set_job_name(ws, job_id, job.name)
             if job.last_finish_ms is not None:
-                self._raise_to(self.last_finish, ws, job_id, job.last_finish_ms / 1000)
+                self._raise_to("last_finish", ws, job_id, job.last_finish_ms / 1000)
             if job.last_success_ms is not None:
-                self._raise_to(self.last_success, ws, job_id, job.last_success_ms / 1000)
+                self._raise_to("last_success", ws, job_id, job.last_success_ms / 1000)
 
     def observe_commit(self, report: CommitReport) -> None:
         ws = report.workspace
@@ -262,7 +282,7 @@ class Metrics:
         for transition in report.transitions:
             job_id = transition.record.job_id
             if allowed.get(job_id, self._jobs.allows(job_id, None, {})) if job_id else True:
-                self._observe_transition(ws, transition.previous, transition.record)
+                self._observe_transition(ws, transition)
         for event in report.events:
             if event.type == "run_duration_exceeded" and event.rule is not None:
                 job_id = event.job.job_id
@@ -281,20 +301,18 @@ class Metrics:
 
     # -- internals -------------------------------------------------------------------
 
-    def _observe_transition(self, ws: str, previous: RunRecord | None, record: RunRecord) -> None:
-        job_id = str(record.job_id)
-        first_seen = previous is None
-        if first_seen and not record.terminal:
+    def _observe_transition(self, ws: str, transition: Transition) -> None:
+        """Count a run started (first seen active, or first seen finished: its start is
+        implied) and measure a finish. A repair, an update, or a run closed out because it
+        vanished has nothing to count."""
+        kind, run = transition.kind, transition.record.snapshot
+        job_id = str(transition.record.job_id)
+        first_seen = transition.previous is None
+        if kind is TransitionKind.STARTED or (kind is TransitionKind.FINISHED and first_seen):
             self._labels(self.runs_started, ws, job_id, (ws, job_id)).inc()
-        if not record.terminal or (previous is not None and previous.terminal):
+        if kind is not TransitionKind.FINISHED:
             return
-        category, raw = classify(record.snapshot)
-        if category is Category.ACTIVE:
-            return  # closed out because it vanished, not finished: nothing to measure
-        if first_seen:  # seen only finished: its start is implied
-            self._labels(self.runs_started, ws, job_id, (ws, job_id)).inc()
-        run = record.snapshot
-        labels = (ws, job_id, raw or "UNKNOWN")
+        labels = (ws, job_id, transition.raw_state or "UNKNOWN")
         self._labels(self.runs_finished, ws, job_id, labels).inc()
         phases = {
             "queue": run.queue_duration,
@@ -308,17 +326,17 @@ class Metrics:
         if (total := run.duration_ms) is not None:
             self._labels(self.duration_seconds, ws, job_id, labels).observe(total / 1000)
         if run.end_time:
-            self._raise_to(self.last_finish, ws, job_id, run.end_time / 1000)
-            if category is Category.SUCCESS:
-                self._raise_to(self.last_success, ws, job_id, run.end_time / 1000)
+            self._raise_to("last_finish", ws, job_id, run.end_time / 1000)
+            if transition.category is Category.SUCCESS:
+                self._raise_to("last_success", ws, job_id, run.end_time / 1000)
 
-    def _raise_to(self, gauge: Gauge, ws: str, job_id: str, value: float) -> None:
+    def _raise_to(self, stamp: _Stamp, ws: str, job_id: str, value: float) -> None:
         """Set a per-job timestamp unless a later one is already set (runs may be
         committed out of end order)."""
-        key = (gauge._name, ws, job_id)
+        key = (stamp, ws, job_id)
         if value > self._timestamps.get(key, float("-inf")):
             self._timestamps[key] = value
-            self._labels(gauge, ws, job_id, (ws, job_id)).set(value)
+            self._labels(self._stamps[stamp], ws, job_id, (ws, job_id)).set(value)
 
     def _labels(self, metric: _M, ws: str, job_id: str, labels: tuple[str, ...]) -> _M:
         """metric.labels(...), remembering the label set under its job."""

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from watcher.clock import Clock
 from watcher.config import HealthRulesConfig, StartupConfig
-from watcher.cycle import Transition, plan_cycle
+from watcher.cycle import CyclePlan, plan_cycle
 from watcher.databricks.models import JobSettings
-from watcher.domain import JobRecord, PollResult
+from watcher.domain import JobRecord, PollResult, Transition
 from watcher.events import Event
 from watcher.store.base import CycleCommit, Store
 
@@ -66,13 +66,7 @@ class Pipeline:
             health_rules=self._health_rules,
             startup=self._startup,
         )
-        channels: dict[str, Sequence[str]] = {}
-        silenced: dict[str, Sequence[str]] = {}
-        if self._route is not None:
-            for event in plan.events:
-                channels[event.id], silenced[event.id] = self._route(
-                    event, plan.settings_of[event.id]
-                )
+        channels, silenced = _route_all(self._route, plan)
         inserted = await self._store.commit_cycle(
             CycleCommit(
                 workspace=workspace,
@@ -87,16 +81,38 @@ class Pipeline:
             )
         )
         if self._on_commit is not None:
-            held = [c for e in inserted for c in silenced.get(e.id, ())]
-            self._on_commit(
-                CommitReport(
-                    workspace,
-                    plan.transitions,
-                    inserted,
-                    plan.jobs,
-                    plan.deleted_jobs,
-                    plan.active_by_state,
-                    held,
-                )
-            )
+            self._on_commit(_report(workspace, plan, inserted, silenced))
         return inserted
+
+
+def _route_all(
+    route: Router | None, plan: CyclePlan
+) -> tuple[dict[str, Sequence[str]], dict[str, Sequence[str]]]:
+    """event id -> channels to deliver to, and event id -> channels held back by a silence
+    (both empty without a router)."""
+    channels: dict[str, Sequence[str]] = {}
+    silenced: dict[str, Sequence[str]] = {}
+    if route is not None:
+        for event in plan.events:
+            channels[event.id], silenced[event.id] = route(event, plan.settings_of[event.id])
+    return channels, silenced
+
+
+def _report(
+    workspace: str,
+    plan: CyclePlan,
+    inserted: Sequence[Event],
+    silenced: Mapping[str, Sequence[str]],
+) -> CommitReport:
+    """What the commit changed: the plan's transitions and jobs, and the events it newly
+    inserted (with the silenced channels of those only)."""
+    held = [c for e in inserted for c in silenced.get(e.id, ())]
+    return CommitReport(
+        workspace,
+        plan.transitions,
+        inserted,
+        plan.jobs,
+        plan.deleted_jobs,
+        plan.active_by_state,
+        held,
+    )

@@ -8,22 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from watcher.databricks.models import JobSettings, Run, RunTask
 from watcher.databricks.models import RunLifeCycleState as L
 from watcher.databricks.models import RunResultState as R
-from watcher.domain import Outcome, RunRecord
+from watcher.domain import Category as Category  # re-exported: the poller classifies too
+from watcher.domain import Outcome, RunRecord, TransitionKind
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
-
-
-class Category(StrEnum):
-    ACTIVE = "active"
-    SUCCESS = "success"
-    FAILURE = "failure"
-    CANCELED = "canceled"
-    SKIPPED = "skipped"
-
 
 _TERMINAL_EVENT = {
     Category.SUCCESS: EventType.RUN_SUCCEEDED,
@@ -117,39 +108,46 @@ class JobContext:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
+    """The tracker's answer for one observation of one run. (It carries events, which the
+    domain layer may not import: it stays with the tracker.)"""
+
     record: RunRecord
     events: tuple[Event, ...]
     outcome: Outcome | None
     """The job outcome this observation settles (a paging-relevant success or failure),
     for recovery detection; None when it settles nothing."""
+    kind: TransitionKind = TransitionKind.UPDATED
+    """What the change from the previous record means (UPDATED when nothing changed)."""
+    category: Category | None = None
+    """The category of the record's snapshot (None when nothing changed)."""
+    raw_state: str | None = None
+    """The raw state behind `category`."""
 
 
-def job_duration_rules(settings: JobSettings | None) -> list[RuleRef]:
-    """RUN_DURATION_SECONDS GREATER_THAN rules of the job and of its tasks."""
-    if settings is None:
-        return []
-    rules: list[RuleRef] = []
-    for rule in settings.health.rules if settings.health else []:
-        if _is_duration_rule(rule.metric, rule.op, rule.value):
-            assert rule.value is not None
-            rules.append(RuleRef(name="job", value=rule.value, source="job"))
-    for task in settings.tasks:
-        for rule in task.health.rules if task.health else []:
-            if _is_duration_rule(rule.metric, rule.op, rule.value) and task.task_key:
-                assert rule.value is not None
-                rules.append(
-                    RuleRef(
-                        name=f"task:{task.task_key}",
-                        value=rule.value,
-                        source="task",
-                        task_key=task.task_key,
-                    )
-                )
-    return rules
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """One observation being evaluated: the snapshot it settles on, and its context."""
+
+    workspace: str
+    snapshot: Run
+    category: Category
+    raw: str | None
+    repair: int
+    repair_start: int | None
+    now_ms: int
+    history_before_ms: int | None
+    alert_on_history: bool
 
 
-def _is_duration_rule(metric: str | None, op: str | None, value: int | None) -> bool:
-    return metric == "RUN_DURATION_SECONDS" and op == "GREATER_THAN" and value is not None
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """An event due (unless it is history): its emitted key, type and time."""
+
+    key: str
+    type: EventType
+    at_ms: int
+    rule: RuleRef | None = None
+    observed_seconds: float | None = None
 
 
 def evaluate(
@@ -163,22 +161,74 @@ def evaluate(
     history_before_ms: int | None = None,
     alert_on_history: bool = False,
 ) -> Evaluation:
-    """Decide the new record and the events due for one observation of one run.
+    """Decide the new record, the events due and the kind of transition for one
+    observation of one run.
 
-    `rules` are the duration rules that apply besides the job's own (from the config);
-    `now_ms` is workspace (server) time. A transition before `history_before_ms` happened
-    before the watcher was watching: it is recorded without paging (unless
-    `alert_on_history`), except a duration breach of a run still active, which is news.
-    Events already emitted for the run's current repair (by key) are never emitted again; a
-    terminal record changes only when the run is repaired (seen active again, a later end,
-    or a longer repair_history), which starts the next repair with events of its own.
+    `rules` are every duration rule that applies to the run, the job's own first (the
+    cycle plan resolves them); `now_ms` is workspace (server) time. A transition before
+    `history_before_ms` happened before the watcher was watching: it is recorded without
+    paging (unless `alert_on_history`), except a duration breach of a run still active,
+    which is news. Events already emitted for the run's current repair (by key) are never
+    emitted again; a terminal record changes only when the run is repaired (seen active
+    again, a later end, or a longer repair_history), which starts the next repair with
+    events of its own.
     """
+    reopened = previous is not None and previous.terminal
     if previous is not None and previous.terminal:
         if not _reopened(previous, observed):
             return Evaluation(previous, (), None)
         previous = _next_repair(previous, observed, now_ms)
     elif previous is not None and previous.repair and _before_repair(previous, observed):
-        return Evaluation(_undo_repair(previous, observed), (), None)
+        return _undone(previous, observed)
+    seen = _see(previous, observed, workspace, now_ms, history_before_ms, alert_on_history)
+    finished = seen.category is not Category.ACTIVE
+    emitted = previous.emitted if previous else frozenset()
+    due = [*_start_due(seen, emitted), *_breaches_due(seen, rules, emitted)]
+    outcome: Outcome | None = None
+    answered: tuple[int, int] | None = None  # (run_id, repair) of the failure recovered from
+    if finished and TERMINAL_KEY not in emitted:
+        terminal_due, outcome, answered = _terminal_due(seen, job)
+        due.extend(terminal_due)
+    # Every key due counts as emitted, even when it is history and sent nowhere; so does
+    # the terminal key of a finished run, even when its event is suppressed.
+    emitted |= {d.key for d in due} | ({TERMINAL_KEY} if finished else set())
+    events = _events(seen, due, job, answered)
+    record = _record(seen, previous, emitted)
+    kind = _kind(previous, reopened, seen.category)
+    return Evaluation(record, tuple(events), outcome, kind, seen.category, seen.raw)
+
+
+def _kind(previous: RunRecord | None, reopened: bool, category: Category) -> TransitionKind:
+    """What the new record means: a repair reopened the finished run, the run was first
+    seen active, it finished (first seen finished, or since last seen active), or else an
+    update."""
+    if reopened:
+        return TransitionKind.REPAIRED
+    if category is not Category.ACTIVE:
+        return TransitionKind.FINISHED
+    return TransitionKind.STARTED if previous is None else TransitionKind.UPDATED
+
+
+def _undone(previous: RunRecord, observed: Run) -> Evaluation:
+    """An observation from before the (non-terminal) record's repair: the repair undone,
+    which finishes the run again, or nothing changed (a stale snapshot)."""
+    record = _undo_repair(previous, observed)
+    if not record.terminal:
+        return Evaluation(record, (), None)
+    category, raw = classify(record.snapshot)
+    return Evaluation(record, (), None, TransitionKind.FINISHED, category, raw)
+
+
+def _see(
+    previous: RunRecord | None,
+    observed: Run,
+    workspace: str,
+    now_ms: int,
+    history_before_ms: int | None,
+    alert_on_history: bool,
+) -> _Seen:
+    """The snapshot the observation settles on (never an older one than the record's), its
+    category, and the repair it is in with when that repair started."""
     snapshot = _newest(previous, observed)
     category, raw = classify(snapshot)
     repair = previous.repair if previous else (observed.repair_count or 0)
@@ -186,80 +236,131 @@ def evaluate(
     repair_start = previous.repair_start if previous else None
     if repair and repair_start is None:
         repair_start = _repair_start(observed, None, now_ms)
-    emitted = set(previous.emitted) if previous else set()
-    due: list[tuple[str, EventType, RuleRef | None, float | None, int]] = []
+    return _Seen(
+        workspace=workspace,
+        snapshot=snapshot,
+        category=category,
+        raw=raw,
+        repair=repair,
+        repair_start=repair_start,
+        now_ms=now_ms,
+        history_before_ms=history_before_ms,
+        alert_on_history=alert_on_history,
+    )
 
-    if category is Category.ACTIVE and "run_started" not in emitted:
-        started = repair_start if repair else snapshot.start_time
-        due.append(("run_started", EventType.RUN_STARTED, None, None, started or now_ms))
-    for rule in (*job_duration_rules(job.settings), *rules):
+
+def _start_due(seen: _Seen, emitted: frozenset[str]) -> list[_Due]:
+    """run_started, for an active run not yet reported started in this repair."""
+    if seen.category is not Category.ACTIVE or "run_started" in emitted:
+        return []
+    started = seen.repair_start if seen.repair else seen.snapshot.start_time
+    return [_Due("run_started", EventType.RUN_STARTED, started or seen.now_ms)]
+
+
+def _breaches_due(seen: _Seen, rules: Sequence[RuleRef], emitted: frozenset[str]) -> list[_Due]:
+    """A run_duration_exceeded per rule breached and not yet reported in this repair."""
+    due: list[_Due] = []
+    for rule in rules:
         key = f"{EventType.RUN_DURATION_EXCEEDED}:{rule.name}"
         if key in emitted:
             continue
-        start = _rule_start(snapshot, rule, repair_start)
-        seconds = _elapsed_seconds(snapshot, rule, start, now_ms)
+        start = _rule_start(seen.snapshot, rule, seen.repair_start)
+        seconds = _elapsed_seconds(seen.snapshot, rule, start, seen.now_ms)
         if seconds is not None and seconds > rule.value:
-            at = (start or now_ms) + rule.value * 1000
-            due.append((key, EventType.RUN_DURATION_EXCEEDED, rule, seconds, at))
-    outcome: Outcome | None = None
-    answered: tuple[int, int] | None = None  # (run_id, repair) of the failure recovered from
-    if category is not Category.ACTIVE and TERMINAL_KEY not in emitted:
-        event_type: EventType | None = _TERMINAL_EVENT[category]
-        ended = snapshot.end_time or now_ms
-        if _suppressed(category, snapshot, job.settings, raw):
-            event_type = None
-        if event_type is not None:
-            due.append((TERMINAL_KEY, event_type, None, None, ended))
-            outcome = _outcome(category, _is_history(ended, history_before_ms, alert_on_history))
-        else:
-            emitted.add(TERMINAL_KEY)
-        last_end = job.last_outcome_end_time
-        if job.last_outcome == "failure" and outcome == "success":
-            if last_end is None or ended >= last_end:
-                answered = (job.last_outcome_run_id or snapshot.run_id, job.last_outcome_repair)
-                due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, ended))
-        elif job.last_outcome == "success" and outcome == "failure" and ended < (last_end or 0):
-            # Found after a later success of the job (the sweep finds runs late): it
-            # pages, and that success has resolved it already.
-            answered = (snapshot.run_id, repair)
-            due.append(("job_recovered", EventType.JOB_RECOVERED, None, None, last_end or ended))
+            at = (start or seen.now_ms) + rule.value * 1000
+            due.append(_Due(key, EventType.RUN_DURATION_EXCEEDED, at, rule, seconds))
+    return due
 
-    ref = JobRef(job_id=snapshot.job_id, name=job.name or snapshot.run_name, tags=dict(job.tags))
+
+def _terminal_due(
+    seen: _Seen, job: JobContext
+) -> tuple[list[_Due], Outcome | None, tuple[int, int] | None]:
+    """For a run seen finished in this repair for the first time: its terminal event
+    (unless suppressed), the job outcome it settles, and a recovery it makes due with the
+    (run_id, repair) of the failure that recovery answers."""
+    due: list[_Due] = []
+    outcome: Outcome | None = None
+    ended = seen.snapshot.end_time or seen.now_ms
+    if not _suppressed(seen.category, seen.snapshot, job.settings, seen.raw):
+        due.append(_Due(TERMINAL_KEY, _TERMINAL_EVENT[seen.category], ended))
+        silent = _is_history(ended, seen.history_before_ms, seen.alert_on_history)
+        outcome = _outcome(seen.category, silent)
+    recovery = _recovery(seen, job, outcome, ended)
+    if recovery is None:
+        return due, outcome, None
+    answered, at = recovery
+    due.append(_Due("job_recovered", EventType.JOB_RECOVERED, at))
+    return due, outcome, answered
+
+
+def _recovery(
+    seen: _Seen, job: JobContext, outcome: Outcome | None, ended: int
+) -> tuple[tuple[int, int], int] | None:
+    """The recovery an outcome makes due, if any: the (run_id, repair) of the failure it
+    answers, and when it happened."""
+    last_end = job.last_outcome_end_time
+    if job.last_outcome == "failure" and outcome == "success":
+        if last_end is None or ended >= last_end:
+            return (job.last_outcome_run_id or seen.snapshot.run_id, job.last_outcome_repair), ended
+    elif job.last_outcome == "success" and outcome == "failure" and ended < (last_end or 0):
+        # Found after a later success of the job (the sweep finds runs late): it
+        # pages, and that success has resolved it already.
+        return (seen.snapshot.run_id, seen.repair), last_end or ended
+    return None
+
+
+def _events(
+    seen: _Seen, due: Sequence[_Due], job: JobContext, answered: tuple[int, int] | None
+) -> list[Event]:
+    """The events of what is due, but history (unless alerted on): a breach of a run still
+    active is news, and a recovery always answers a failure that paged, however old."""
+    ref = JobRef(
+        job_id=seen.snapshot.job_id, name=job.name or seen.snapshot.run_name, tags=dict(job.tags)
+    )
     events: list[Event] = []
-    for key, event_type, due_rule, observed_seconds, at_ms in due:
-        emitted.add(key)
-        live_breach = event_type is EventType.RUN_DURATION_EXCEEDED and category is Category.ACTIVE
-        history = at_ms < history_before_ms if history_before_ms is not None else False
-        # A recovery always answers a failure that paged, however old the success.
-        answers_page = event_type is EventType.JOB_RECOVERED
-        if history and not alert_on_history and not live_breach and not answers_page:
-            continue
-        rule_name = due_rule.name if due_rule else None
-        if event_type is EventType.JOB_RECOVERED and answered is not None:
-            # Named after the failure it answers, not the success that happened to be seen
-            # first: however late each is found, a failure is recovered from once.
-            key = event_id(workspace, answered[0], event_type, None, answered[1])
-        else:
-            key = event_id(workspace, snapshot.run_id, event_type, rule_name, repair)
-        events.append(
-            Event(
-                id=key,
-                type=event_type,
-                workspace=workspace,
-                occurred_at=datetime.fromtimestamp(at_ms / 1000, tz=UTC),
-                job=ref,
-                run=snapshot,
-                rule=due_rule,
-                observed_seconds=observed_seconds,
-                attempt_number=snapshot.attempt_number or 0,
-                repair=repair,
-                raw_state=raw,
-                backfill=history,
-            )
+    for item in due:
+        live_breach = (
+            item.type is EventType.RUN_DURATION_EXCEEDED and seen.category is Category.ACTIVE
         )
-    first_seen = snapshot.end_time or snapshot.start_time or now_ms
-    record = RunRecord(
-        workspace=workspace,
+        history = seen.history_before_ms is not None and item.at_ms < seen.history_before_ms
+        answers_page = item.type is EventType.JOB_RECOVERED
+        if history and not seen.alert_on_history and not live_breach and not answers_page:
+            continue
+        events.append(_event(seen, item, ref, answered, history))
+    return events
+
+
+def _event(
+    seen: _Seen, item: _Due, ref: JobRef, answered: tuple[int, int] | None, history: bool
+) -> Event:
+    if item.type is EventType.JOB_RECOVERED and answered is not None:
+        # Named after the failure it answers, not the success that happened to be seen
+        # first: however late each is found, a failure is recovered from once.
+        key = event_id(seen.workspace, answered[0], item.type, None, answered[1])
+    else:
+        rule_name = item.rule.name if item.rule else None
+        key = event_id(seen.workspace, seen.snapshot.run_id, item.type, rule_name, seen.repair)
+    return Event(
+        id=key,
+        type=item.type,
+        workspace=seen.workspace,
+        occurred_at=datetime.fromtimestamp(item.at_ms / 1000, tz=UTC),
+        job=ref,
+        run=seen.snapshot,
+        rule=item.rule,
+        observed_seconds=item.observed_seconds,
+        attempt_number=seen.snapshot.attempt_number or 0,
+        repair=seen.repair,
+        raw_state=seen.raw,
+        backfill=history,
+    )
+
+
+def _record(seen: _Seen, previous: RunRecord | None, emitted: frozenset[str]) -> RunRecord:
+    snapshot = seen.snapshot
+    first_seen = snapshot.end_time or snapshot.start_time or seen.now_ms
+    return RunRecord(
+        workspace=seen.workspace,
         run_id=snapshot.run_id,
         job_id=snapshot.job_id,
         life_cycle_state=snapshot.state.life_cycle_state,
@@ -267,16 +368,15 @@ def evaluate(
         start_time=snapshot.start_time,
         end_time=snapshot.end_time or None,
         attempt_number=snapshot.attempt_number or 0,
-        terminal=category is not Category.ACTIVE,
+        terminal=seen.category is not Category.ACTIVE,
         backfill=previous.backfill
         if previous
-        else _is_history(first_seen, history_before_ms, alert_on_history=False),
-        emitted=frozenset(emitted),
-        repair=repair,
-        repair_start=repair_start,
+        else _is_history(first_seen, seen.history_before_ms, alert_on_history=False),
+        emitted=emitted,
+        repair=seen.repair,
+        repair_start=seen.repair_start,
         snapshot=snapshot,
     )
-    return Evaluation(record, tuple(events), outcome)
 
 
 def _is_history(at_ms: int, history_before_ms: int | None, alert_on_history: bool) -> bool:
