@@ -13,7 +13,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from watcher import __version__
-from watcher.clock import Clock, SystemClock, sleep_or_stop
+from watcher.aio import guarded_task, sleep_or_stop
+from watcher.clock import Clock, SystemClock
 from watcher.config import Config, OAuthConfig, WorkspaceConfig
 from watcher.databricks import (
     Auth,
@@ -266,8 +267,9 @@ async def serve(
         raise StartupError(f"cannot serve on {where}: {err.strerror or err}") from None
     inner_stop = asyncio.Event()
 
+    # Guarded: a task that fails while shutting down (past the wait below) is logged too.
     loops = [
-        asyncio.create_task(
+        guarded_task(
             run_poll_loop(
                 poller=p,
                 handle=daemon.pipeline.handle,
@@ -279,11 +281,9 @@ async def serve(
         )
         for p in daemon.pollers
     ]
-    housekeeping = asyncio.create_task(
-        _housekeeping(daemon, clock, inner_stop), name="housekeeping"
-    )
+    housekeeping = guarded_task(_housekeeping(daemon, clock, inner_stop), name="housekeeping")
     others = [
-        asyncio.create_task(
+        guarded_task(
             daemon.dispatcher.run(stop=inner_stop, grace=shutdown_grace), name="dispatcher"
         )
     ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -189,23 +188,18 @@ async def _doctor(config: Config, send: bool) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from watcher.clock import AcceleratedClock
-    from watcher.simulator import RandomWorkload, Simulator, WorkloadSpec
+    from watcher.simulator.standalone import simulate
 
-    clock = AcceleratedClock(speed=args.speed)
-    sim = Simulator(clock=clock, tokens={args.token})
-    spec = WorkloadSpec(jobs=args.jobs, failure_rate=args.failure_rate, seed=args.seed)
-    RandomWorkload(sim.workspace, spec)
-    url = await sim.start(args.host, args.port)
-    print(f"simulated Databricks workspace at {url} (token: {args.token}, x{args.speed:g} time)")
-    print(f"  try: curl -H 'Authorization: Bearer {args.token}' {url}/api/2.1/jobs/runs/list")
-    print(f"  scenario control: {url}/sim/state")
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=args.duration)
-    await sim.stop()
-    return 0
+    return await simulate(
+        host=args.host,
+        port=args.port,
+        jobs=args.jobs,
+        speed=args.speed,
+        failure_rate=args.failure_rate,
+        seed=args.seed,
+        token=args.token,
+        duration=args.duration,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

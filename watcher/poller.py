@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import structlog
 
+from watcher import aio
 from watcher.clock import Clock
 from watcher.config import StartupConfig, WorkspaceConfig
 from watcher.databricks.client import MAX_JOBS_LIMIT, JobsClient, ListedRunsPage
@@ -38,8 +39,6 @@ MAX_BACKOFF_INTERVALS = 10
 # burst of jobs/get in one cycle: each entry's TTL is shortened by up to this share instead.
 _TTL_SPREAD = 0.25
 _FORGET_AFTER = 86_400.0
-_T = TypeVar("_T")
-_K = TypeVar("_K")
 
 
 class StateSource(Protocol):
@@ -416,7 +415,7 @@ class Poller:
             got.add(run)
             return None
 
-        outcomes = await _bounded(self._config.runs_get_concurrency, fetch, sorted(run_ids))
+        outcomes = await aio.bounded_map(self._config.runs_get_concurrency, fetch, sorted(run_ids))
         return [run_id for run_id in outcomes if run_id is not None], unread
 
     def _cached_unwatched(self, run: Run) -> bool:
@@ -471,7 +470,7 @@ class Poller:
             fetched = [(job_id, listed.get(job_id)) for job_id in due]  # absent: deleted
             fetched += [(j, job) for j, job in listed.items() if j not in job_ids]
         else:
-            fetched = await _bounded(self._config.runs_get_concurrency, fetch, due)
+            fetched = await aio.bounded_map(self._config.runs_get_concurrency, fetch, due)
         ttl = self._config.job_settings_ttl
         for job_id, job in fetched:
             if job_id in unreadable:
@@ -579,9 +578,9 @@ async def run_poll_loop(
     while not stop.is_set():
         began = clock.monotonic()
         try:
-            result = await _unless_stopped(poller.poll(), stop)
+            result = await aio.unless_stopped(poller.poll(), stop)
             await handle(result)
-        except _Stopped:
+        except aio.Stopped:
             return
         except Exception as exc:
             status.cycles += 1
@@ -632,51 +631,9 @@ async def run_poll_loop(
             delay = max(0.0, interval - elapsed)  # a fixed cadence, not interval + duration
         delay += rng.uniform(0.0, jitter * interval)
         try:
-            await _unless_stopped(clock.sleep(delay), stop)
-        except _Stopped:
+            await aio.unless_stopped(clock.sleep(delay), stop)
+        except aio.Stopped:
             return
-
-
-class _Stopped(Exception):
-    pass
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, _T], stop: asyncio.Event) -> _T:
-    """Await `work`, or cancel it and raise _Stopped as soon as `stop` is set."""
-    if stop.is_set():
-        work.close()  # never started, so never awaited
-        raise _Stopped
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, waiter, return_exceptions=True)
-    if task.cancelled():
-        raise _Stopped
-    return task.result()
-
-
-async def _bounded(limit: int, fn: Callable[[_K], Awaitable[_T]], items: Sequence[_K]) -> list[_T]:
-    """`fn` over `items`, at most `limit` at a time, results in order. The first failure
-    cancels the rest and is raised as itself (not as an ExceptionGroup)."""
-    if not items:
-        return []
-    gate = asyncio.Semaphore(limit)
-
-    async def one(item: _K) -> _T:
-        async with gate:
-            return await fn(item)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(item)) for item in items]
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
 
 
 def _progress(run: Run) -> tuple[bool, int]:

@@ -1,3 +1,5 @@
-from watcher.cli import main
+import asyncio
 
-raise SystemExit(main(["simulate"]))
+from watcher.simulator.standalone import simulate
+
+raise SystemExit(asyncio.run(simulate()))

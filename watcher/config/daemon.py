@@ -1,0 +1,103 @@
+"""The daemon's own settings: duration rules, start-up and catching up, the store, the
+HTTP server, metrics and logging."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from watcher.config.base import NAME_PATTERN, Section
+from watcher.config.fields import Host
+from watcher.config.jobs import JobFilter, JobMatch
+
+
+class DurationRuleConfig(Section):
+    """A RUN_DURATION_SECONDS rule from the config, besides the jobs' own health rules."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Rule name, part of the event id.")
+    seconds: int = Field(gt=0, description="Breach when a run lasts longer than this.")
+    match: JobMatch = Field(default_factory=JobMatch, description="Jobs the rule applies to.")
+
+
+class HealthRulesConfig(Section):
+    default_seconds: int | None = Field(
+        default=None, gt=0, description="Duration limit for every job without a rule of its own."
+    )
+    rules: list[DurationRuleConfig] = Field(
+        default_factory=list, description="Per-job rules by id, name pattern or tag."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, value: list[DurationRuleConfig]) -> list[DurationRuleConfig]:
+        # The name is part of the event id: two rules of one name would share their alerts.
+        names = [rule.name for rule in value]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        return value
+
+
+class StartupConfig(Section):
+    lookback: float = Field(
+        default=3600.0, ge=0, description="First start: seconds of finished runs recorded."
+    )
+    max_catchup: float = Field(
+        default=86_400.0, gt=0, description="After downtime: at most this many seconds caught up."
+    )
+    alert_on_backfill: bool = Field(
+        default=False, description="Alert for runs that finished before the first start."
+    )
+
+
+class StoreConfig(Section):
+    path: Path = Field(default=Path("data/watcher.db"), description="SQLite database file.")
+    run_retention_days: float = Field(default=60.0, gt=0, description="Days run records are kept.")
+    event_retention_days: float = Field(
+        default=14.0, gt=0, description="Days delivered events are kept."
+    )
+
+
+class ServerConfig(Section):
+    host: Host = Field(
+        default="0.0.0.0",  # noqa: S104
+        description="Bind address of /metrics and probes: an IP address or host name, no port.",
+    )
+    port: int = Field(default=9108, ge=0, le=65535, description="Port (0 picks a free one).")
+    ready_after_missed_polls: int = Field(
+        default=3, ge=1, description="/readyz fails when a workspace missed this many intervals."
+    )
+
+
+# From seconds to a day: short notebook jobs through nightly batch runs.
+_RUN_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+
+
+class MetricsConfig(Section):
+    run_buckets: list[float] = Field(
+        default_factory=lambda: [float(b) for b in _RUN_BUCKETS],
+        min_length=1,
+        description="Histogram buckets (seconds) of the run duration metrics.",
+    )
+    jobs: JobFilter = Field(
+        default_factory=JobFilter,
+        description="Jobs that get per-job series (a cardinality guard for huge workspaces).",
+    )
+
+    @field_validator("run_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+            raise ValueError("buckets must be positive and strictly increasing")
+        return value
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="`auto`: console on a TTY, JSON lines otherwise."
+    )
