@@ -208,7 +208,10 @@ async def test_a_stuck_channel_does_not_delay_another(
     await stuck.start()
     events = [make_event(run_id=i) for i in range(5)]
     await enqueue(store, clock, events, ["stuck", "hook"])
-    d = dispatcher(store, clock, [webhook(stuck, clock, "stuck"), webhook(receiver, clock)])
+    # The dispatcher's idle waits move a ManualClock on; a day-long limit keeps the stuck
+    # request in flight for the whole test (test_timeouts_are_retried covers the limit).
+    hanging = webhook(stuck, clock, "stuck", timeout=86_400)
+    d = dispatcher(store, clock, [hanging, webhook(receiver, clock)])
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop=stop, grace=0.01))
     try:
@@ -228,11 +231,20 @@ async def test_a_stuck_channel_does_not_delay_another(
 async def test_timeouts_are_retried(
     store: SQLiteStore, clock: ManualClock, receiver: Receiver
 ) -> None:
-    """An attempt exceeding the channel timeout counts as a transient failure."""
+    """An attempt exceeding the channel timeout, on the dispatcher's clock, counts as a
+    transient failure: not before the limit has passed, at once when it has."""
     receiver.hold = asyncio.Event()
     await enqueue(store, clock, [make_event()], ["hook"])
     d = dispatcher(store, clock, [webhook(receiver, clock, timeout=0.2)])
     await d.dispatch_due()
+    async with asyncio.timeout(10):
+        await receiver.wait_for(lambda requests: len(requests) == 1)
+    clock.advance(0.1)
+    await asyncio.sleep(0.5)  # real time passes the limit, simulated time does not
+    assert (await store.outbox_stats()).pending == 1
+    (due,) = await store.due_deliveries(now=clock.time(), limit=10)
+    assert due.attempts == 0
+    clock.advance(0.15)
     await d.settle()
     (due,) = await store.due_deliveries(now=clock.time() + 60, limit=10)
     assert due.last_error == "timed out after 0.2s"

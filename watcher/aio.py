@@ -61,11 +61,11 @@ class Timeout(Exception):
 
 
 async def within(clock: Clock, seconds: float, work: Awaitable[_T]) -> _T:
-    """Await `work` for at most `seconds` on `clock` (a ManualClock's sleep passes at once,
-    so a hanging peer times out in simulated time); raise Timeout when they pass first."""
+    """Await `work` for at most `seconds` on `clock`; raise Timeout when they pass first.
+    On a ManualClock the limit passes only when the test advances the clock."""
     task = asyncio.ensure_future(work)
     try:
-        await first_of(clock.sleep(seconds), among=[task])
+        await first_of(clock.elapse(seconds), among=[task])
     finally:
         if not task.done():
             task.cancel()

@@ -17,6 +17,10 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    async def elapse(self, seconds: float) -> None:
+        """Return once `seconds` have passed on this clock, without moving it: a time
+        limit on other work (`watcher.aio.within`), where `sleep` is a wait of one's own."""
+
 
 class SystemClock:
     def time(self) -> float:
@@ -28,14 +32,19 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    async def elapse(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
 
 class ManualClock:
     """Time that moves only when told to. `sleep` advances it at once (and yields to the
-    loop), so code that backs off for minutes finishes instantly and deterministically."""
+    loop), so code that backs off for minutes finishes instantly and deterministically;
+    `elapse` (a time limit) waits until someone else has advanced it far enough."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
         self.slept: list[float] = []
+        self._limits: list[tuple[float, asyncio.Future[None]]] = []
 
     def time(self) -> float:
         return self._now
@@ -47,11 +56,25 @@ class ManualClock:
         if seconds < 0:
             raise ValueError("time does not go backwards")
         self._now += seconds
+        waiting = []
+        for at, future in self._limits:
+            if at <= self._now + 1e-6 and not future.done():  # float sums: 0.1 + 0.1
+                future.set_result(None)
+            elif not future.done():
+                waiting.append((at, future))
+        self._limits = waiting
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)
+
+    async def elapse(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._limits.append((self._now + seconds, future))
+        await future
 
 
 class AcceleratedClock:
@@ -72,3 +95,6 @@ class AcceleratedClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+    async def elapse(self, seconds: float) -> None:
+        await self.sleep(seconds)

@@ -26,7 +26,7 @@ from typing import Literal
 
 import structlog
 
-from watcher.aio import first_of
+from watcher.aio import Timeout, first_of, within
 from watcher.clock import Clock
 from watcher.notify.base import Channel, Failed, Result, Retry, Sent, Unconfirmed
 from watcher.notify.ratelimit import TokenBucket
@@ -220,11 +220,8 @@ class Dispatcher:
             target = lane.channel.target(delivery.key)
             if target is None:
                 return Failed(f"channel {delivery.channel!r} has no recipients")
-            # The loop's time, not the clock's: a ManualClock's sleep passes at once, so
-            # `watcher.aio.within` would cut off every real request in simulated time.
-            async with asyncio.timeout(config.timeout):
-                return await target.send(delivery.event)
-        except TimeoutError:
+            return await within(self._clock, config.timeout, target.send(delivery.event))
+        except (Timeout, TimeoutError):
             return Retry(f"timed out after {config.timeout:g}s")
         except Exception as exc:
             # A bug in a channel, not a delivery problem. No traceback: its frames' locals

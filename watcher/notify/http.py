@@ -65,7 +65,9 @@ class HttpPoster:
                 cafile=str(self._ca_bundle) if self._ca_bundle else None
             )
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                # The attempt as a whole is limited on the caller's clock (the dispatcher's
+                # `watcher.aio.within`); the session bounds only connecting.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
                 connector=aiohttp.TCPConnector(ssl=context),
                 headers={"User-Agent": USER_AGENT},
             )

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TextIO
 
+from watcher.aio import Timeout, within
 from watcher.clock import Clock, SystemClock
 from watcher.databricks.models import Run, RunState
 from watcher.events import Event, EventType, JobRef
@@ -92,9 +92,8 @@ async def send_test_alert(
         if target is None:
             result = Failed(f"channel {key.channel!r} has no recipients")
         else:
-            async with asyncio.timeout(settings.timeout):  # the loop's time: see dispatcher
-                result = await target.send(event)
-    except TimeoutError:
+            result = await within(clock, settings.timeout, target.send(event))
+    except (Timeout, TimeoutError):
         result = Retry(f"timed out after {settings.timeout:g}s")
     finally:
         await built.close()
