@@ -24,6 +24,7 @@ from watcher.databricks.models import JobSettings as Settings
 from watcher.domain import PollResult
 from watcher.events import Event
 from watcher.pipeline import Pipeline
+from watcher.store.base import DeliveryKey
 from watcher.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000_000
@@ -72,8 +73,10 @@ async def main() -> None:
         store = await SQLiteStore.open(path)
         clock = ManualClock(start=T0 / 1000)
 
-        def to_webhook(event: Event, settings: Settings | None) -> tuple[list[str], list[str]]:
-            return (["webhook"], [])
+        def to_webhook(
+            event: Event, settings: Settings | None
+        ) -> tuple[list[DeliveryKey], list[DeliveryKey]]:
+            return ([DeliveryKey("webhook")], [])
 
         pipeline = Pipeline(
             store=store,

@@ -149,12 +149,7 @@ class Receiver:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve(app)
         return self.url
 
     async def stop(self) -> None:
@@ -162,6 +157,16 @@ class Receiver:
             self.hold.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` over real HTTP on a free port of 127.0.0.1: its runner (clean it up to
+    stop) and its base URL."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
 
 
 def free_port() -> int:

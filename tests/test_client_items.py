@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, jobs_client
+from tests.notify_fixtures import serve
 from watcher.app import make_client
 from watcher.clock import ManualClock
 from watcher.config import WorkspaceConfig
@@ -25,8 +27,6 @@ from watcher.databricks import (
     JobsClient,
     MalformedResponse,
     RejectedItem,
-    RetryPolicy,
-    StaticToken,
 )
 from watcher.databricks.models import Job, Run
 from watcher.metrics import Metrics
@@ -57,25 +57,12 @@ class Stub:
 
     def client(self, clock: ManualClock, **overrides: Any) -> JobsClient:
         """A client of this stub in manual time; close it (or use it with `async with`)."""
-        options: dict[str, Any] = {
-            "host": self.url,
-            "auth": StaticToken(SecretStr(TOKEN)),
-            "clock": clock,
-            "requests_per_second": 1000.0,
-            "retry": RetryPolicy(budget=120.0),
-        }
-        options.update(overrides)
-        return JobsClient(**options)
+        return jobs_client(self.url, clock, **overrides)
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/api/{version}/jobs/{tail:.+}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve(app)
         return self.url
 
     async def stop(self) -> None:
@@ -98,17 +85,9 @@ async def stub() -> AsyncIterator[Stub]:
 
 
 @pytest.fixture
-async def stub_client(stub: Stub, clock: ManualClock) -> AsyncIterator[Callable[..., JobsClient]]:
-    clients: list[JobsClient] = []
-
-    def factory(**overrides: Any) -> JobsClient:
-        client = stub.client(clock, **overrides)
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
+def stub_client(stub: Stub, client_for: Callable[..., JobsClient]) -> Callable[..., JobsClient]:
+    """Clients of the stub in manual time, closed at the end of the test."""
+    return partial(client_for, stub.url)
 
 
 def answer(body: object, status: int = 200) -> Handler:

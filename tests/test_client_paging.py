@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import structlog
@@ -13,9 +13,10 @@ from tests.conftest import TOKEN, ClientFactory
 from tests.test_client_items import Stub, run
 from watcher.clock import ManualClock
 from watcher.databricks import ApiError, Attempt, JobsClient, StaticToken
-from watcher.databricks.client import MAX_RUNS_LIMIT
+from watcher.databricks.client import MAX_RUNS_LIMIT, ListedRunsPage
 from watcher.databricks.models import Run
 from watcher.simulator import Fault, Simulator
+from watcher.simulator.workspace import SimRun, Workspace
 
 
 def _history(sim: Simulator, clock: ManualClock, runs: int, jobs: int = 3) -> list[int]:
@@ -31,10 +32,10 @@ def _history(sim: Simulator, clock: ManualClock, runs: int, jobs: int = 3) -> li
     return ids[::-1]
 
 
-async def _walk(client_pages: object) -> tuple[list[int], int]:
+async def _walk(client_pages: AsyncIterator[ListedRunsPage]) -> tuple[list[int], int]:
     ids: list[int] = []
     pages = 0
-    async for page in client_pages:  # type: ignore[attr-defined]
+    async for page in client_pages:
         pages += 1
         ids.extend(r.run_id for r in page.runs)
     return ids, pages
@@ -146,7 +147,7 @@ async def test_offset_walk_sees_runs_started_mid_walk_as_duplicates_not_misses(
     expected = _history(sim, clock, 30)
     job = next(iter(sim.workspace.jobs))
 
-    def start_two(workspace: object, page: list[object]) -> None:
+    def start_two(workspace: Workspace, page: list[SimRun]) -> None:
         sim.workspace.start_run(job)
         sim.workspace.start_run(job)
 

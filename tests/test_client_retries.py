@@ -29,6 +29,7 @@ from watcher.databricks import (
 from watcher.databricks.client import throttler_for
 from watcher.metrics import Metrics
 from watcher.simulator import Fault, Simulator
+from watcher.simulator.faults import FaultKind
 
 
 @pytest.fixture
@@ -125,10 +126,10 @@ async def test_non_json_error_bodies_are_understood(
 
 @pytest.mark.parametrize("kind", ["truncated", "malformed"])
 async def test_garbled_bodies_are_retried(
-    sim: Simulator, clock: ManualClock, make_client: ClientFactory, job: int, kind: str
+    sim: Simulator, clock: ManualClock, make_client: ClientFactory, job: int, kind: FaultKind
 ) -> None:
     """A truncated or malformed 200 body is retried and then succeeds."""
-    sim.faults.add(Fault(kind=kind, endpoint="jobs/get", times=1))  # type: ignore[arg-type]
+    sim.faults.add(Fault(kind=kind, endpoint="jobs/get", times=1))
     attempts: list[Attempt] = []
     got = await make_client(on_attempt=attempts.append).get_job(job)
     assert got.job_id == job

@@ -20,7 +20,7 @@ from watcher.clock import ManualClock
 from watcher.config import Config
 from watcher.events import Event
 from watcher.notify.payloads import watcher_payload
-from watcher.notify.templates import Template, title
+from watcher.notify.templates import Flavour, Template, title
 from watcher.simulator import Simulator
 from watcher.simulator.workspace import Workspace
 
@@ -371,12 +371,13 @@ async def test_a_repair_says_so_in_every_rendering(make_watch: WatchFactory) -> 
     assert title(event) == "nightly-etl repair 1 FAILED"
     assert watcher_payload(event)["repair"] == 1
     assert watcher_payload(w.events[0])["repair"] == 0
-    for name, flavour in [
+    flavours: list[tuple[str, Flavour]] = [
         ("email.txt.j2", "text"),
         ("slack.md.j2", "slack"),
         ("teams.md.j2", "markdown"),
         ("console.txt.j2", "text"),
-    ]:
+    ]
+    for name, flavour in flavours:
         rendered = Template(name, flavour=flavour, override=None, field="t").render(event)
         assert "repair" in rendered, name
 

@@ -11,10 +11,8 @@ import re
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiosmtpd.smtp import Envelope
 from standardwebhooks import Webhook
 
@@ -37,35 +35,13 @@ from tests.daemon_helpers import (
     wait_until,
     write_config,
 )
-from tests.notify_fixtures import FAKE_SECRET, Receiver, SmtpServer, start_smtp
+from tests.notify_fixtures import FAKE_SECRET, Receiver, SmtpServer
 from watcher import __version__
-from watcher.clock import ManualClock, SystemClock
 from watcher.simulator import Simulator
 
 T0 = 1_700_000_000.0
-"""Simulated time at which the workload starts (the ManualClock's default start)."""
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(clock=ManualClock(start=T0), tokens={TOKEN}) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    # Real time: Standard Webhooks verification checks the signed timestamp against it.
-    hook = Receiver(clock=SystemClock())
-    await hook.start()
-    yield hook
-    await hook.stop()
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
-    server = await start_smtp()
-    yield server
-    await server.stop()
+"""Simulated time at which the workload starts: where the test's ManualClock `clock` (the
+`sim`'s) starts."""
 
 
 def hook_channel(receiver: Receiver, **options: object) -> dict[str, object]:
@@ -93,7 +69,7 @@ async def status(daemon: WatcherProcess) -> dict[str, object]:
 
 
 async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metrics(
-    tmp_path: Path, sim: Simulator, receiver: Receiver, smtp: SmtpServer
+    tmp_path: Path, sim: Simulator, live_receiver: Receiver, smtp: SmtpServer
 ) -> None:
     """A scripted workload (success; failure then recovery; a job health-rule breach; a
     skipped run of a job with no_alert_for_skipped_runs and one without; a failed attempt
@@ -114,7 +90,7 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
         # Job-level retries as new runs, which alert_on_last_attempt applies to (JOBS).
         api_version="2.0",
         channels={
-            "hook": hook_channel(receiver),
+            "hook": hook_channel(live_receiver),
             "mail": {
                 "type": "email",
                 "host": "127.0.0.1",
@@ -144,7 +120,8 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
 
         def context() -> str:
             got = sorted(
-                names.get(r.headers.get("webhook-id", ""), ("?", "?")) for r in receiver.requests
+                names.get(r.headers.get("webhook-id", ""), ("?", "?"))
+                for r in live_receiver.requests
             )
             return f"webhook so far: {got}\n{daemon.tail()}"
 
@@ -154,7 +131,7 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
         # Every event is committed by now; once none of its deliveries is pending (in
         # flight or waiting for a retry), nothing more can arrive: compare, exactly.
         await wait_until(outbox_empty, "every delivery to be made", context=context)
-        hook_ids = [r.headers["webhook-id"] for r in receiver.requests]
+        hook_ids = [r.headers["webhook-id"] for r in live_receiver.requests]
         mail_ids = [mail_event_id(e) for e in smtp.mailbox.envelopes]
         samples = await scrape(metrics_url)
         state = await status(daemon)
@@ -176,7 +153,7 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
 
     # Every webhook is signed, and its body is the event the webhook-id names.
     verifier = Webhook(FAKE_SECRET)
-    for request in receiver.requests:
+    for request in live_receiver.requests:
         assert request.path == "/hook"
         body = verifier.verify(request.body, request.headers)
         event_type, run = names[request.headers["webhook-id"]]
@@ -285,13 +262,13 @@ def deliveries(db: Path) -> dict[str, str]:
 
 
 async def test_sigterm_with_a_hanging_receiver_exits_0_and_loses_no_alert(
-    tmp_path: Path, sim: Simulator, receiver: Receiver
+    tmp_path: Path, sim: Simulator, live_receiver: Receiver
 ) -> None:
     """SIGTERM while every delivery hangs: the daemon exits 0 (in-flight attempts get the
     grace period, then are abandoned), well inside Kubernetes' 30 s, with all six alerts
     still pending in the store; restarted against a healthy receiver, it delivers each of
     them, and commits no new event."""
-    daemon, config, db, names, hold = await hanging_setup(tmp_path, sim, receiver)
+    daemon, config, db, names, hold = await hanging_setup(tmp_path, sim, live_receiver)
     async with daemon:
         code, _ = await daemon.terminate(limit=15.0)
         assert code == 0, daemon.tail()
@@ -304,21 +281,23 @@ async def test_sigterm_with_a_hanging_receiver_exits_0_and_loses_no_alert(
     expected = {names[i] for i in pending}
 
     hold.set()  # healthy again: the held requests are answered (to nobody), new ones at once
-    receiver.hold = None
-    before = len(receiver.requests)
+    live_receiver.hold = None
+    before = len(live_receiver.requests)
     daemon = await WatcherProcess.start(
         "run", "-c", str(config), env=daemon_env(HOOK_SECRET=FAKE_SECRET), logs=tmp_path
     )
     async with daemon:
         await wait_until(
-            lambda: {r.headers["webhook-id"] for r in receiver.requests[before:]} >= set(pending),
+            lambda: (
+                {r.headers["webhook-id"] for r in live_receiver.requests[before:]} >= set(pending)
+            ),
             "the pending alerts to be delivered after the restart",
             context=daemon.tail,
         )
         await daemon.settle(sim, db)
         code, _ = await daemon.terminate()
         assert code == 0, daemon.tail()
-    after = [r.headers["webhook-id"] for r in receiver.requests[before:]]
+    after = [r.headers["webhook-id"] for r in live_receiver.requests[before:]]
     assert sorted(names[i] for i in after) == sorted(expected)  # each once
     assert {n[0] for n in expected} == {"run_started", "run_failed"}
     assert set(deliveries(db).values()) == {"delivered"}
@@ -326,40 +305,40 @@ async def test_sigterm_with_a_hanging_receiver_exits_0_and_loses_no_alert(
 
 
 async def test_sigterm_lets_in_flight_deliveries_finish_within_the_grace(
-    tmp_path: Path, sim: Simulator, receiver: Receiver
+    tmp_path: Path, sim: Simulator, live_receiver: Receiver
 ) -> None:
     """SIGTERM while three deliveries are in flight and three wait behind them: the
     in-flight ones that complete within the grace period are recorded as delivered and
     not sent again; no new one starts; the process exits 0; after a restart the waiting
     three are delivered (and SIGINT stops that process with 0 too). Over both processes
     every alert arrives exactly once."""
-    daemon, config, db, names, hold = await hanging_setup(tmp_path, sim, receiver)
+    daemon, config, db, names, hold = await hanging_setup(tmp_path, sim, live_receiver)
     async with daemon:
         daemon.process.send_signal(signal.SIGTERM)
         await daemon.wait_log("watcher_stopping")
         hold.set()  # the receiver answers the three in-flight requests now
         code = await daemon.wait_exit(limit=15.0)
         assert code == 0, daemon.tail()
-    first = [r.headers["webhook-id"] for r in receiver.requests]
+    first = [r.headers["webhook-id"] for r in live_receiver.requests]
     state = deliveries(db)
     assert sorted(names[i][0] for i in first) == ["run_started"] * 3
     assert {i for i, s in state.items() if s == "delivered"} == set(first)
     assert sorted(names[i][0] for i, s in state.items() if s == "pending") == ["run_failed"] * 3
 
-    receiver.hold = None
+    live_receiver.hold = None
     daemon = await WatcherProcess.start(
         "run", "-c", str(config), env=daemon_env(HOOK_SECRET=FAKE_SECRET), logs=tmp_path
     )
     async with daemon:
         await wait_until(
-            lambda: len(receiver.requests) >= 6,
+            lambda: len(live_receiver.requests) >= 6,
             "the three waiting alerts after the restart",
             context=daemon.tail,
         )
         await daemon.settle(sim, db)
         code, _ = await daemon.terminate(sig=signal.SIGINT)
         assert code == 0, daemon.tail()
-    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    ids = [r.headers["webhook-id"] for r in live_receiver.requests]
     assert Counter(ids) == Counter(set(state))  # all six, each exactly once
     assert set(deliveries(db).values()) == {"delivered"}
 

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import ReceiverFactory
 from tests.notify_fixtures import Receiver, make_event
 from watcher.clock import ManualClock
 from watcher.config.channels import (
@@ -29,7 +30,7 @@ from watcher.notify.pagerduty import PagerDutyChannel
 from watcher.notify.slack import SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.webhook import WebhookChannel
-from watcher.store.base import CycleCommit
+from watcher.store.base import CycleCommit, DeliveryKey
 from watcher.store.sqlite import SQLiteStore
 
 KINDS = ["webhook", "slack", "teams", "pagerduty", "alertmanager"]
@@ -85,12 +86,9 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 @pytest.fixture
-async def target(clock: ManualClock) -> AsyncIterator[Receiver]:
+async def target(make_receiver: ReceiverFactory) -> Receiver:
     """Where redirects point: a real server that would accept the alert."""
-    r = Receiver(clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
+    return await make_receiver()
 
 
 async def deliver(
@@ -104,7 +102,7 @@ async def deliver(
             watermark_ms=int(clock.time() * 1000),
             committed_at=clock.time(),
             events=[event],
-            channels={event.id: [channel.name]},
+            channels={event.id: [DeliveryKey(channel.name)]},
         )
     )
     dispatcher = Dispatcher(

@@ -9,17 +9,31 @@ import pytest
 
 from tests.notify_fixtures import Receiver, make_config, make_event, start_smtp
 from watcher.clock import ManualClock
+from watcher.config import Config
 from watcher.notify import cli
+from watcher.notify.payloads import workspace_ids
 from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import CycleCommit, DeliveryKey
 from watcher.store.sqlite import SQLiteStore
+
+
+async def run_test_alert(config: Config, channel: str, out: io.StringIO) -> int:
+    """`cli.test_alert` as `watcher test-alert` calls it: in the first configured
+    workspace, with the workspace ids of all."""
+    return await cli.test_alert(
+        config.routing,
+        channel,
+        out,
+        workspace=config.workspaces[0].name,
+        workspace_ids=workspace_ids(config.workspaces),
+    )
 
 
 async def test_test_alert_through_a_webhook(receiver: Receiver) -> None:
     """A test alert is a failed-run event marked test=True, sent at once; exit code 0."""
     config = make_config(channels={"hook": {"type": "webhook", "url": f"{receiver.url}/h"}})
     out = io.StringIO()
-    assert await cli.test_alert(config, "hook", out) == 0
+    assert await run_test_alert(config, "hook", out) == 0
     assert "sent through 'hook' (webhook)" in out.getvalue()
     body = receiver.requests[0].json()
     assert body["test"] is True
@@ -33,7 +47,7 @@ async def test_test_alert_failure_is_explained_without_secrets(receiver: Receive
     url = f"{receiver.url}/services/fake-secret-path"
     config = make_config(channels={"slack": {"type": "slack", "url": url}})
     out = io.StringIO()
-    assert await cli.test_alert(config, "slack", out) == 1
+    assert await run_test_alert(config, "slack", out) == 1
     text = out.getvalue()
     assert "permanent failure" in text
     assert "HTTP 403: invalid_token" in text
@@ -44,7 +58,7 @@ async def test_unknown_channel_lists_the_configured_ones() -> None:
     """Naming a channel that does not exist says which ones do."""
     config = make_config(channels={"console": {"type": "console"}})
     with pytest.raises(TestAlertError, match=r"unknown channel 'nope' \(configured: console\)"):
-        await send_test_alert(config, "nope")
+        await send_test_alert(config.routing, "nope")
 
 
 async def test_console_and_single_address_test_alerts() -> None:
@@ -66,8 +80,8 @@ async def test_console_and_single_address_test_alerts() -> None:
     )
     out = io.StringIO()
     try:
-        assert await cli.test_alert(config, "console", out) == 0
-        assert await cli.test_alert(config, "mail:me@example.com", out) == 0
+        assert await run_test_alert(config, "console", out) == 0
+        assert await run_test_alert(config, "mail:me@example.com", out) == 0
     finally:
         await server.stop()
     assert "[TEST] run_failed" in out.getvalue()
@@ -88,7 +102,7 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
             watermark_ms=1,
             committed_at=clock.time(),
             events=events,
-            channels={e.id: ["hook"] for e in events},
+            channels={e.id: [DeliveryKey("hook")] for e in events},
         )
     )
     for event in events:
@@ -98,7 +112,7 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
     await store.close()
 
     out = io.StringIO()
-    assert await cli.dead_letters(config, "list", None, out) == 0
+    assert await cli.dead_letters(config.store.path, "list", None, out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("EVENT ID")
     assert [line.split()[0] for line in lines[1:3]] == [e.id for e in events]
@@ -106,7 +120,7 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
     assert lines[-1] == "dead letters: 2"
 
     out = io.StringIO()
-    assert await cli.dead_letters(config, "retry", [events[1].id], out) == 0
+    assert await cli.dead_letters(config.store.path, "retry", [events[1].id], out) == 0
     assert out.getvalue().startswith("requeued: 1 ")
     store = await SQLiteStore.open(config.store.path)
     try:

@@ -36,13 +36,15 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 async def enqueue(
     store: SQLiteStore, clock: ManualClock, events: Sequence[Event], channels: Sequence[str]
 ) -> None:
+    """Commit `events`, each with a delivery per key in `channels` (as text: `channel` or
+    `channel:address`)."""
     await store.commit_cycle(
         CycleCommit(
             workspace="prod",
             watermark_ms=int(clock.time() * 1000),
             committed_at=clock.time(),
             events=events,
-            channels={e.id: list(channels) for e in events},
+            channels={e.id: [DeliveryKey.parse(c) for c in channels] for e in events},
         )
     )
 

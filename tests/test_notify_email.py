@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -50,24 +49,17 @@ def parsed(mailbox: Mailbox, index: int = 0) -> EmailMessage:
     return message
 
 
-@pytest.fixture
-async def plain() -> AsyncIterator[SmtpServer]:
-    server = await start_smtp()
-    yield server
-    await server.stop()
-
-
 async def test_plain_smtp_sends_multipart_text_and_html(
-    plain: SmtpServer, clock: ManualClock
+    smtp: SmtpServer, clock: ManualClock
 ) -> None:
     """A plain SMTP server receives one message for the configured recipients, with a
     text and an HTML part and the event id in Message-ID and X-Watcher-Event-Id."""
     event = make_event()
-    assert await channel(plain.port, clock).send(event) == Sent()
-    (envelope,) = plain.mailbox.envelopes
+    assert await channel(smtp.port, clock).send(event) == Sent()
+    (envelope,) = smtp.mailbox.envelopes
     assert envelope.mail_from == "watcher@example.com"
     assert envelope.rcpt_tos == ["oncall@example.com", "lead@example.com"]
-    message = parsed(plain.mailbox)
+    message = parsed(smtp.mailbox)
     assert message["Subject"] == "[prod] nightly-etl FAILED"
     assert message["Message-ID"] == f"<{event.id}@example.com>"
     assert message["X-Watcher-Event-Id"] == event.id
@@ -80,12 +72,19 @@ async def test_plain_smtp_sends_multipart_text_and_html(
     assert "<h2>nightly-etl FAILED</h2>" in html.get_content()
 
 
-async def test_one_address_replaces_the_recipients(plain: SmtpServer, clock: ManualClock) -> None:
+async def test_one_address_replaces_the_recipients(smtp: SmtpServer, clock: ManualClock) -> None:
     """A per-address delivery (from a job's email_notifications) goes to that address only."""
     address = DeliveryKey("mail", "owner@example.com")
-    await channel(plain.port, clock).target(address).send(make_event())
-    assert plain.mailbox.envelopes[0].rcpt_tos == ["owner@example.com"]
-    assert parsed(plain.mailbox)["To"] == "owner@example.com"
+    await channel(smtp.port, clock).target(address).send(make_event())
+    assert smtp.mailbox.envelopes[0].rcpt_tos == ["owner@example.com"]
+    assert parsed(smtp.mailbox)["To"] == "owner@example.com"
+
+
+def login_channel(port: int, clock: ManualClock, bundle: Path, password: str) -> EmailChannel:
+    """A STARTTLS channel trusting the CA `bundle` that logs in as USER with `password`."""
+    return channel(
+        port, clock, security="starttls", ca_bundle=bundle, username=USER, password=password
+    )
 
 
 async def test_starttls_with_auth(tmp_path: Path, clock: ManualClock) -> None:
@@ -94,14 +93,7 @@ async def test_starttls_with_auth(tmp_path: Path, clock: ManualClock) -> None:
     context, bundle = tls_files(tmp_path)
     server = await start_smtp(tls=context, require_starttls=True, auth=True)
     try:
-        mail = channel(
-            server.port,
-            clock,
-            security="starttls",
-            ca_bundle=bundle,
-            username=USER,
-            password=PASSWORD,
-        )
+        mail = login_channel(server.port, clock, bundle, PASSWORD)
         assert await mail.send(make_event()) == Sent()
     finally:
         await server.stop()
@@ -117,14 +109,7 @@ async def test_wrong_password_is_permanent_and_not_echoed(
     context, bundle = tls_files(tmp_path)
     server = await start_smtp(tls=context, require_starttls=True, auth=True)
     try:
-        mail = channel(
-            server.port,
-            clock,
-            security="starttls",
-            ca_bundle=bundle,
-            username=USER,
-            password="fake-wrong-password",
-        )
+        mail = login_channel(server.port, clock, bundle, "fake-wrong-password")
         result = await mail.send(make_event())
     finally:
         await server.stop()
@@ -134,15 +119,13 @@ async def test_wrong_password_is_permanent_and_not_echoed(
     assert server.mailbox.envelopes == []
 
 
-async def test_starttls_is_required_not_opportunistic(
-    plain: SmtpServer, clock: ManualClock
-) -> None:
+async def test_starttls_is_required_not_opportunistic(smtp: SmtpServer, clock: ManualClock) -> None:
     """A server that does not offer STARTTLS gets nothing in clear text: the attempt fails
     (to be retried) instead of falling back."""
-    result = await channel(plain.port, clock, security="starttls").send(make_event())
+    result = await channel(smtp.port, clock, security="starttls").send(make_event())
     assert isinstance(result, Retry)
     assert "STARTTLS" in result.error
-    assert plain.mailbox.envelopes == []
+    assert smtp.mailbox.envelopes == []
 
 
 async def test_untrusted_certificate_is_refused(tmp_path: Path, clock: ManualClock) -> None:

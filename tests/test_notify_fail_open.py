@@ -8,58 +8,48 @@ import dataclasses
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import structlog
-from prometheus_client import CollectorRegistry
 
+from tests.conftest import ReceiverFactory
 from tests.notify_fixtures import Receiver, make_config, make_event
-from watcher import app
+from tests.wiring import daemon
 from watcher.clock import ManualClock
 from watcher.config import (
     Config,
-    HealthRulesConfig,
     RouteConfig,
     RouteMatch,
     SilenceConfig,
-    StartupConfig,
 )
 from watcher.databricks.models import Job, JobSettings, Run, RunState
 from watcher.domain import PollResult
 from watcher.events import Event, EventType
-from watcher.metrics import Metrics
-from watcher.notify.channels import build_channels, close_channels
-from watcher.notify.dispatcher import Dispatcher
 from watcher.notify.router import Route, RoutingTable, Silence, router_for, table_router
 from watcher.pipeline import Pipeline
-from watcher.store.sqlite import SQLiteStore
+from watcher.store.base import DeliveryKey, Store
 
 PD_ACCEPTED: tuple[int, dict[str, str], str] = (202, {}, '{"status":"success"}')
 
 
 @pytest.fixture
-async def slack(clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
+async def slack(make_receiver: ReceiverFactory) -> Receiver:
+    return await make_receiver()
 
 
 @pytest.fixture
-async def pagerduty(clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=clock, default=PD_ACCEPTED)
-    await r.start()
-    yield r
-    await r.stop()
+async def pagerduty(make_receiver: ReceiverFactory) -> Receiver:
+    return await make_receiver(default=PD_ACCEPTED)
 
 
-def config_for(hook: Receiver, slack: Receiver, pagerduty: Receiver) -> Config:
-    """Four channels; the only route sends everything to `hook`."""
+def four_channels(hook: Receiver, slack: Receiver, pagerduty: Receiver, db: Path) -> Config:
+    """Four channels; the only route sends everything to `hook`; the store at `db`."""
     return make_config(
+        store={"path": str(db)},
         channels={
             "hook": {"type": "webhook", "url": f"{hook.url}/hook"},
             "slack": {"type": "slack", "url": f"{slack.url}/services/fake"},
@@ -98,6 +88,10 @@ def failed_run(clock: ManualClock) -> PollResult:
     )
 
 
+def keys(*texts: str) -> list[DeliveryKey]:
+    return [DeliveryKey.parse(text) for text in texts]
+
+
 def boom(event: Event) -> bool:
     raise RuntimeError("route match exploded")
 
@@ -112,7 +106,7 @@ def raising_route(table: RoutingTable) -> RoutingTable:
     return dataclasses.replace(table, routes=(Route(boom, ("hook",)), *table.routes))
 
 
-async def deliveries(store: SQLiteStore, clock: ManualClock) -> list[str]:
+async def deliveries(store: Store, clock: ManualClock) -> list[str]:
     due = await store.due_deliveries(now=clock.time(), limit=100)
     return sorted(str(d.key) for d in due)
 
@@ -136,33 +130,31 @@ async def test_an_event_whose_routing_raises_goes_to_every_channel(
     outbox with a delivery for every configured channel (not just the routed `hook`, and
     not held by the broken silence), logs `routing_failed` with the event id, type and the
     exception, counts watcher_routing_failures_total, and every channel then receives it."""
-    config = config_for(receiver, slack, pagerduty)
-    table = inject(RoutingTable.compile(config))
-    metrics = Metrics(registry=CollectorRegistry())
-    store = await SQLiteStore.open(tmp_path / "watcher.db")
+    config = four_channels(receiver, slack, pagerduty, tmp_path / "watcher.db")
+    table = inject(RoutingTable.compile(config.routing))
     stream = io.StringIO()
-    channels = build_channels(config, clock=clock, stream=stream)
-    pipeline = Pipeline(
-        store=store,
-        health_rules=HealthRulesConfig(),
-        startup=StartupConfig(),
-        clock=clock,
-        route=table_router(table, clock=clock, on_failure=metrics.observe_routing_failure),
-    )
-    try:
+    async with daemon(config, clock, console=stream) as built:
+        # Everything as app.build wires it but this Pipeline, built by hand like the
+        # daemon's because build() has no way to inject a routing table (one that raises).
+        pipeline = Pipeline(
+            store=built.store,
+            health_rules=config.health_rules,
+            startup=config.startup,
+            clock=clock,
+            route=table_router(
+                table, clock=clock, on_failure=built.metrics.observe_routing_failure
+            ),
+        )
         with structlog.testing.capture_logs() as logs:
             (event,) = await pipeline.handle(failed_run(clock))
-        assert await deliveries(store, clock) == ["console", "hook", "pd", "slack"]
-        await Dispatcher(store=store, channels=channels, clock=clock).drain()
-    finally:
-        await close_channels(channels)
-        await store.close()
+        assert await deliveries(built.store, clock) == ["console", "hook", "pd", "slack"]
+        await built.dispatcher.drain()
     (line,) = [e for e in logs if e["event"] == "routing_failed"]
     assert line["log_level"] == "error"
     assert (line["event_id"], line["type"]) == (event.id, "run_failed")
     assert line["error_type"] == error_type
     assert line["error"]
-    assert metrics.registry.get_sample_value("watcher_routing_failures_total") == 1
+    assert built.metrics.registry.get_sample_value("watcher_routing_failures_total") == 1
     for target in (receiver, slack, pagerduty):
         assert len(target.requests) == 1
     assert "nightly-etl" in stream.getvalue()
@@ -175,21 +167,17 @@ async def test_the_daemon_wiring_fails_open_and_counts(
     constructed without validation whose name pattern is not a string raises TypeError
     while matching; the cycle still commits deliveries to every channel and the daemon's
     /metrics registry counts the routing failure."""
-    config = config_for(receiver, slack, pagerduty)
+    config = four_channels(receiver, slack, pagerduty, tmp_path / "watcher.db")
     broken = RouteConfig.model_construct(
         match=RouteMatch.model_construct(names=[cast(str, None)]), channels=["hook"]
     )
     config = config.model_copy(update={"routes": [broken]})
-    store = await SQLiteStore.open(tmp_path / "watcher.db")
-    daemon = await app.build(config, clock=clock, store=store, console=io.StringIO())
-    try:
+    async with daemon(config, clock, console=io.StringIO()) as built:
         with structlog.testing.capture_logs() as logs:
-            await daemon.pipeline.handle(failed_run(clock))
-        assert await deliveries(store, clock) == ["console", "hook", "pd", "slack"]
-    finally:
-        await app.close(daemon)
+            await built.pipeline.handle(failed_run(clock))
+        assert await deliveries(built.store, clock) == ["console", "hook", "pd", "slack"]
     assert [e["error_type"] for e in logs if e["event"] == "routing_failed"] == ["TypeError"]
-    assert daemon.metrics.registry.get_sample_value("watcher_routing_failures_total") == 1
+    assert built.metrics.registry.get_sample_value("watcher_routing_failures_total") == 1
 
 
 @pytest.fixture
@@ -223,10 +211,10 @@ def test_a_silence_without_a_time_zone_is_read_as_utc_once_at_start(clock: Manua
     ).model_copy(update={"silences": [naive]})
     clock.advance(datetime.fromisoformat("2023-11-14T22:30:00+00:00").timestamp() - clock.time())
     with structlog.testing.capture_logs() as logs:
-        router = router_for(config, clock=clock)
-        assert router(make_event(), None) == ([], ["slack"])
+        router = router_for(config.routing, clock=clock)
+        assert router(make_event(), None) == ([], keys("slack"))
         clock.advance(3600)
-        assert router(make_event(), None) == (["slack"], [])
+        assert router(make_event(), None) == (keys("slack"), [])
     assert [e["event"] for e in logs] == ["silence_without_time_zone"] * 2
     assert [e["silence"] for e in logs] == ["silences.0.starts_at", "silences.0.ends_at"]
 
@@ -240,7 +228,7 @@ def test_fail_open_skips_channels_that_cannot_express_the_event(clock: ManualClo
             "pd": {"type": "pagerduty", "routing_key": "fake-routing-key"},
         }
     )
-    table = raising_route(RoutingTable.compile(config))
+    table = raising_route(RoutingTable.compile(config.routing))
     router = table_router(table, clock=clock)
-    assert router(make_event(EventType.RUN_STARTED), None) == (["console"], [])
-    assert router(make_event(EventType.RUN_FAILED), None) == (["console", "pd"], [])
+    assert router(make_event(EventType.RUN_STARTED), None) == (keys("console"), [])
+    assert router(make_event(EventType.RUN_FAILED), None) == (keys("console", "pd"), [])

@@ -7,13 +7,12 @@ import email
 import email.policy
 import io
 import json
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
 import pytest
 import structlog
 
-from tests.notify_fixtures import HOSTILE_NAME, Receiver, SmtpServer, make_event, start_smtp
+from tests.notify_fixtures import HOSTILE_NAME, Receiver, SmtpServer, make_event
 from watcher.clock import ManualClock
 from watcher.config.channels import (
     ConsoleChannelConfig,
@@ -43,13 +42,6 @@ def hostile(huge: bool = False) -> Event:
         message=HOSTILE_NAME + HUGE,
         tags={"team\r\nX-Evil: 1": "<b>ml</b>"},
     )
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
-    server = await start_smtp()
-    yield server
-    await server.stop()
 
 
 @pytest.mark.parametrize("huge", [False, True])

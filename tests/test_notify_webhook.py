@@ -1,10 +1,10 @@
-"""The webhook channel against a real aiohttp receiver: payloads, signatures, auth."""
+"""The webhook channel against a real aiohttp receiver: payloads, signatures, auth.
+Channels run on `now_clock`: Standard Webhooks verification checks the signed timestamp
+against real time."""
 
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import AsyncIterator
 
 import pytest
 from standardwebhooks import Webhook
@@ -15,20 +15,6 @@ from watcher.config.channels import WebhookChannelConfig
 from watcher.events import PAYLOAD_VERSION, EventType, RuleRef
 from watcher.notify.base import Failed, Retry, Sent
 from watcher.notify.webhook import WebhookChannel
-
-
-@pytest.fixture
-def now_clock() -> ManualClock:
-    # Standard Webhooks verification checks the timestamp against real time.
-    return ManualClock(start=time.time())
-
-
-@pytest.fixture
-async def receiver(now_clock: ManualClock) -> AsyncIterator[Receiver]:
-    r = Receiver(clock=now_clock)
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def channel(receiver: Receiver, clock: ManualClock, **options: object) -> WebhookChannel:

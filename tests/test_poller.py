@@ -23,7 +23,8 @@ from watcher.config import JobFilter, JobMatch, StartupConfig, WorkspaceConfig
 from watcher.databricks import ApiError, JobsClient, RetryBudgetExceeded, RetryPolicy, StaticToken
 from watcher.databricks.client import MAX_RUNS_LIMIT
 from watcher.databricks.models import Run
-from watcher.poller import Poller, PollResult, run_poll_loop
+from watcher.domain import PollResult
+from watcher.poller import Poller, run_poll_loop
 from watcher.simulator import Fault, Simulator, TaskPlan
 from watcher.simulator.workspace import SimRun, Workspace
 from watcher.store.base import WorkspaceState
@@ -89,6 +90,7 @@ class VirtualClock:
         self._queue: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._asleep = asyncio.Event()
+        self._limits: list[tuple[float, asyncio.Future[None]]] = []
 
     def time(self) -> float:
         return self._now
@@ -101,6 +103,21 @@ class VirtualClock:
         heapq.heappush(self._queue, (self._now + max(0.0, seconds), next(self._seq), future))
         self._asleep.set()
         await future
+
+    async def elapse(self, seconds: float) -> None:
+        """A time limit: done once `run` has moved time `seconds` on. It is no sleeper: it
+        neither counts as a task asleep nor makes `run` stop at its deadline."""
+        if seconds <= 0:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._limits.append((self._now + seconds, future))
+        await future
+
+    def _end_limits(self) -> None:
+        for deadline, future in self._limits:
+            if deadline <= self._now and not future.done():
+                future.set_result(None)
+        self._limits = [(d, f) for d, f in self._limits if not f.done()]
 
     def sleeping(self) -> int:
         return sum(not future.done() for *_, future in self._queue)
@@ -118,8 +135,10 @@ class VirtualClock:
                 heapq.heappop(self._queue)
             if not self._queue or self._queue[0][0] > until:
                 self._now = max(self._now, until)
+                self._end_limits()
                 return
             self._now = max(self._now, self._queue[0][0])
+            self._end_limits()
             while self._queue and self._queue[0][0] <= self._now:
                 future = heapq.heappop(self._queue)[2]
                 if not future.done():

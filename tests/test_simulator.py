@@ -79,19 +79,25 @@ async def test_run_life_cycle_and_durations_follow_the_reference(
     assert run["run_duration"] == 75_000
 
 
-async def test_multitask_runs_report_tasks_and_run_duration(
-    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
-) -> None:
-    """A multitask run carries tasks with their own states; its own phase durations are 0
-    and run_duration holds the total; the worst task outcome is the run's."""
+def start_two_tasks(sim: Simulator) -> int:
+    """A run of a new job `multi` whose task `a` succeeds after 30 s and whose task `b`
+    fails after 90 s; its run id."""
     job = sim.workspace.create_job("multi", task_keys=["a", "b"])
-    run_id = sim.workspace.start_run(
+    return sim.workspace.start_run(
         job,
         tasks=[
             TaskPlan("a", execution_ms=30_000),
             TaskPlan("b", execution_ms=90_000, result="FAILED"),
         ],
     )
+
+
+async def test_multitask_runs_report_tasks_and_run_duration(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """A multitask run carries tasks with their own states; its own phase durations are 0
+    and run_duration holds the total; the worst task outcome is the run's."""
+    run_id = start_two_tasks(sim)
     clock.advance(60)
     _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=run_id)
     assert run["state"]["life_cycle_state"] == "RUNNING"
@@ -513,14 +519,7 @@ async def test_multitask_repair_reruns_only_the_failed_task(
     """rerun_all_failed_tasks re-runs the failed task alone, with a new task run id and
     the repair's times; the task that succeeded keeps its run id, times and result; the
     run's result is the worst task's once the repair ends."""
-    job = sim.workspace.create_job("multi", task_keys=["a", "b"])
-    run_id = sim.workspace.start_run(
-        job,
-        tasks=[
-            TaskPlan("a", execution_ms=30_000),
-            TaskPlan("b", execution_ms=90_000, result="FAILED"),
-        ],
-    )
+    run_id = start_two_tasks(sim)
     clock.advance(100)
     _, before = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=run_id)
     old = {t["task_key"]: t for t in before["tasks"]}

@@ -18,6 +18,7 @@ from watcher.store.base import DeliveryKey
 from watcher.store.sqlite import MIGRATIONS, SQLiteStore
 
 NOW = 1_700_000_000.0
+OPS, MAIL = DeliveryKey("ops"), DeliveryKey("mail")
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ async def test_cycle_commit_roundtrip_and_state(store: SQLiteStore) -> None:
 async def test_an_event_is_stored_once_whatever_is_retried(store: SQLiteStore) -> None:
     """Re-committing an event (a cycle redone after a crash) inserts nothing and creates
     no second delivery."""
-    channels = {event(1).id: ["ops", "ops", "mail"]}
+    channels = {event(1).id: [OPS, OPS, MAIL]}
     first = await store.commit_cycle(commit(events=[event(1)], channels=channels))
     again = await store.commit_cycle(commit(events=[event(1), event(2)], channels=channels))
     assert [e.id for e in first] == [event(1).id]
@@ -118,7 +119,7 @@ async def test_a_failed_commit_leaves_nothing_behind(store: SQLiteStore) -> None
                 watermark=9_000,
                 runs=[record(1), bad],
                 events=[event(1)],
-                channels={event(1).id: ["ops"]},
+                channels={event(1).id: [OPS]},
             )
         )
     assert await store.get_runs("prod", [1, 9]) == {}
@@ -132,9 +133,7 @@ async def test_outbox_keeps_order_per_job_and_channel(store: SQLiteStore) -> Non
     """Only the oldest pending delivery of a (channel, job) is due: a job's second alert
     waits for its first, while other jobs and channels go ahead."""
     events = [event(1, job_id=7), event(2, job_id=7), event(3, job_id=8)]
-    await store.commit_cycle(
-        commit(events=events, channels={e.id: ["ops", "mail"] for e in events})
-    )
+    await store.commit_cycle(commit(events=events, channels={e.id: [OPS, MAIL] for e in events}))
     due = await store.due_deliveries(now=NOW, limit=100)
     assert {(d.event.run.run_id, d.channel) for d in due} == {
         (1, "ops"),
@@ -157,7 +156,7 @@ async def test_dead_letters_are_kept_listed_and_requeued(store: SQLiteStore) -> 
     """A dead delivery leaves the queue (unblocking the job's next alert), is listed, and
     goes back to pending on request."""
     await store.commit_cycle(
-        commit(events=[event(1), event(2)], channels={event(1).id: ["ops"], event(2).id: ["ops"]})
+        commit(events=[event(1), event(2)], channels={event(1).id: [OPS], event(2).id: [OPS]})
     )
     await store.mark_failed(
         event(1).id, DeliveryKey("ops"), error="HTTP 400 bad payload", next_attempt_at=None
@@ -177,7 +176,9 @@ async def test_dead_letters_are_kept_listed_and_requeued(store: SQLiteStore) -> 
 
 async def test_silenced_deliveries_are_recorded_not_sent(store: SQLiteStore) -> None:
     """Silenced channels are kept in the outbox as silenced and never come due."""
-    await store.commit_cycle(commit(events=[event(1)], silenced={event(1).id: ["pager"]}))
+    await store.commit_cycle(
+        commit(events=[event(1)], silenced={event(1).id: [DeliveryKey("pager")]})
+    )
     assert await store.due_deliveries(now=NOW + 1e6, limit=10) == []
     assert (await store.outbox_stats()).silenced == 1
 
@@ -194,7 +195,7 @@ async def test_pruning_bounds_the_database(store: SQLiteStore) -> None:
                 record(2, start=now_ms - day_ms),
             ],
             events=[event(1), event(2), event(3)],
-            channels={event(1).id: ["ops"], event(2).id: ["ops"], event(3).id: ["mail"]},
+            channels={event(1).id: [OPS], event(2).id: [OPS], event(3).id: [MAIL]},
             at=NOW - 20 * 86_400,
         )
     )
@@ -220,7 +221,7 @@ async def test_an_unreadable_payload_is_dead_lettered_not_blocking(store: SQLite
     """A stored event that cannot be decoded is dead-lettered; every other alert still
     comes due. Fields a newer release added are simply ignored."""
     events = [event(1, job_id=7), event(2, job_id=8), event(3, job_id=9)]
-    await store.commit_cycle(commit(events=events, channels={e.id: ["ops"] for e in events}))
+    await store.commit_cycle(commit(events=events, channels={e.id: [OPS] for e in events}))
     conn = sqlite3.connect(store.path)
     conn.execute("UPDATE events SET payload = '{\"id\": 1}' WHERE id = ?", (event(1).id,))
     newer = event(3).model_dump() | {"added_by_a_newer_release": True}
@@ -239,7 +240,7 @@ async def test_reopening_keeps_everything(tmp_path: Path) -> None:
     path = tmp_path / "w.db"
     first = await SQLiteStore.open(path)
     await first.commit_cycle(
-        commit(runs=[record(1)], events=[event(1)], channels={event(1).id: ["ops"]})
+        commit(runs=[record(1)], events=[event(1)], channels={event(1).id: [OPS]})
     )
     await first.close()
     second = await SQLiteStore.open(path)

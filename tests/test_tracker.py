@@ -126,9 +126,9 @@ def _status(state: str, code: str | None = None, kind: str | None = None) -> Run
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_classification(snapshot: Run, category: Category, raw: str) -> None:
-    """Result and life-cycle states map to categories per DESIGN.md §3; unknown values
-    of a finished run fail, with the raw value kept; unknown active states stay active;
-    without `state`, the newer `status` object decides."""
+    """Result and life-cycle states map to categories per docs/architecture.md §3 (run
+    semantics); unknown values of a finished run fail, with the raw value kept; unknown
+    active states stay active; without `state`, the newer `status` object decides."""
     assert classify(snapshot) == (category, raw)
 
 
@@ -213,6 +213,8 @@ def test_a_run_never_moves_backwards() -> None:
 # -- retries and notification settings -----------------------------------------------
 
 LAST_ATTEMPT = {"notification_settings": {"alert_on_last_attempt": True}}
+TASK_RETRIED_ONCE = {"tasks": [{"task_key": "main", "max_retries": 1, **LAST_ATTEMPT}]}
+"""Job settings whose only task is retried once, alerting on its last attempt only."""
 
 
 @pytest.mark.parametrize(
@@ -227,34 +229,8 @@ LAST_ATTEMPT = {"notification_settings": {"alert_on_last_attempt": True}}
         ({"max_retries": 2, "retry_on_timeout": True, **LAST_ATTEMPT}, "TIMEDOUT", 0, []),
         ({"max_retries": 2, **LAST_ATTEMPT}, "UPSTREAM_FAILED", 0, ["run_failed"]),
         ({"max_retries": 2, **LAST_ATTEMPT}, "SUCCESS", 0, ["run_succeeded"]),
-        (
-            {
-                "tasks": [
-                    {
-                        "task_key": "main",
-                        "max_retries": 1,
-                        "notification_settings": {"alert_on_last_attempt": True},
-                    }
-                ]
-            },
-            "FAILED",
-            0,
-            ["run_failed"],
-        ),
-        (
-            {
-                "tasks": [
-                    {
-                        "task_key": "main",
-                        "max_retries": 1,
-                        "notification_settings": {"alert_on_last_attempt": True},
-                    }
-                ]
-            },
-            "FAILED",
-            1,
-            ["run_failed"],
-        ),
+        (TASK_RETRIED_ONCE, "FAILED", 0, ["run_failed"]),
+        (TASK_RETRIED_ONCE, "FAILED", 1, ["run_failed"]),
     ],
     ids=[
         "last-attempt:first-of-3",
@@ -469,26 +445,26 @@ def test_transitions_before_the_watcher_started_are_recorded_silently() -> None:
     recorded with their events marked emitted, so they never page later; an active run
     still alerts when it finishes, and a silent failure settles no job outcome (so no
     recovery answers it)."""
-    history = {"history_before_ms": T0 + 3_600_000}
-    quiet = step(None, done("FAILED"), **history)
+    started = T0 + 3_600_000
+    quiet = step(None, done("FAILED"), history_before_ms=started)
     assert quiet.events == ()
     assert quiet.record.backfill
     assert quiet.record.terminal
     assert quiet.outcome is None
-    assert step(None, done("SUCCESS"), **history).outcome == "success"
-    loud = step(None, done("FAILED"), alert_on_history=True, **history)
+    assert step(None, done("SUCCESS"), history_before_ms=started).outcome == "success"
+    loud = step(None, done("FAILED"), alert_on_history=True, history_before_ms=started)
     assert types(loud) == ["run_failed"]
     assert loud.events[0].backfill
-    active = step(None, run("RUNNING"), **history)
+    active = step(None, run("RUNNING"), history_before_ms=started)
     assert active.events == ()
-    finished = step(active.record, done("FAILED", seconds=7200), **history)
+    finished = step(active.record, done("FAILED", seconds=7200), history_before_ms=started)
     assert types(finished) == ["run_failed"]
     assert not finished.events[0].backfill
     # A run breaching its duration rule right now is news, not history.
     job = JobContext(job_id=7, settings=settings(**HEALTH_100))
-    late = step(None, run("RUNNING"), job=job, now=T0 + 500_000, **history)
+    late = step(None, run("RUNNING"), job=job, now=T0 + 500_000, history_before_ms=started)
     assert types(late) == ["run_duration_exceeded"]
-    old = step(None, done("SUCCESS", seconds=500), job=job, **history)
+    old = step(None, done("SUCCESS", seconds=500), job=job, history_before_ms=started)
     assert old.events == ()
 
 

@@ -36,9 +36,10 @@ def config_for(sim: Simulator, db: Path, *, name: str = "sim", **workspace: Any)
 
 
 @asynccontextmanager
-async def daemon(config: Config, clock: Clock) -> AsyncIterator[Daemon]:
-    """The built daemon, closed on the way out (nothing runs until the test says)."""
-    built = await build(config, clock=clock)
+async def daemon(config: Config, clock: Clock, **options: Any) -> AsyncIterator[Daemon]:
+    """The built daemon, closed on the way out (nothing runs until the test says);
+    `options` are build()'s other keywords (e.g. `console`)."""
+    built = await build(config, clock=clock, **options)
     try:
         yield built
     finally:

@@ -31,6 +31,7 @@ from watcher.metrics import Metrics
 from watcher.notify.base import Channel
 from watcher.notify.channels import build_channels, close_channels
 from watcher.notify.dispatcher import Dispatcher
+from watcher.notify.payloads import workspace_ids
 from watcher.notify.router import router_for
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
@@ -159,7 +160,12 @@ async def build(
         run_buckets=config.metrics.run_buckets,
         jobs=config.metrics.jobs,
     )
-    channels = build_channels(config, clock=clock, stream=console)
+    channels = build_channels(
+        config.routing,
+        clock=clock,
+        stream=console,
+        workspace_ids=workspace_ids(config.workspaces),
+    )
     store = store or await SQLiteStore.open(config.store.path, accept_new_state=accept_new_state)
     try:
         metrics.restore(await store.job_times())
@@ -197,7 +203,7 @@ def _assemble(
         health_rules=config.health_rules,
         startup=config.startup,
         clock=clock,
-        route=router_for(config, clock=clock, on_failure=metrics.observe_routing_failure),
+        route=router_for(config.routing, clock=clock, on_failure=metrics.observe_routing_failure),
         on_commit=committed,
     )
     clients: list[JobsClient] = []

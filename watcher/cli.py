@@ -262,14 +262,23 @@ def _command(args: argparse.Namespace, config: Config) -> int:
         return asyncio.run(_doctor(config, args.send))
     if command == "test-alert":
         from watcher.notify.cli import test_alert
+        from watcher.notify.payloads import workspace_ids
 
-        return asyncio.run(test_alert(config, args.channel, sys.stdout))
+        return asyncio.run(
+            test_alert(
+                config.routing,
+                args.channel,
+                sys.stdout,
+                workspace=config.workspaces[0].name,
+                workspace_ids=workspace_ids(config.workspaces),
+            )
+        )
     from watcher.notify.cli import dead_letters
 
     if args.action == "retry" and not (args.event or args.all):
         print("watcher: alerts retry needs --event ID (repeatable) or --all", file=sys.stderr)
         return 2
-    return asyncio.run(dead_letters(config, args.action, args.event, sys.stdout))
+    return asyncio.run(dead_letters(config.store.path, args.action, args.event, sys.stdout))
 
 
 if __name__ == "__main__":

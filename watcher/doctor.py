@@ -191,10 +191,17 @@ async def _channel(
         port = url.port or (443 if tls else 80)
     checks = [await _reach(target, host, port, tls, patience)]
     if send and checks[0].ok:
+        from watcher.notify.payloads import workspace_ids
         from watcher.notify.testalert import TestAlertError, send_test_alert
 
         try:
-            detail = await send_test_alert(config, name, stream=out)
+            detail = await send_test_alert(
+                config.routing,
+                name,
+                stream=out,
+                workspace=config.workspaces[0].name,
+                workspace_ids=workspace_ids(config.workspaces),
+            )
             checks.append(Check(target, "test alert", True, detail))
         except TestAlertError as exc:
             checks.append(Check(target, "test alert", False, str(exc)))

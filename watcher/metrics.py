@@ -296,8 +296,8 @@ class Metrics:
         self._active_states[ws] |= set(report.active_by_state)
         for job_id in report.deleted_jobs:
             self._forget_job(ws, str(job_id))
-        for channel in report.silenced:
-            self.alerts_silenced.labels(channel).inc()
+        for key in report.silenced:
+            self.alerts_silenced.labels(str(key)).inc()  # `channel` or `channel:address`
 
     # -- internals -------------------------------------------------------------------
 

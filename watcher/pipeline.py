@@ -12,10 +12,10 @@ from watcher.cycle import CyclePlan, plan_cycle
 from watcher.databricks.models import JobSettings
 from watcher.domain import JobRecord, PollResult, Transition
 from watcher.events import Event
-from watcher.store.base import CycleCommit, Store
+from watcher.store.base import CycleCommit, DeliveryKey, Store
 
-Router = Callable[[Event, JobSettings | None], tuple[Sequence[str], Sequence[str]]]
-"""(event, job settings) -> (channels to deliver to, channels held back by a silence)."""
+Router = Callable[[Event, JobSettings | None], tuple[Sequence[DeliveryKey], Sequence[DeliveryKey]]]
+"""(event, job settings) -> (where to deliver it, where a silence holds it back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,9 @@ class CommitReport:
     """Jobs of observed runs that no longer exist in the workspace."""
     active_by_state: Mapping[str, int]
     """Active runs this cycle by life-cycle state."""
-    silenced: Sequence[str] = ()
-    """One channel name per delivery of the new events held back by a silence."""
+    silenced: Sequence[DeliveryKey] = ()
+    """One key per delivery of the new events held back by a silence (the metric labels
+    show `str(key)`)."""
 
 
 class Pipeline:
@@ -87,11 +88,11 @@ class Pipeline:
 
 def _route_all(
     route: Router | None, plan: CyclePlan
-) -> tuple[dict[str, Sequence[str]], dict[str, Sequence[str]]]:
-    """event id -> channels to deliver to, and event id -> channels held back by a silence
+) -> tuple[dict[str, Sequence[DeliveryKey]], dict[str, Sequence[DeliveryKey]]]:
+    """event id -> where to deliver it, and event id -> where a silence holds it back
     (both empty without a router)."""
-    channels: dict[str, Sequence[str]] = {}
-    silenced: dict[str, Sequence[str]] = {}
+    channels: dict[str, Sequence[DeliveryKey]] = {}
+    silenced: dict[str, Sequence[DeliveryKey]] = {}
     if route is not None:
         for event in plan.events:
             channels[event.id], silenced[event.id] = route(event, plan.settings_of[event.id])
@@ -102,10 +103,10 @@ def _report(
     workspace: str,
     plan: CyclePlan,
     inserted: Sequence[Event],
-    silenced: Mapping[str, Sequence[str]],
+    silenced: Mapping[str, Sequence[DeliveryKey]],
 ) -> CommitReport:
     """What the commit changed: the plan's transitions and jobs, and the events it newly
-    inserted (with the silenced channels of those only)."""
+    inserted (with the silenced keys of those only)."""
     held = [c for e in inserted for c in silenced.get(e.id, ())]
     return CommitReport(
         workspace,

@@ -82,7 +82,8 @@ class Config(Section):
     @field_validator("channels")
     @classmethod
     def _channel_names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # ':' separates a channel from an address in outbox keys: keep names plain.
+        # Names stay plain (no ':'): a delivery is shown, and given on the command line
+        # (`test-alert --channel`), as `channel:address`.
         bad = [name for name in value if not re.match(NAME_PATTERN, name)]
         if bad:
             raise ValueError(f"channel names must match {NAME_PATTERN}: {', '.join(bad)}")

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from watcher.clock import Clock
+from watcher.config import RoutingConfig
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
     ChannelConfig,
@@ -23,8 +24,6 @@ from watcher.notify.base import Channel
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.email import EmailChannel
 from watcher.notify.pagerduty import PagerDutyChannel
-from watcher.notify.payloads import workspace_ids as workspace_ids_of
-from watcher.notify.settings import NotifyConfig, routing_of, workspaces_of
 from watcher.notify.slack import SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.webhook import WebhookChannel
@@ -57,20 +56,18 @@ def build_channel(
 
 
 def build_channels(
-    config: NotifyConfig,
+    config: RoutingConfig,
     *,
     clock: Clock,
     stream: TextIO | None = None,
     workspace_ids: Mapping[str, str] | None = None,
 ) -> dict[str, Channel]:
     """Every configured channel by name. `stream` replaces stdout/stderr of console channels;
-    `workspace_ids` (workspace name -> id, for Databricks-format webhooks) defaults to the
-    ids in the hosts of the root configuration's workspaces."""
-    if workspace_ids is None:
-        workspace_ids = workspace_ids_of(workspaces_of(config))
+    `workspace_ids` (workspace name -> id, see `payloads.workspace_ids`) is what
+    Databricks-format webhooks send as the workspace id (without it, the name)."""
     return {
         name: build_channel(name, channel, clock=clock, stream=stream, workspace_ids=workspace_ids)
-        for name, channel in routing_of(config).channels.items()
+        for name, channel in config.channels.items()
     }
 
 

@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TextIO
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
 
-from watcher.config import StoreConfig
+from watcher.config import RoutingConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
-from watcher.notify.settings import NotifyConfig
 from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import Store
 
-
-class StoreSettings(Protocol):
-    """Where the state is: the root configuration, as far as `alerts` reads it."""
-
-    @property
-    def store(self) -> StoreConfig: ...
+StoreOpener = Callable[[Path], Awaitable[Store]]
 
 
-StoreOpener = Callable[[StoreSettings], Awaitable[Store]]
-
-
-async def _open_sqlite(config: StoreSettings) -> Store:
+async def _open_sqlite(path: Path) -> Store:
     from watcher.store.sqlite import SQLiteStore
 
     # A mistyped store.path must not create an empty database and report "0 dead letters".
-    return await SQLiteStore.open(config.store.path, create=False)
+    return await SQLiteStore.open(path, create=False)
 
 
-async def test_alert(config: NotifyConfig, channel: str, out: TextIO) -> int:
-    """Exit code 0 when the test alert was accepted, 1 otherwise (with the reason)."""
+async def test_alert(
+    config: RoutingConfig,
+    channel: str,
+    out: TextIO,
+    *,
+    workspace: str,
+    workspace_ids: Mapping[str, str],
+) -> int:
+    """Exit code 0 when the test alert was accepted, 1 otherwise (with the reason).
+    `workspace` and `workspace_ids` as for `send_test_alert` (the CLI passes the first
+    configured workspace and the ids of all)."""
     try:
-        print(await send_test_alert(config, channel, stream=out), file=out)
+        detail = await send_test_alert(
+            config, channel, stream=out, workspace=workspace, workspace_ids=workspace_ids
+        )
+        print(detail, file=out)
     except TestAlertError as exc:
         print(f"watcher: {exc}", file=out)
         return 1
@@ -41,7 +45,7 @@ async def test_alert(config: NotifyConfig, channel: str, out: TextIO) -> int:
 
 
 async def dead_letters(
-    config: StoreSettings,
+    store_path: Path,
     action: str,
     event_ids: Sequence[str] | None,
     out: TextIO,
@@ -49,9 +53,10 @@ async def dead_letters(
     open_store: StoreOpener = _open_sqlite,
 ) -> int:
     """`list` prints the dead letters, `retry` requeues them: all, or those of the given
-    events. Exit code 1 when given events have no dead letter (a mistyped id says so)."""
+    events, in the store at `store_path`. Exit code 1 when given events have no dead letter
+    (a mistyped id says so)."""
     wanted = list(event_ids) if event_ids else None
-    store = await open_store(config)
+    store = await open_store(store_path)
     try:
         if action == "list":
             lines = await list_dead_letters(store, event_ids=wanted)

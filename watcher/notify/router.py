@@ -27,7 +27,6 @@ from watcher.config.channels import ADDRESS, BaseChannelConfig, EmailChannelConf
 from watcher.databricks.models import JobEmailNotifications, JobSettings, WebhookNotifications
 from watcher.events import Event, EventType
 from watcher.notify.base import excerpt
-from watcher.notify.settings import NotifyConfig, routing_of
 from watcher.store.base import DeliveryKey
 
 log = structlog.get_logger(__name__)
@@ -144,9 +143,8 @@ class RoutingTable:
     """Email channels carrying jobs' own addresses; None unless honour_job_notifications."""
 
     @classmethod
-    def compile(cls, config: NotifyConfig) -> RoutingTable:
+    def compile(cls, config: RoutingConfig) -> RoutingTable:
         """Raises for a configuration that cannot be compiled: at start, not per event."""
-        config = routing_of(config)
         routes = [Route(Match.of(r.match), tuple(r.channels), r.continue_) for r in config.routes]
         return cls(
             channels=MappingProxyType(dict(config.channels)),
@@ -218,18 +216,17 @@ class RoutingTable:
 
 
 def route(
-    event: Event, *, config: NotifyConfig, job_settings: JobSettings | None, now: datetime
+    event: Event, *, config: RoutingConfig, job_settings: JobSettings | None, now: datetime
 ) -> Routing:
     """`RoutingTable.route` of a configuration at one moment (compiling it each call)."""
     return RoutingTable.compile(config).route(event, job_settings, now.timestamp())
 
 
 def router_for(
-    config: NotifyConfig, *, clock: Clock, on_failure: Callable[[], None] | None = None
-) -> Callable[[Event, JobSettings | None], tuple[list[str], list[str]]]:
+    config: RoutingConfig, *, clock: Clock, on_failure: Callable[[], None] | None = None
+) -> Callable[[Event, JobSettings | None], tuple[list[DeliveryKey], list[DeliveryKey]]]:
     """The routing table of `config`, compiled now, bound to a clock, in the shape the
-    pipeline calls: (event, job settings) -> (channels, silenced), as the keys' text
-    (`str(key)`, which the store reads back and the silenced-alerts metric labels show).
+    pipeline calls: (event, job settings) -> (delivery keys, keys held back by a silence).
     It never raises: when an event's routes cannot be evaluated, the event goes to
     `RoutingTable.everyone` (silences ignored), logged as `routing_failed` and reported
     to `on_failure`."""
@@ -238,10 +235,12 @@ def router_for(
 
 def table_router(
     table: RoutingTable, *, clock: Clock, on_failure: Callable[[], None] | None = None
-) -> Callable[[Event, JobSettings | None], tuple[list[str], list[str]]]:
+) -> Callable[[Event, JobSettings | None], tuple[list[DeliveryKey], list[DeliveryKey]]]:
     """`router_for` of an already compiled table."""
 
-    def route_event(event: Event, job_settings: JobSettings | None) -> tuple[list[str], list[str]]:
+    def route_event(
+        event: Event, job_settings: JobSettings | None
+    ) -> tuple[list[DeliveryKey], list[DeliveryKey]]:
         try:
             routing = table.route(event, job_settings, clock.time())
         except Exception as exc:
@@ -258,7 +257,7 @@ def table_router(
             if on_failure is not None:
                 with contextlib.suppress(Exception):
                     on_failure()
-            return [str(c) for c in channels], []
-        return [str(c) for c in routing.channels], [str(c) for c in routing.silenced]
+            return channels, []
+        return routing.channels, routing.silenced
 
     return route_event

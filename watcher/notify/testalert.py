@@ -10,13 +10,12 @@ from typing import TextIO
 
 from watcher.aio import Timeout, within
 from watcher.clock import Clock, SystemClock
+from watcher.config import RoutingConfig
 from watcher.databricks.models import Run, RunState
 from watcher.events import Event, EventType, JobRef
 from watcher.notify.base import Failed, Result, Retry, Sent
 from watcher.notify.channels import build_channel
-from watcher.notify.payloads import workspace_ids as workspace_ids_of
 from watcher.notify.router import serves
-from watcher.notify.settings import NotifyConfig, routing_of, workspaces_of
 from watcher.store.base import DeliveryKey
 
 TEST_WORKSPACE = "watcher-test"
@@ -58,30 +57,24 @@ def test_event(workspace: str, *, now: float) -> Event:
 
 
 async def send_test_alert(
-    config: NotifyConfig,
+    config: RoutingConfig,
     channel: str,
     *,
     clock: Clock | None = None,
     stream: TextIO | None = None,
-    workspace: str | None = None,
+    workspace: str = TEST_WORKSPACE,
     workspace_ids: Mapping[str, str] | None = None,
 ) -> str:
-    """Send a test alert through `channel` (a channel name, or `<email channel>:<address>`);
-    the result in words, or TestAlertError. `stream` receives console channel output.
-    The event's `workspace` and the `workspace_ids` of Databricks-format webhooks default
-    to the root configuration's (its first workspace)."""
+    """Send a test alert through `channel` (a channel name, or `<email channel>:<address>`,
+    as typed on the command line); the result in words, or TestAlertError. `stream`
+    receives console channel output. The event is in `workspace` (callers pass the first
+    configured one); `workspace_ids` is what Databricks-format webhooks send as its id."""
     clock = clock or SystemClock()
-    routing = routing_of(config)
     key = DeliveryKey.parse(channel)
-    if not serves(key, routing.channels):
-        known = ", ".join(sorted(routing.channels)) or "none"
+    if not serves(key, config.channels):
+        known = ", ".join(sorted(config.channels)) or "none"
         raise TestAlertError(f"unknown channel {channel!r} (configured: {known})")
-    workspaces = workspaces_of(config)
-    if workspace is None:
-        workspace = workspaces[0].name if workspaces else TEST_WORKSPACE
-    if workspace_ids is None:
-        workspace_ids = workspace_ids_of(workspaces)
-    settings = routing.channels[key.channel]
+    settings = config.channels[key.channel]
     built = build_channel(
         key.channel, settings, clock=clock, stream=stream, workspace_ids=workspace_ids
     )

@@ -49,14 +49,10 @@ class DeliveryKey:
 
     @classmethod
     def parse(cls, text: str) -> DeliveryKey:
-        """The key `str(key)` shows (channel names cannot contain `:`)."""
+        """The key `str(key)` shows, as an operator types it (channel names cannot
+        contain `:`)."""
         channel, _, recipient = text.partition(":")
         return cls(channel, recipient)
-
-    @classmethod
-    def of(cls, key: DeliveryKey | str) -> DeliveryKey:
-        """A key, or the text of one."""
-        return key if isinstance(key, DeliveryKey) else cls.parse(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +66,9 @@ class CycleCommit:
     runs: Sequence[RunRecord] = ()
     jobs: Sequence[JobRecord] = ()
     events: Sequence[Event] = ()
-    channels: Mapping[str, Sequence[DeliveryKey | str]] = field(default_factory=dict)
-    """event id -> where to deliver it (from routing); a key's text (`str(key)`) is read
-    as the key."""
-    silenced: Mapping[str, Sequence[DeliveryKey | str]] = field(default_factory=dict)
+    channels: Mapping[str, Sequence[DeliveryKey]] = field(default_factory=dict)
+    """event id -> where to deliver it (from routing)."""
+    silenced: Mapping[str, Sequence[DeliveryKey]] = field(default_factory=dict)
     """event id -> where it would have gone, held back by a silence."""
     news_since_ms: int | None = None
     """Raise the workspace's news horizon to this (it never moves back)."""

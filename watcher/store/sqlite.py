@@ -446,7 +446,7 @@ class SQLiteStore:
     async def _add_deliveries(
         self,
         event_id: str,
-        keys: Iterable[DeliveryKey | str],
+        keys: Iterable[DeliveryKey],
         status: DeliveryStatus,
         now: float,
     ) -> None:
@@ -455,7 +455,7 @@ class SQLiteStore:
             "created_at, next_attempt_at) VALUES (?,?,?,?,?,?)",
             [
                 (event_id, key.channel, key.recipient, status, now, now)
-                for key in dict.fromkeys(DeliveryKey.of(k) for k in keys)
+                for key in dict.fromkeys(keys)
             ],
         )
 
