@@ -6,13 +6,15 @@ HTTP on port 0), `receiver` and `make_receiver` (real HTTP receivers) and the cl
 the current time, for what is checked against real time (Standard Webhooks signatures).
 
 Real time: `live_receiver` stamps requests with the system clock, for the tests that run
-the daemon as a real process (tests/daemon_helpers.py). `smtp` keeps no time at all."""
+the daemon as a real process (tests/daemon_helpers.py). `smtp` keeps no time at all;
+`store` is the SQLite store in the test's directory."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from tests.notify_fixtures import Receiver, SmtpServer, start_smtp
 from watcher.clock import Clock, ManualClock, SystemClock
 from watcher.databricks import JobsClient, RetryPolicy, StaticToken
 from watcher.simulator import Simulator
+from watcher.store.sqlite import SQLiteStore
 
 TOKEN = "dapi-test-not-a-real-token"
 
@@ -77,6 +80,14 @@ async def live_receiver() -> AsyncIterator[Receiver]:
     await r.start()
     yield r
     await r.stop()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """The SQLite store in the test's directory, closed at the end."""
+    db = await SQLiteStore.open(tmp_path / "state" / "watcher.db")
+    yield db
+    await db.close()
 
 
 @pytest.fixture

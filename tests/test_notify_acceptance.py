@@ -4,8 +4,7 @@ login portal's page) is no proof of delivery either."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
-from pathlib import Path
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -76,13 +75,6 @@ def make_channel(kind: str, base: str, clock: ManualClock) -> Channel:
         return PagerDutyChannel(kind, pd, clock=clock)
     am = AlertmanagerChannelConfig.model_validate({"type": kind, "url": base, **common})
     return AlertmanagerChannel(kind, am, clock=clock)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    db = await SQLiteStore.open(tmp_path / "watcher.db")
-    yield db
-    await db.close()
 
 
 @pytest.fixture

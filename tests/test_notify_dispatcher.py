@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,6 @@ from watcher.notify.ratelimit import TokenBucket
 from watcher.notify.webhook import WebhookChannel
 from watcher.store.base import CycleCommit, DeliveryKey, StoreError
 from watcher.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    db = await SQLiteStore.open(tmp_path / "watcher.db")
-    yield db
-    await db.close()
 
 
 async def enqueue(

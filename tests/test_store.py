@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,13 +18,6 @@ from watcher.store.sqlite import MIGRATIONS, SQLiteStore
 
 NOW = 1_700_000_000.0
 OPS, MAIL = DeliveryKey("ops"), DeliveryKey("mail")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    db = await SQLiteStore.open(tmp_path / "state" / "watcher.db")
-    yield db
-    await db.close()
 
 
 def record(

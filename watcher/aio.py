@@ -97,13 +97,14 @@ async def bounded_map(
 
 
 def guarded_task(work: Coroutine[Any, Any, _T], *, name: str) -> asyncio.Task[_T]:
-    """A background task whose failure is logged when it happens, not when (or if)
-    someone awaits it."""
+    """A background task whose failure is logged (`background_task_died`, with its
+    traceback) when it happens, not when (or if) someone awaits it: a task that dies
+    while the daemon shuts down is seen too."""
     task = asyncio.create_task(work, name=name)
 
     def report(done: asyncio.Task[_T]) -> None:
         if not done.cancelled() and (exc := done.exception()) is not None:
-            log.error("task_failed", task=name, error=f"{type(exc).__name__}: {exc}")
+            log.error("background_task_died", task=name, error=repr(exc), exc_info=exc)
 
     task.add_done_callback(report)
     return task

@@ -273,7 +273,7 @@ async def serve(
         raise StartupError(f"cannot serve on {where}: {err.strerror or err}") from None
     inner_stop = asyncio.Event()
 
-    # Guarded: a task that fails while shutting down (past the wait below) is logged too.
+    # Guarded: each task logs its own death, also while shutting down (past the wait below).
     loops = [
         guarded_task(
             run_poll_loop(
@@ -306,13 +306,12 @@ async def serve(
         if on_ready is not None:
             on_ready(daemon)
         done, _ = await asyncio.wait([stopper, *daemon.tasks], return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        for task in done:
-            if task is stopper:
-                continue
-            code = 1
-            exc = task.exception() if not task.cancelled() else None
-            log.error("background_task_died", task=task.get_name(), error=repr(exc), exc_info=exc)
+        # A background task ended before the stop: the daemon is half-alive. A failure has
+        # been logged by the task's guard; an end without one is logged here.
+        code = 0 if done == {stopper} else 1
+        for task in done - {stopper}:
+            if task.cancelled() or task.exception() is None:
+                log.error("background_task_died", task=task.get_name(), error="ended early")
     finally:
         # Whatever ended the wait (stop, a dead task, an error here), shut down fully.
         inner_stop.set()
