@@ -3,10 +3,11 @@ workload and restarted; the committed events must equal, exactly, those of an un
 run over the same workload.
 
 The kill schedule is derived from a seed (CRASH_SEED, printed on failure): each life of the
-daemon dies when the simulator receives its k-th API request, before answering it, with k
-drawn from the seed. Replaying a seed kills at the same points of each life's request
-stream; when in that stream a cycle commits still depends on scheduling, which SQLite's
-transactions make all-or-nothing."""
+daemon dies at its k-th API request, with k drawn from the seed, either before the
+simulator answers it (mid-poll) or a few milliseconds after (d, also from the seed: the
+daemon is then reading, evaluating or committing). Replaying a seed gives the same
+schedule; where a daemon is after d milliseconds still depends on scheduling, which
+SQLite's transactions make all-or-nothing."""
 
 from __future__ import annotations
 
@@ -133,9 +134,10 @@ def _describe(db: Path, ids: set[str]) -> str:
 
 
 async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    """Across 32 SIGKILLs of the real daemon (mid-poll, between cycles, just before or
-    after a commit) and restarts from the same database, the union of committed events is
-    exactly the uninterrupted run's: none missing, none duplicated."""
+    """Across 32 SIGKILLs of the real daemon (mid-poll, or milliseconds after an answer:
+    mid-evaluation, mid-commit, between cycles) and restarts from the same database, the
+    union of committed events is exactly the uninterrupted run's: none missing, none
+    duplicated."""
     expected = await reference_events(tmp_path)
     clock = ManualClock(START)
     rng = random.Random(11)
@@ -154,16 +156,24 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
             f"logging: {{format: json, level: WARNING}}\n"
         )
         process: WatcherProcess | None = None
-        kills: list[int] = []  # the request each killed life died at
+        kills: list[tuple[int, float]] = []  # (request, delay) each killed life died at
         served = 0
-        kill_at: int | None = None
+        kill_at: tuple[int, float] | None = None
+
+        def kill(victim: WatcherProcess) -> None:
+            if victim is process and victim.process.returncode is None and kill_at:
+                victim.process.send_signal(signal.SIGKILL)
+                kills.append(kill_at)
 
         def on_request(_: LoggedRequest) -> None:
             nonlocal served
             served += 1
-            if process is not None and served == kill_at and process.process.returncode is None:
-                process.process.send_signal(signal.SIGKILL)
-                kills.append(served)
+            if process is None or kill_at is None or served != kill_at[0]:
+                return
+            if kill_at[1] == 0:
+                kill(process)  # before the answer: mid-poll
+            else:
+                asyncio.get_running_loop().call_later(kill_at[1], kill, process)
 
         sim.on_request = on_request
 
@@ -173,7 +183,8 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
             nonlocal process, served, kill_at
             if process is None or process.process.returncode is not None:
                 served = 0
-                kill_at = killer.randint(1, 20) if len(kills) < KILLS else None
+                delay = 0.0 if killer.random() < 0.5 else round(killer.uniform(0.001, 0.03), 3)
+                kill_at = (killer.randint(1, 20), delay) if len(kills) < KILLS else None
                 process = await WatcherProcess.start(
                     "run", "-c", str(config), env=daemon_env(), logs=logs
                 )
@@ -181,7 +192,7 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
 
         def context() -> str:
             tail = process.tail() if process is not None else "(no daemon)"
-            return f"CRASH_SEED={SEED}, killed at requests {kills}\n{tail}"
+            return f"CRASH_SEED={SEED}, killed at (request, delay) {kills}\n{tail}"
 
         for step in range(STEPS + 1):
             await settle(sim, db, tick=tick, limit=SETTLE_LIMIT, context=context)

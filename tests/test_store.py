@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -325,14 +326,10 @@ async def test_a_version_1_database_keeps_its_state_and_gets_a_horizon_later(
         await store.close()
 
 
-async def test_a_version_2_outbox_gets_its_keys_split_and_keeps_delivering(
-    tmp_path: Path,
-) -> None:
-    """A database of the second schema, whose deliveries are keyed by one string
-    (`channel` or `email channel:address`), is upgraded in place: each key becomes a
-    channel and a recipient, pending deliveries stay due (in order, per recipient) and
-    dead ones stay dead with their error."""
-    path = tmp_path / "v2.db"
+def version_2_outbox(path: Path, orphan: bool = False) -> tuple[Event, Event]:
+    """A database of the second schema with two events and deliveries keyed by one string
+    (`channel` or `email channel:address`); with `orphan`, also a delivery of an event
+    that is not there (only a hand edit with foreign keys off can make one)."""
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:2]:
         conn.executescript(script)
@@ -350,6 +347,8 @@ async def test_a_version_2_outbox_gets_its_keys_split_and_keeps_delivering(
         (second.id, "mail:alice@example.com", "pending", 0, None),
         (second.id, "pager", "silenced", 0, None),
     ]
+    if orphan:
+        rows.append(("no-such-event", "mail:bob@example.com", "pending", 0, None))
     conn.executemany(
         "INSERT INTO deliveries (event_id, channel, status, attempts, created_at, "
         "next_attempt_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -358,6 +357,18 @@ async def test_a_version_2_outbox_gets_its_keys_split_and_keeps_delivering(
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
+    return first, second
+
+
+async def test_a_version_2_outbox_gets_its_keys_split_and_keeps_delivering(
+    tmp_path: Path,
+) -> None:
+    """A database of the second schema, whose deliveries are keyed by one string
+    (`channel` or `email channel:address`), is upgraded in place: each key becomes a
+    channel and a recipient, pending deliveries stay due (in order, per recipient) and
+    dead ones stay dead with their error."""
+    path = tmp_path / "v2.db"
+    first, second = version_2_outbox(path)
     store = await SQLiteStore.open(path)
     try:
         assert await store.schema_version() == len(MIGRATIONS)
@@ -380,6 +391,52 @@ async def test_a_version_2_outbox_gets_its_keys_split_and_keeps_delivering(
         assert [(d.event.id, d.key) for d in due] == [(second.id, address)]
     finally:
         await store.close()
+
+
+async def test_two_processes_opening_a_version_2_outbox_migrate_it_once(
+    tmp_path: Path,
+) -> None:
+    """Two watchers (say the daemon and `alerts list`) open the same old database at once:
+    the second sees, under the write lock, that the first has migrated it, and does not
+    split the keys again (that would erase every recipient); a delivery of an event that
+    is gone does not stop the upgrade."""
+    path = tmp_path / "v2.db"
+    first, second = version_2_outbox(path, orphan=True)
+    stores = await asyncio.gather(SQLiteStore.open(path), SQLiteStore.open(path))
+    try:
+        conn = sqlite3.connect(path)
+        rows = sorted(conn.execute("SELECT event_id, channel, recipient, status FROM deliveries"))
+        conn.close()
+        assert rows == sorted(
+            [
+                (first.id, "ops", "", "pending"),
+                (first.id, "mail", "alice@example.com", "pending"),
+                (first.id, "mail", "", "dead"),
+                (second.id, "mail", "alice@example.com", "pending"),
+                (second.id, "pager", "", "silenced"),
+            ]
+        )
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_migration_under_a_running_watcher_fails_its_ping(tmp_path: Path) -> None:
+    """A newer watcher that migrates the database under a running one makes the running
+    one's store ping fail (/readyz), naming why, instead of writing in the old shape."""
+    path = tmp_path / "v2.db"
+    version_2_outbox(path)
+    running = await SQLiteStore.open(path)
+    try:
+        await running.ping()
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        conn.commit()
+        conn.close()
+        with pytest.raises(StoreError, match="no downgrade"):
+            await running.ping()
+    finally:
+        await running.close()
 
 
 async def test_a_lost_state_is_loud(tmp_path: Path) -> None:
@@ -408,3 +465,12 @@ async def test_a_lost_state_is_loud(tmp_path: Path) -> None:
             await store.ping()
     finally:
         await store.close()
+
+
+def test_delivery_keys_read_back_as_shown() -> None:
+    """A key reads back from the text operators see (`channel` or `channel:address`); a
+    ':' with no address is an error, not the channel's own target."""
+    for key in (DeliveryKey("ops"), DeliveryKey("mail", "a@example.com")):
+        assert DeliveryKey.parse(str(key)) == key
+    with pytest.raises(ValueError, match="an address must follow"):
+        DeliveryKey.parse("mail:")

@@ -39,7 +39,7 @@ class SystemClock:
 class ManualClock:
     """Time that moves only when told to. `sleep` advances it at once (and yields to the
     loop), so code that backs off for minutes finishes instantly and deterministically;
-    `elapse` (a time limit) waits until someone else has advanced it far enough."""
+    `elapse` (a time limit) passes only when the test calls `advance` past it."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
@@ -65,8 +65,10 @@ class ManualClock:
         self._limits = waiting
 
     async def sleep(self, seconds: float) -> None:
+        # Moves time without passing anyone's limit: code that idles in a loop would
+        # otherwise time out real I/O in flight within milliseconds.
         self.slept.append(seconds)
-        self.advance(max(0.0, seconds))
+        self._now += max(0.0, seconds)
         await asyncio.sleep(0)
 
     async def elapse(self, seconds: float) -> None:

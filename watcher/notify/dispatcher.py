@@ -3,7 +3,7 @@
 Each configured channel is a lane with its own token bucket and concurrency bound, and
 each lane asks the store only for its own due deliveries, so a slow, throttled or dead
 channel never holds back another. The store hands out at most one delivery per (channel,
-workspace, job) at a time, so a job's alerts reach a channel in order. All retry state
+recipient, workspace, job) at a time, so a job's alerts reach each target in order. All retry state
 (attempts, next attempt time, dead letters) lives in the store: a restart resumes where
 the last process stopped. Policy is decided here, once, from the channels' results:
 

@@ -93,8 +93,8 @@ class HttpPoster:
                     else None,
                     accept=self._accept,
                 )
-        except TimeoutError:
-            return Retry(f"timed out after {self._timeout:g}s")
+        except TimeoutError:  # connecting: the attempt's own limit is the caller's
+            return Retry(f"could not connect within {self._timeout:g}s")
         except aiohttp.ClientConnectorCertificateError as exc:
             return Retry(f"TLS certificate of {exc.host} not trusted")
         except aiohttp.ClientConnectorError as exc:

@@ -70,7 +70,10 @@ async def send_test_alert(
     receives console channel output. The event is in `workspace` (callers pass the first
     configured one); `workspace_ids` is what Databricks-format webhooks send as its id."""
     clock = clock or SystemClock()
-    key = DeliveryKey.parse(channel)
+    try:
+        key = DeliveryKey.parse(channel)
+    except ValueError as exc:
+        raise TestAlertError(str(exc)) from None
     if not serves(key, config.channels):
         known = ", ".join(sorted(config.channels)) or "none"
         raise TestAlertError(f"unknown channel {channel!r} (configured: {known})")

@@ -51,7 +51,9 @@ class DeliveryKey:
     def parse(cls, text: str) -> DeliveryKey:
         """The key `str(key)` shows, as an operator types it (channel names cannot
         contain `:`)."""
-        channel, _, recipient = text.partition(":")
+        channel, colon, recipient = text.partition(":")
+        if colon and not recipient:
+            raise ValueError(f"{text!r}: an address must follow the ':'")
         return cls(channel, recipient)
 
 

@@ -121,7 +121,7 @@ MIGRATIONS: list[str] = [
         CASE WHEN instr(channel, ':') > 0 THEN substr(channel, instr(channel, ':') + 1)
             ELSE '' END,
         status, attempts, created_at, next_attempt_at, last_error, delivered_at
-    FROM deliveries;
+    FROM deliveries WHERE event_id IN (SELECT id FROM events);
     DROP TABLE deliveries;
     ALTER TABLE deliveries_keyed RENAME TO deliveries;
     CREATE INDEX deliveries_status ON deliveries (status, channel, recipient, next_attempt_at);
@@ -158,6 +158,7 @@ class SQLiteStore:
         # The file this connection writes: if the path stops naming it (deleted, replaced),
         # every write goes to a file nobody will open again.
         self._identity = _identity(path)
+        self._schema = 0  # the schema version this process migrated to (or found)
         # One connection is shared by the poll loops and the dispatcher: without this
         # lock one task's statements could land inside another task's transaction.
         self._lock = asyncio.Lock()
@@ -202,18 +203,17 @@ class SQLiteStore:
             raise
 
     async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"{self.path} has schema version {version}, newer than this watcher "
-                f"understands ({len(MIGRATIONS)})"
-            )
+        version = await self._version()
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
             statements = [s for s in script.split(";") if s.strip()]
             await self._db.execute("BEGIN IMMEDIATE")
             try:
+                # Read again under the write lock: another process opening the same file
+                # may have migrated it meanwhile, and a migration must never run twice
+                # (splitting keys again would erase every email recipient).
+                if await self._version() >= target:
+                    await self._db.execute("ROLLBACK")
+                    continue
                 for statement in statements:
                     await self._db.execute(statement)
                 await self._db.execute(f"PRAGMA user_version = {target}")
@@ -221,6 +221,19 @@ class SQLiteStore:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
+        self._schema = await self._version()
+
+    async def _version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this watcher "
+                f"understands ({len(MIGRATIONS)}): a newer watcher has used it, and there "
+                "is no downgrade"
+            )
+        return version
 
     @_locked
     async def schema_version(self) -> int:
@@ -238,8 +251,14 @@ class SQLiteStore:
         try:
             await self._db.execute("BEGIN IMMEDIATE")
             await self._db.execute("ROLLBACK")
+            changed = await self._version() != self._schema
         except sqlite3.Error as exc:
             raise StoreError(f"the database {self.path} cannot be written: {exc}") from None
+        if changed:
+            raise StoreError(
+                f"the database {self.path} was migrated by another watcher while this one "
+                "ran: stop every watcher before upgrading"
+            )
 
     @_locked
     async def close(self) -> None:
