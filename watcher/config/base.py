@@ -80,3 +80,9 @@ class Section(StrictModel):
     in code."""
 
     model_config = ConfigDict(populate_by_name=True)
+
+
+def require_unique(names: list[str], what: str) -> None:
+    """Raise naming every duplicate (a validator's error): `what` names the things."""
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"{what} must be unique: {', '.join(dupes)}")

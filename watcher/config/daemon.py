@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from watcher.config.base import NAME_PATTERN, Section
+from watcher.config.base import NAME_PATTERN, Section, require_unique
 from watcher.config.fields import Host
 from watcher.config.jobs import JobFilter, JobMatch
 
@@ -34,9 +34,7 @@ class HealthRulesConfig(Section):
     @classmethod
     def _unique_names(cls, value: list[DurationRuleConfig]) -> list[DurationRuleConfig]:
         # The name is part of the event id: two rules of one name would share their alerts.
-        names = [rule.name for rule in value]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        require_unique([rule.name for rule in value], "rule names")
         return value
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from watcher.config.base import NAME_PATTERN, FieldErrors, Section
+from watcher.config.base import NAME_PATTERN, FieldErrors, Section, require_unique
 from watcher.config.channels import ChannelConfig
 from watcher.config.daemon import (
     HealthRulesConfig,
@@ -74,9 +74,7 @@ class Config(Section):
     @field_validator("workspaces")
     @classmethod
     def _unique_workspaces(cls, value: list[WorkspaceConfig]) -> list[WorkspaceConfig]:
-        names = [w.name for w in value]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"workspace names must be unique: {', '.join(dupes)}")
+        require_unique([w.name for w in value], "workspace names")
         return value
 
     @field_validator("channels")
