@@ -21,9 +21,9 @@ from watcher.config import StartupConfig, WorkspaceConfig
 from watcher.databricks.client import MAX_JOBS_LIMIT, JobsClient, ListedRunsPage
 from watcher.databricks.errors import ApiError, DatabricksError, ItemRejected, RejectedItem
 from watcher.databricks.models import Job, Run
-from watcher.domain import PollResult, Unreadable
+from watcher.domain import Category, PollResult, Unreadable
 from watcher.store.base import WorkspaceState
-from watcher.tracker import Category, classify
+from watcher.tracker import classify
 
 log = structlog.get_logger(__name__)
 

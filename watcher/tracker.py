@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 from watcher.databricks.models import JobSettings, Run, RunTask
 from watcher.databricks.models import RunLifeCycleState as L
 from watcher.databricks.models import RunResultState as R
-from watcher.domain import Category as Category  # re-exported: the poller classifies too
-from watcher.domain import Outcome, RunRecord, TransitionKind
+from watcher.domain import Category, Outcome, RunRecord, TransitionKind
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
 
 _TERMINAL_EVENT = {
