@@ -113,11 +113,18 @@ async def wait_until(
 
 
 def write_config(
-    path: Path, *, sim: Simulator, db: Path, api_version: str = "2.1", **sections: Any
+    path: Path,
+    *,
+    sim: Simulator,
+    db: Path,
+    api_version: str = "2.1",
+    workspace: Mapping[str, Any] | None = None,
+    **sections: Any,
 ) -> Path:
     """A `watcher run` config for one simulated workspace polled every 0.1 s, the store
-    at `db`, the server on a free port and JSON logs; `sections` add or replace top-level
-    keys. The token is a `${SIM_TOKEN}` reference (see `daemon_env`)."""
+    at `db`, the server on a free port and JSON logs; `workspace` adds or replaces keys of
+    the workspace, `sections` top-level keys. The token is a `${SIM_TOKEN}` reference (see
+    `daemon_env`)."""
     config: dict[str, Any] = {
         "workspaces": [
             {
@@ -126,6 +133,7 @@ def write_config(
                 "api_version": api_version,
                 "poll_interval": 0.1,
                 "auth": {"type": "pat", "token": "${SIM_TOKEN}"},
+                **(workspace or {}),
             }
         ],
         "store": {"path": str(db)},

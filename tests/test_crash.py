@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import TOKEN
-from tests.daemon_helpers import WatcherProcess, daemon_env, settle
+from tests.daemon_helpers import WatcherProcess, daemon_env, settle, write_config
 from tests.wiring import config_for, daemon
 from watcher.app import run_once
 from watcher.clock import ManualClock
@@ -146,14 +146,12 @@ async def test_sigkill_at_seeded_points_loses_and_duplicates_nothing(tmp_path: P
     logs = tmp_path / "logs"
     async with Simulator(clock=clock, tokens={TOKEN}) as sim:
         jobs = populate(sim)
-        config = tmp_path / "watcher.yaml"
-        config.write_text(
-            f"workspaces:\n"
-            f"  - name: sim\n    host: {sim.url}\n    poll_interval: 0.1\n"
-            f"    requests_per_second: 1000\n    reconcile: {{interval: 0.5}}\n"
-            f"    auth: {{type: pat, token: '${{SIM_TOKEN}}'}}\n"
-            f"store: {{path: {db}}}\nserver: {{host: 127.0.0.1, port: 0}}\n"
-            f"logging: {{format: json, level: WARNING}}\n"
+        config = write_config(
+            tmp_path / "watcher.yaml",
+            sim=sim,
+            db=db,
+            workspace={"requests_per_second": 1000, "reconcile": {"interval": 0.5}},
+            logging={"format": "json", "level": "WARNING"},
         )
         process: WatcherProcess | None = None
         kills: list[tuple[int, float]] = []  # (request, delay) each killed life died at

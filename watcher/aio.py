@@ -44,13 +44,7 @@ async def unless_stopped(work: Coroutine[Any, Any, _T], stop: asyncio.Event) -> 
     if stop.is_set():
         work.close()  # never started, so never awaited
         raise Stopped
-    task = asyncio.ensure_future(work)
-    try:
-        await first_of(stop.wait(), among=[task])
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    task = await _unless(work, stop.wait())
     if task.cancelled():
         raise Stopped
     return task.result()
@@ -63,16 +57,23 @@ class Timeout(Exception):
 async def within(clock: Clock, seconds: float, work: Awaitable[_T]) -> _T:
     """Await `work` for at most `seconds` on `clock`; raise Timeout when they pass first.
     On a ManualClock the limit passes only when the test advances the clock."""
+    task = await _unless(work, clock.elapse(seconds))
+    if task.cancelled():
+        raise Timeout(f"timed out after {seconds:g}s")
+    return task.result()
+
+
+async def _unless(work: Awaitable[_T], cutoff: Awaitable[Any]) -> asyncio.Future[_T]:
+    """`work` run until it is done or `cutoff` comes first (then cancelled), and awaited
+    to its end either way; the finished future."""
     task = asyncio.ensure_future(work)
     try:
-        await first_of(clock.elapse(seconds), among=[task])
+        await first_of(cutoff, among=[task])
     finally:
         if not task.done():
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise Timeout(f"timed out after {seconds:g}s")
-    return task.result()
+    return task
 
 
 async def bounded_map(

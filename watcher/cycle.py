@@ -32,7 +32,7 @@ class CyclePlan:
     active_by_state: Mapping[str, int]
 
 
-def run_duration_rules(
+def _run_duration_rules(
     config: HealthRulesConfig,
     job_id: int | None,
     name: str | None,
@@ -42,7 +42,7 @@ def run_duration_rules(
     """Every duration rule that applies to a run: the job's own (job, then tasks), then the
     config's (the default only when the job has no rule at all)."""
     own = job_duration_rules(settings)
-    return [*own, *config_rules(config, job_id, name, tags, has_own_rule=bool(own))]
+    return [*own, *_config_rules(config, job_id, name, tags, has_own_rule=bool(own))]
 
 
 def job_duration_rules(settings: JobSettings | None) -> list[RuleRef]:
@@ -73,7 +73,7 @@ def _is_duration_rule(metric: str | None, op: str | None, value: int | None) -> 
     return metric == "RUN_DURATION_SECONDS" and op == "GREATER_THAN" and value is not None
 
 
-def config_rules(
+def _config_rules(
     config: HealthRulesConfig,
     job_id: int | None,
     name: str | None,
@@ -110,7 +110,7 @@ def plan_cycle(
         record = _job_record(workspace, run, job, plan.jobs, stored_jobs)
         settings = job.settings if job is not None else None
         context = _job_context(run, record, settings)
-        rules = run_duration_rules(health_rules, run.job_id, context.name, context.tags, settings)
+        rules = _run_duration_rules(health_rules, run.job_id, context.name, context.tags, settings)
         before = previous.get(run.run_id)
         try:
             evaluation = evaluate(

@@ -172,11 +172,11 @@ def evaluate(
     again, a later end, or a longer repair_history), which starts the next repair with
     events of its own.
     """
-    reopened = previous is not None and previous.terminal
+    reopened = False
     if previous is not None and previous.terminal:
         if not _reopened(previous, observed):
             return Evaluation(previous, (), None)
-        previous = _next_repair(previous, observed, now_ms)
+        previous, reopened = _next_repair(previous, observed, now_ms), True
     elif previous is not None and previous.repair and _before_repair(previous, observed):
         return _undone(previous, observed)
     seen = _see(previous, observed, workspace, now_ms, history_before_ms, alert_on_history)
