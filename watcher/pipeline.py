@@ -1,5 +1,6 @@
 """One workspace cycle after polling: read the stored records, plan the cycle (pure), route
-the events, and commit records, events, deliveries and the watermark in one transaction."""
+the events, and commit records, events, deliveries and the watermark in one transaction
+(the guarantees this carries: docs/architecture.md §2)."""
 
 from __future__ import annotations
 

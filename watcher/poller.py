@@ -1,7 +1,7 @@
 """The incremental run poller: per workspace, each cycle gathers every run whose state may
 have changed since the stored watermark, with as few Jobs API requests as the API allows
-(docs/alerts.md, "Completeness"). It yields observations; the tracker decides what they
-mean.
+(docs/architecture.md §4; docs/alerts.md, "Completeness"). It yields observations; the
+tracker decides what they mean.
 """
 
 from __future__ import annotations

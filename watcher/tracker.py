@@ -1,6 +1,7 @@
 """The run state tracker: a pure function from (previous record, observed run, job
 context, rules, now) to (new record, events). No I/O, no clock reads: everything it needs
-is an argument, so every transition is a table-driven test.
+is an argument, so every transition is a table-driven test. The run semantics it
+implements: docs/architecture.md §3.
 """
 
 from __future__ import annotations
