@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOKEN
 from watcher.events import EventType, event_id
+from watcher.incidents import derived_id
 from watcher.simulator import Simulator
 from watcher.simulator.server import LoggedRequest
 
@@ -346,6 +347,8 @@ EXPECTED_EVENTS = frozenset(
         ("run_started", "slow"),
         ("run_duration_exceeded", "slow"),
         ("run_succeeded", "slow"),
+        # The breach's incident resolves when its run ends (and follows it to every channel).
+        ("incident_resolved", "slow"),
         ("run_started", "retried-0"),  # its failure is not alerted: a retry follows
         ("run_started", "retried-1"),
         ("run_failed", "retried-1"),
@@ -356,7 +359,7 @@ EXPECTED_EVENTS = frozenset(
 )
 """(event type, run) of every event the workload must produce, and no other."""
 
-PAGING = frozenset({"run_failed", "run_duration_exceeded", "job_recovered"})
+PAGING = frozenset({"run_failed", "run_duration_exceeded", "job_recovered", "incident_resolved"})
 
 RUN_SECONDS = {
     "ok": 75.0,
@@ -440,11 +443,19 @@ async def play(
     return runs
 
 
-def event_names(runs: Mapping[str, int]) -> dict[str, tuple[str, str]]:
-    """Event id -> (event type, run name) for every event any run could have produced."""
+def event_names(
+    runs: Mapping[str, int], jobs: Mapping[str, int] | None = None
+) -> dict[str, tuple[str, str]]:
+    """Event id -> (event type, run name) for every event any run could have produced
+    (with `jobs`, also the resolve of a duration incident the run opened)."""
     names: dict[str, tuple[str, str]] = {}
     for run, run_id in runs.items():
         for type_ in EventType:
             rule = "job" if type_ is EventType.RUN_DURATION_EXCEEDED else None
             names[event_id(WORKSPACE, run_id, str(type_), rule)] = (str(type_), run)
+        if jobs is not None:
+            breach = event_id(WORKSPACE, run_id, str(EventType.RUN_DURATION_EXCEEDED), "job")
+            key = f"{WORKSPACE}/job/{jobs[job_of(run)]}/duration/job"
+            incident = derived_id(key, breach)
+            names[derived_id(incident, "resolved")] = (str(EventType.INCIDENT_RESOLVED), run)
     return names

@@ -307,7 +307,8 @@ async def test_a_rule_added_just_before_the_run_ends_is_applied(
 ) -> None:
     """The job's settings are cached for job_settings_ttl, but a run's end is judged with
     the settings as they are: a RUN_DURATION_SECONDS rule added while the run was going
-    (its settings cached) breaches on the finished run."""
+    (its settings cached) breaches on the finished run, and the breach's incident is
+    resolved at once: its run has ended."""
     w = await make_watch(version=version, job_settings_ttl=3600)
     job = w.ws.create_job("etl")
     run_id = w.ws.start_run(job, setup_s=0, execution_s=600, cleanup_s=0)
@@ -321,6 +322,7 @@ async def test_a_rule_added_just_before_the_run_ends_is_applied(
         "run_started",
         "run_duration_exceeded",
         "run_succeeded",
+        "incident_resolved",
     ]
 
 

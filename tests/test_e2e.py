@@ -115,7 +115,7 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
             await daemon.settle(sim, db)
 
         runs = await play(sim, jobs, settle)
-        names = event_names(runs)
+        names = event_names(runs, jobs)
         expected_mail = {e for e in EXPECTED_EVENTS if e[0] in PAGING}
 
         def context() -> str:

@@ -6,15 +6,26 @@ it reports to the metrics. No I/O and no clock: the pipeline reads, plans, route
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from watcher.config import HealthRulesConfig, StartupConfig
 from watcher.databricks.models import Job, JobSettings, Run
-from watcher.domain import JobRecord, PollResult, RunRecord, Transition, TransitionKind, Unreadable
-from watcher.events import Event, EventType, JobRef, RuleRef, event_id
+from watcher.domain import (
+    Incident,
+    JobRecord,
+    PollResult,
+    RunRecord,
+    Transition,
+    TransitionKind,
+    Unreadable,
+)
+from watcher.events import Event, EventType, JobRef, RuleRef, Streak, event_id
+from watcher.incidents import IncidentBook, resolution
 from watcher.tracker import Evaluation, JobContext, evaluate
+
+_STREAK_EVENTS = frozenset({EventType.RUN_FAILED, EventType.RUN_SUCCEEDED, EventType.JOB_RECOVERED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,8 @@ class CyclePlan:
     deleted_jobs: Sequence[int]
     """Jobs of observed runs that no longer exist in the workspace."""
     active_by_state: Mapping[str, int]
+    incidents: Sequence[Incident] = ()
+    """Every incident the cycle opened, updated or resolved."""
 
 
 def _run_duration_rules(
@@ -100,11 +113,17 @@ def plan_cycle(
     stored_jobs: Mapping[int, JobRecord],
     health_rules: HealthRulesConfig,
     startup: StartupConfig,
+    incidents: Mapping[str, Incident] | None = None,
+    known_events: Collection[str] = (),
 ) -> CyclePlan:
     """Track every observed run against its stored record, keep each job's last outcome
-    for recovery detection, close out vanished runs and report unreadable items."""
+    (and failing streak) for recovery detection, open, update and resolve incidents
+    (`incidents`: the workspace's open ones by key, at least those of the cycle's jobs),
+    close out vanished runs and report unreadable items. Events in `known_events` are
+    committed already (an unreadable item is reported every cycle under one id): they
+    are left out, and change no incident again."""
     workspace, now_ms = result.workspace, result.server_now_ms
-    plan = _Planned()
+    plan = _Planned(IncidentBook.of(workspace, incidents or {}), frozenset(known_events))
     for run in _in_outcome_order(result.runs):
         job = result.jobs.get(run.job_id) if run.job_id is not None else None
         record = _job_record(workspace, run, job, plan.jobs, stored_jobs)
@@ -131,19 +150,43 @@ def plan_cycle(
             )
             plan.add_event(_unreadable_event(workspace, item, stored_jobs, now_ms), None)
             continue
-        plan.add_evaluation(before, evaluation, settings)
+        streak = None
         if record is not None and evaluation.outcome is not None:
-            plan.settle(record, run.run_id, evaluation, now_ms)
-    plan.transitions.extend(_vanished(result.vanished, previous))
+            streak = plan.settle(record, run.run_id, evaluation, now_ms)
+        plan.add_evaluation(before, evaluation, settings, streak)
+        if _ended(evaluation):
+            ref = JobRef(job_id=run.job_id, name=context.name, tags=dict(context.tags))
+            plan.run_ended(evaluation.record, ref, rules, settings, now_ms)
+    for transition in _vanished(result.vanished, previous):
+        plan.transitions.append(transition)
+        ref = _stored_ref(transition.record, stored_jobs)
+        plan.run_ended(transition.record, ref, [], None, now_ms)
     for item in result.unreadable:
         plan.add_event(_unreadable_event(workspace, item, stored_jobs, now_ms), None)
     return plan.plan(result, stored_jobs)
+
+
+def _ended(evaluation: Evaluation) -> bool:
+    """The run ended in this evaluation (first seen finished in its current repair)."""
+    kind = evaluation.kind
+    return evaluation.record.terminal and kind in (TransitionKind.FINISHED, TransitionKind.REPAIRED)
+
+
+def _stored_ref(record: RunRecord, stored_jobs: Mapping[int, JobRecord]) -> JobRef:
+    job = stored_jobs.get(record.job_id) if record.job_id is not None else None
+    return JobRef(
+        job_id=record.job_id,
+        name=job.name if job else record.snapshot.run_name,
+        tags=dict(job.tags) if job else {},
+    )
 
 
 @dataclass(slots=True)
 class _Planned:
     """What plan_cycle gathers, run by run."""
 
+    book: IncidentBook
+    known: frozenset[str]
     jobs: dict[int, JobRecord] = field(default_factory=dict)
     active: Counter[str] = field(default_factory=Counter)
     transitions: list[Transition] = field(default_factory=list)
@@ -151,11 +194,19 @@ class _Planned:
     settings_of: dict[str, JobSettings | None] = field(default_factory=dict)
 
     def add_event(self, event: Event, settings: JobSettings | None) -> None:
+        """Add an event, with the incident it opens, updates or resolves."""
+        if event.id in self.known:
+            return
+        event = self.book.record(event)
         self.events.append(event)
         self.settings_of[event.id] = settings
 
     def add_evaluation(
-        self, before: RunRecord | None, evaluation: Evaluation, settings: JobSettings | None
+        self,
+        before: RunRecord | None,
+        evaluation: Evaluation,
+        settings: JobSettings | None,
+        streak: Streak | None,
     ) -> None:
         record = evaluation.record
         if not record.terminal:
@@ -164,21 +215,73 @@ class _Planned:
             kind, category, raw = evaluation.kind, evaluation.category, evaluation.raw_state
             self.transitions.append(Transition(before, record, kind, category, raw))
         for event in evaluation.events:
+            if streak is not None and event.type in _STREAK_EVENTS:
+                event = event.model_copy(update={"streak": streak})
             self.add_event(event, settings)
 
-    def settle(self, job: JobRecord, run_id: int, evaluation: Evaluation, now_ms: int) -> None:
-        """Record the job outcome the run settled, unless a later run's outcome is
-        already recorded."""
-        ended = evaluation.record.end_time or now_ms
-        if job.last_outcome_end_time is None or ended >= job.last_outcome_end_time:
-            self.jobs[job.job_id] = job.model_copy(
-                update={
-                    "last_outcome": evaluation.outcome,
-                    "last_outcome_run_id": run_id,
-                    "last_outcome_repair": evaluation.record.repair,
-                    "last_outcome_end_time": ended,
-                }
+    def run_ended(
+        self,
+        record: RunRecord,
+        job: JobRef,
+        rules: Sequence[RuleRef],
+        settings: JobSettings | None,
+        now_ms: int,
+    ) -> None:
+        """A run ended (or vanished, at `now_ms`): resolve the duration incidents it alone
+        kept open."""
+        snapshot = record.snapshot
+        ended_ms = record.end_time or snapshot.end_time or now_ms
+        base = Event(
+            id="",
+            type=EventType.INCIDENT_RESOLVED,
+            workspace=record.workspace,
+            occurred_at=datetime.fromtimestamp(ended_ms / 1000, tz=UTC),
+            job=job,
+            run=snapshot,
+            attempt_number=record.attempt_number,
+            repair=record.repair,
+        )
+
+        def make(incident: Incident) -> Event:
+            rule_name = incident.key.rpartition("/duration/")[2]
+            # The rule as the run has it now; a rule no longer applied (a vanished run, a
+            # changed config) is named only: the resolve matches the alert by name.
+            rule = next(
+                (r for r in rules if r.name == rule_name),
+                RuleRef(name=rule_name, value=0, source="unknown"),
             )
+            opened = datetime.fromtimestamp(incident.opened_at_ms / 1000, tz=UTC)
+            last = base.model_copy(update={"rule": rule})
+            return resolution(incident, last, at=max(base.occurred_at, opened), cause="run_ended")
+
+        for event in self.book.run_ended(record.run_id, record.job_id, make):
+            self.events.append(event)
+            self.settings_of[event.id] = settings
+
+    def settle(
+        self, job: JobRecord, run_id: int, evaluation: Evaluation, now_ms: int
+    ) -> Streak:
+        """Record the job outcome the run settled, unless a later run's outcome is
+        already recorded; the failing streak the outcome belongs to."""
+        ended = evaluation.record.end_time or now_ms
+        success = evaluation.outcome == "success"
+        if job.last_outcome_end_time is not None and ended < job.last_outcome_end_time:
+            # An older outcome found late: it changes nothing of the job's streak.
+            return _streak(job.consecutive_failures, job.last_success_ms)
+        failures = 0 if success else job.consecutive_failures + 1
+        self.jobs[job.job_id] = job.model_copy(
+            update={
+                "last_outcome": evaluation.outcome,
+                "last_outcome_run_id": run_id,
+                "last_outcome_repair": evaluation.record.repair,
+                "last_outcome_end_time": ended,
+                "consecutive_failures": failures,
+                "last_success_ms": ended if success else job.last_success_ms,
+            }
+        )
+        if success:
+            return _streak(job.consecutive_failures, job.last_success_ms)
+        return _streak(failures, job.last_success_ms)
 
     def plan(self, result: PollResult, stored_jobs: Mapping[int, JobRecord]) -> CyclePlan:
         job_ids = {r.job_id for r in result.runs if r.job_id is not None}
@@ -190,7 +293,13 @@ class _Planned:
             changed_jobs=[j for j in self.jobs.values() if stored_jobs.get(j.job_id) != j],
             deleted_jobs=sorted(j for j in job_ids if j not in result.jobs),
             active_by_state=dict(self.active),
+            incidents=list(self.book.changed.values()),
         )
+
+
+def _streak(failures: int, last_success_ms: int | None) -> Streak:
+    last = None if last_success_ms is None else datetime.fromtimestamp(last_success_ms / 1000, UTC)
+    return Streak(consecutive_failures=failures, last_success_at=last)
 
 
 def _in_outcome_order(runs: Sequence[Run]) -> list[Run]:

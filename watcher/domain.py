@@ -88,6 +88,45 @@ class JobRecord(BaseModel):
     last_outcome_end_time: int | None = None
     """end_time (ms) of the run that set last_outcome: an older run's outcome never
     overrides a newer one."""
+    consecutive_failures: int = 0
+    """Failures that paged since the job's latest success."""
+    last_success_ms: int | None = None
+    """end_time (ms) of the job's latest success the watcher has seen."""
+
+
+class Incident(BaseModel):
+    """Something wrong that stays wrong until it is resolved: a failing job, a job's runs
+    over a duration rule, an unreadable item. At most one is open per key; the cycle plan
+    opens, updates and resolves them, and the store writes them in the cycle's commit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workspace: str
+    id: str
+    key: str
+    """What it is about (see `watcher.incidents.incident_key`); PagerDuty's dedup_key."""
+    kind: str
+    """`failure`, `duration` or `unreadable`."""
+    job_id: int | None = None
+    opened_at_ms: int
+    opened_by: str
+    """Id of the event that opened it."""
+    count: int = 1
+    """Events that opened or updated it."""
+    last_event_id: str
+    """The latest event that opened, updated or resolved it: what a reminder repeats."""
+    runs: frozenset[int] = Field(default_factory=frozenset)
+    """For a duration incident: the runs that broke the rule and have not ended yet."""
+    resolved_at_ms: int | None = None
+    resolved_by: str | None = None
+    cause: str | None = None
+    version: int = 0
+    """Bumped by every write: a commit made from an older read fails instead of undoing a
+    concurrent change (an operator's resolve while a cycle runs)."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at_ms is None
 
 
 @dataclass(frozen=True, slots=True)

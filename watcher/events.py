@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,14 @@ class EventType(StrEnum):
     """A run the API keeps answering in a shape the watcher cannot read."""
     JOB_UNREADABLE = "job_unreadable"
     """A job whose settings the API keeps answering in a shape the watcher cannot read."""
+    INCIDENT_RESOLVED = "incident_resolved"
+    """An incident ended without a recovery of its job: every run that broke a duration
+    rule has ended, or an operator resolved it (`watcher incidents resolve`)."""
+
+
+IncidentKind = Literal["failure", "duration", "unreadable"]
+IncidentState = Literal["open", "resolved"]
+ResolveCause = Literal["recovered", "run_ended", "manual"]
 
 
 def event_id(
@@ -68,6 +77,36 @@ class RuleRef(_Frozen):
     task_key: str | None = None
 
 
+class IncidentRef(_Frozen):
+    """The incident an event opened, updated or resolved, as it stood after the event."""
+
+    id: str
+    """Stable per incident: derived from its key and the event that opened it."""
+    key: str
+    """What the incident is about, one open at a time: `<workspace>/job/<id>/failed`,
+    `<workspace>/job/<id>/duration/<rule>`, `<workspace>/job/<id>/unreadable/run/<id>`
+    (`run/<id>` instead of `job/<id>` for a run without a job). PagerDuty's dedup_key."""
+    kind: IncidentKind
+    state: IncidentState
+    opened_at: datetime
+    """When the event that opened it happened (workspace time)."""
+    count: int = 1
+    """Events that opened or updated it: the failures of a failing job, the breaches of a
+    duration rule."""
+    resolved_at: datetime | None = None
+    cause: ResolveCause | None = None
+    """Why it was resolved: the job recovered, the runs over their time ended, an operator."""
+
+
+class Streak(_Frozen):
+    """The job's failing streak an outcome belongs to: for a failure, the consecutive
+    failures up to and including it; for a success (and its recovery), the streak it ended."""
+
+    consecutive_failures: int = 0
+    last_success_at: datetime | None = None
+    """The job's latest success before this outcome, when the watcher has seen one."""
+
+
 class Event(_Frozen):
     id: str
     type: EventType
@@ -93,3 +132,11 @@ class Event(_Frozen):
     error kinds, never values)."""
     test: bool = False
     """Set on `watcher test-alert` events only."""
+    incident: IncidentRef | None = None
+    """The incident this event opened, updated or resolved (None for events that are no
+    part of one: starts, successes that recover nothing, cancellations, skips)."""
+    streak: Streak | None = None
+    """On terminal events and recoveries: the job's failing streak."""
+    repeat: int = 0
+    """0 for the event itself; N for the Nth reminder of an incident still open, sent
+    again after the route's `repeat_interval` (and to Alertmanager to keep it firing)."""

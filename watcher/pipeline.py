@@ -7,16 +7,31 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from watcher.clock import Clock
 from watcher.config import HealthRulesConfig, StartupConfig
 from watcher.cycle import CyclePlan, plan_cycle
 from watcher.databricks.models import JobSettings
 from watcher.domain import JobRecord, PollResult, Transition
 from watcher.events import Event
-from watcher.store.base import CycleCommit, DeliveryKey, Store
+from watcher.store.base import (
+    CycleCommit,
+    DeliveryKey,
+    Routed,
+    Store,
+    StoreConflict,
+)
 
-Router = Callable[[Event, JobSettings | None], tuple[Sequence[DeliveryKey], Sequence[DeliveryKey]]]
-"""(event, job settings) -> (where to deliver it, where a silence holds it back)."""
+log = structlog.get_logger(__name__)
+
+Router = Callable[[Event, JobSettings | None, Sequence[DeliveryKey]], Routed]
+"""(event, job settings, where the incident the event resolves was delivered) -> where
+to deliver it, where a silence holds it back, and how."""
+
+CONFLICT_ATTEMPTS = 3
+"""Plans of one poll result tried when another writer (an operator resolving an
+incident) changes an incident meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,58 +72,88 @@ class Pipeline:
         self._on_commit = on_commit
 
     async def handle(self, result: PollResult) -> list[Event]:
-        """Track, route and commit one poll result; the events newly committed."""
-        workspace = result.workspace
-        run_ids = [r.run_id for r in result.runs] + list(result.vanished)
-        job_ids = {r.job_id for r in result.runs if r.job_id is not None}
-        plan = plan_cycle(
-            result,
-            previous=await self._store.get_runs(workspace, run_ids),
-            stored_jobs=await self._store.get_jobs(workspace, job_ids),
-            health_rules=self._health_rules,
-            startup=self._startup,
-        )
-        channels, silenced = _route_all(self._route, plan)
+        """Track, route and commit one poll result; the events newly committed. A commit
+        that finds an incident changed by another writer is planned again."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return await self._handle(result)
+            except StoreConflict as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                log.warning("cycle_conflict", workspace=result.workspace, error=str(exc))
+        raise AssertionError("unreachable")
+
+    async def _handle(self, result: PollResult) -> list[Event]:
+        plan = await self._plan(result)
+        routed = await self._route_all(plan)
         inserted = await self._store.commit_cycle(
             CycleCommit(
-                workspace=workspace,
+                workspace=result.workspace,
                 watermark_ms=result.watermark_ms,
                 committed_at=self._clock.time(),
                 runs=[t.record for t in plan.transitions],
                 jobs=plan.changed_jobs,
                 events=plan.events,
-                channels=channels,
-                silenced=silenced,
+                channels={i: r.channels for i, r in routed.items()},
+                silenced={i: r.silenced for i, r in routed.items()},
                 news_since_ms=result.news_since_ms,
+                incidents=plan.incidents,
+                policies={i: r.policies for i, r in routed.items()},
             )
         )
         if self._on_commit is not None:
-            self._on_commit(_report(workspace, plan, inserted, silenced))
+            self._on_commit(_report(result.workspace, plan, inserted, routed))
         return inserted
 
+    async def _plan(self, result: PollResult) -> CyclePlan:
+        """The cycle plan, without the events an earlier commit stored already."""
+        workspace = result.workspace
+        run_ids = [r.run_id for r in result.runs] + list(result.vanished)
+        job_ids = {r.job_id for r in result.runs if r.job_id is not None}
+        previous = await self._store.get_runs(workspace, run_ids)
+        job_ids |= {r.job_id for r in previous.values() if r.job_id is not None}
+        stored_jobs = await self._store.get_jobs(workspace, job_ids)
+        incidents = await self._store.open_incidents(workspace, job_ids)
 
-def _route_all(
-    route: Router | None, plan: CyclePlan
-) -> tuple[dict[str, Sequence[DeliveryKey]], dict[str, Sequence[DeliveryKey]]]:
-    """event id -> where to deliver it, and event id -> where a silence holds it back
-    (both empty without a router)."""
-    channels: dict[str, Sequence[DeliveryKey]] = {}
-    silenced: dict[str, Sequence[DeliveryKey]] = {}
-    if route is not None:
+        def plan(known: set[str]) -> CyclePlan:
+            return plan_cycle(
+                result,
+                previous=previous,
+                stored_jobs=stored_jobs,
+                health_rules=self._health_rules,
+                startup=self._startup,
+                incidents=incidents,
+                known_events=known,
+            )
+
+        first = plan(set())
+        known = await self._store.known_events([e.id for e in first.events])
+        return plan(known) if known else first
+
+    async def _route_all(self, plan: CyclePlan) -> dict[str, Routed]:
+        """event id -> where it goes (nothing without a router). A resolve also goes where
+        its incident's earlier events went."""
+        if self._route is None:
+            return {}
+        resolving = [e.incident.id for e in plan.events if e.incident and _resolves(e)]
+        targets = await self._store.incident_targets(resolving) if resolving else {}
+        routed: dict[str, Routed] = {}
         for event in plan.events:
-            channels[event.id], silenced[event.id] = route(event, plan.settings_of[event.id])
-    return channels, silenced
+            follow = targets.get(event.incident.id, []) if event.incident else []
+            routed[event.id] = self._route(event, plan.settings_of[event.id], follow)
+        return routed
+
+
+def _resolves(event: Event) -> bool:
+    return event.incident is not None and event.incident.state == "resolved"
 
 
 def _report(
-    workspace: str,
-    plan: CyclePlan,
-    inserted: Sequence[Event],
-    silenced: Mapping[str, Sequence[DeliveryKey]],
+    workspace: str, plan: CyclePlan, inserted: Sequence[Event], routed: Mapping[str, Routed]
 ) -> CommitReport:
     """What the commit changed: the plan's transitions and jobs, and the events it newly
     inserted (with the silenced keys of those only)."""
-    held = [c for e in inserted for c in silenced.get(e.id, ())]
+    held = [c for e in inserted if e.id in routed for c in routed[e.id].silenced]
     return CommitReport(
         workspace,
         plan.transitions,

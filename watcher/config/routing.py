@@ -17,6 +17,16 @@ class RouteMatch(JobMatch):
     event_types: list[EventType] = Field(default_factory=list, description="Event types, any.")
     triggers: list[str] = Field(default_factory=list, description="Run triggers (PERIODIC, ...).")
     run_types: list[str] = Field(default_factory=list, description="Run types (JOB_RUN, ...).")
+    min_consecutive_failures: int | None = Field(
+        default=None,
+        ge=1,
+        description="Only events of a failing streak at least this long (failures, and the "
+        "recovery that ends such a streak).",
+    )
+
+
+GROUP_FIELDS = ("workspace", "job", "event_type")
+"""What a route may group by, besides `tag:<name>`."""
 
 
 class RouteConfig(Section):
@@ -29,6 +39,35 @@ class RouteConfig(Section):
         alias="continue",
         description="Also try the routes after this one when it matches.",
     )
+    repeat_interval: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds between reminders while an incident stays open; 0 = none "
+        "(default: 4 h for email, none for other channels; Alertmanager is re-posted every "
+        "its resend_interval regardless).",
+    )
+    group_by: list[str] = Field(
+        default_factory=list,
+        description="Send the events alike in these as one digest: `workspace`, `job`, "
+        "`event_type`, `tag:<name>` (empty: every event alone).",
+    )
+    group_wait: float = Field(
+        default=30.0, ge=0, description="Seconds a new group waits for company."
+    )
+    group_interval: float = Field(
+        default=300.0, gt=0, description="Seconds between digests of one group."
+    )
+
+    @model_validator(mode="after")
+    def _group_fields(self) -> RouteConfig:
+        bad = [
+            (f"group_by.{i}", f"{name!r}: use workspace, job, event_type or tag:<name>")
+            for i, name in enumerate(self.group_by)
+            if name not in GROUP_FIELDS and not (name.startswith("tag:") and len(name) > 4)
+        ]
+        if bad:
+            raise FieldErrors(bad)
+        return self
 
 
 class SilenceConfig(Section):

@@ -14,7 +14,7 @@ recipient (shown as `smtp:alice@example.com`), so each recipient has its own del
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -22,12 +22,18 @@ from types import MappingProxyType
 import structlog
 
 from watcher.clock import Clock
-from watcher.config import JobMatch, RouteMatch, RoutingConfig
-from watcher.config.channels import ADDRESS, BaseChannelConfig, EmailChannelConfig
+from watcher.config import JobMatch, RouteConfig, RouteMatch, RoutingConfig
+from watcher.config.channels import (
+    ADDRESS,
+    AlertmanagerChannelConfig,
+    BaseChannelConfig,
+    EmailChannelConfig,
+    PagerDutyChannelConfig,
+)
 from watcher.databricks.models import JobEmailNotifications, JobSettings, WebhookNotifications
 from watcher.events import Event, EventType
 from watcher.notify.base import excerpt
-from watcher.store.base import DeliveryKey
+from watcher.store.base import DeliveryKey, DeliveryPolicy, Routed
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +51,21 @@ JOB_NOTIFICATION_KEYS: dict[EventType, str] = {
 }
 
 
+EMAIL_REPEAT_INTERVAL = 4 * 3600.0
+"""Reminders of an open incident by email when the route says nothing (Alertmanager's
+default repeat_interval); chat and other channels get none unless the route asks."""
+_NOT_GROUPED = (PagerDutyChannelConfig, AlertmanagerChannelConfig)
+"""Channels whose receivers keep one incident per job themselves: never sent digests."""
+
+
 @dataclass(frozen=True, slots=True)
 class Routing:
-    """Where to deliver an event, or, when a silence holds it, where it would have gone."""
+    """Where to deliver an event, or, when a silence holds it, where it would have gone,
+    and how each delivery is to be sent."""
 
     channels: list[DeliveryKey] = field(default_factory=list)
     silenced: list[DeliveryKey] = field(default_factory=list)
+    policies: dict[DeliveryKey, DeliveryPolicy] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,7 @@ class Match:
     triggers: frozenset[str]
     run_types: frozenset[str]
     job: JobMatch
+    min_consecutive_failures: int | None = None
 
     @classmethod
     def of(cls, match: RouteMatch) -> Match:
@@ -72,11 +88,16 @@ class Match:
             triggers=frozenset(match.triggers),
             run_types=frozenset(match.run_types),
             job=match.model_copy(deep=True),
+            min_consecutive_failures=match.min_consecutive_failures,
         )
 
     def __call__(self, event: Event) -> bool:
         if self.workspaces and event.workspace not in self.workspaces:
             return False
+        if self.min_consecutive_failures is not None:
+            streak = event.streak.consecutive_failures if event.streak else 0
+            if streak < self.min_consecutive_failures:
+                return False
         if self.event_types and event.type not in self.event_types:
             return False
         if self.triggers and event.run.trigger not in self.triggers:
@@ -91,6 +112,53 @@ class Route:
     match: Callable[[Event], bool]
     channels: tuple[str, ...]
     continue_: bool = False
+    repeat_interval: float | None = None
+    """None: the channel's default; 0: no reminders."""
+    group_by: tuple[str, ...] = ()
+    group_wait: float = 0.0
+    group_interval: float = 0.0
+    index: int = 0
+
+    @classmethod
+    def of(cls, config: RouteConfig, index: int) -> Route:
+        return cls(
+            Match.of(config.match),
+            tuple(config.channels),
+            config.continue_,
+            config.repeat_interval,
+            tuple(config.group_by),
+            config.group_wait,
+            config.group_interval,
+            index,
+        )
+
+    def group_key(self, event: Event) -> str:
+        """The values this route groups by, as one key ("" when it does not group)."""
+        if not self.group_by:
+            return ""
+        return "\x1f".join(
+            [f"route={self.index}", *(_group_value(event, f) for f in self.group_by)]
+        )
+
+
+def _group_value(event: Event, name: str) -> str:
+    if name == "workspace":
+        value = event.workspace
+    elif name == "job":
+        job_id = event.job.job_id
+        value = f"job/{job_id}" if job_id is not None else f"run/{event.run.run_id}"
+    elif name == "event_type":
+        value = str(event.type)
+    else:
+        value = event.job.tags.get(name.removeprefix("tag:"), "")
+    return f"{name}={value}"
+
+
+def group_labels(group_key: str) -> dict[str, str]:
+    """The values a group key was made of: {"workspace": "prod", "tag:team": "data"}."""
+    labels = dict(part.partition("=")[::2] for part in group_key.split("\x1f") if part)
+    labels.pop("route", None)
+    return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +168,21 @@ class Silence:
     """Epoch seconds, inclusive."""
     ends_at: float
     """Epoch seconds, exclusive."""
+
+
+_DEFAULT_POLICY = DeliveryPolicy()
+
+
+def repeat_every(channel: BaseChannelConfig, route: Route | None) -> float | None:
+    """Seconds between reminders of an open incident through `channel`, chosen by `route`
+    (None: none)."""
+    if isinstance(channel, AlertmanagerChannelConfig):
+        resend: float = getattr(channel, "resend_interval", 300.0)
+        return resend
+    chosen = route.repeat_interval if route is not None else None
+    if chosen is None and isinstance(channel, EmailChannelConfig):
+        chosen = EMAIL_REPEAT_INTERVAL
+    return chosen or None
 
 
 def serves(key: DeliveryKey, channels: Mapping[str, BaseChannelConfig]) -> bool:
@@ -145,7 +228,7 @@ class RoutingTable:
     @classmethod
     def compile(cls, config: RoutingConfig) -> RoutingTable:
         """Raises for a configuration that cannot be compiled: at start, not per event."""
-        routes = [Route(Match.of(r.match), tuple(r.channels), r.continue_) for r in config.routes]
+        routes = [Route.of(r, i) for i, r in enumerate(config.routes)]
         return cls(
             channels=MappingProxyType(dict(config.channels)),
             # Without routes every channel gets every event it accepts.
@@ -164,28 +247,66 @@ class RoutingTable:
             else None,
         )
 
-    def route(self, event: Event, job_settings: JobSettings | None, now: float) -> Routing:
+    def route(
+        self,
+        event: Event,
+        job_settings: JobSettings | None,
+        now: float,
+        follow: Sequence[DeliveryKey] = (),
+    ) -> Routing:
         """Routes are tried in order; the first that matches decides, unless it says
         `continue`, in which case later routes may add channels. With
         honour_job_notifications, the job's own webhook destinations (mapped through
         `destinations`) and email addresses are added. Channels that cannot express the
-        event type are dropped; an active matching silence holds everything back."""
-        wanted: list[DeliveryKey] = []
+        event type are dropped; an active matching silence holds everything back.
+        `follow` (where the incident an event resolves was delivered) is added and never
+        silenced: a resolve goes wherever its incident was paged."""
+        wanted: dict[DeliveryKey, Route | None] = {}
         for rule in self.routes:
             if rule.match(event):
-                wanted.extend(DeliveryKey(name) for name in rule.channels)
+                for name in rule.channels:
+                    wanted.setdefault(DeliveryKey(name), rule)
                 if not rule.continue_:
                     break
         if self.job_emails is not None and job_settings is not None:
-            wanted.extend(self._job_channels(event, job_settings))
-        keys = [
-            key
-            for key in dict.fromkeys(wanted)
-            if serves(key, self.channels) and self.channels[key.channel].accepts(event.type)
-        ]
+            for key in self._job_channels(event, job_settings):
+                wanted.setdefault(key, None)
+        keys = [key for key in wanted if self._expresses(key, event)]
+        followed = [key for key in follow if key not in keys and self._expresses(key, event)]
         if keys and any(s.starts_at <= now < s.ends_at and s.match(event) for s in self.silences):
-            return Routing(silenced=keys)
-        return Routing(channels=keys)
+            return Routing(
+                channels=followed, silenced=keys, policies=self._policies(followed, {}, event)
+            )
+        delivered = [*keys, *followed]
+        return Routing(channels=delivered, policies=self._policies(delivered, wanted, event))
+
+    def _expresses(self, key: DeliveryKey, event: Event) -> bool:
+        return serves(key, self.channels) and self.channels[key.channel].accepts(event.type)
+
+    def _policies(
+        self,
+        keys: Sequence[DeliveryKey],
+        routes: Mapping[DeliveryKey, Route | None],
+        event: Event,
+    ) -> dict[DeliveryKey, DeliveryPolicy]:
+        """How each delivery is sent: reminders by the route, else by channel type (and
+        always for Alertmanager, which expires an alert not re-posted); digests for the
+        routes that group, except to PagerDuty and Alertmanager."""
+        policies: dict[DeliveryKey, DeliveryPolicy] = {}
+        for key in keys:
+            channel = self.channels[key.channel]
+            rule = routes.get(key)
+            policy = DeliveryPolicy(repeat_every=repeat_every(channel, rule))
+            if rule is not None and rule.group_by and not isinstance(channel, _NOT_GROUPED):
+                policy = DeliveryPolicy(
+                    repeat_every=policy.repeat_every,
+                    group_key=rule.group_key(event),
+                    group_wait=rule.group_wait,
+                    group_interval=rule.group_interval,
+                )
+            if policy != _DEFAULT_POLICY:
+                policies[key] = policy
+        return policies
 
     def everyone(self, event: Event) -> list[DeliveryKey]:
         """Every configured channel that can express the event (every channel at all when
@@ -216,33 +337,41 @@ class RoutingTable:
 
 
 def route(
-    event: Event, *, config: RoutingConfig, job_settings: JobSettings | None, now: datetime
+    event: Event,
+    *,
+    config: RoutingConfig,
+    job_settings: JobSettings | None,
+    now: datetime,
+    follow: Sequence[DeliveryKey] = (),
 ) -> Routing:
     """`RoutingTable.route` of a configuration at one moment (compiling it each call)."""
-    return RoutingTable.compile(config).route(event, job_settings, now.timestamp())
+    return RoutingTable.compile(config).route(event, job_settings, now.timestamp(), follow)
+
+
+EventRouter = Callable[[Event, JobSettings | None, Sequence[DeliveryKey]], Routed]
+"""(event, job settings, where the incident it resolves was delivered) -> Routed."""
 
 
 def router_for(
     config: RoutingConfig, *, clock: Clock, on_failure: Callable[[], None] | None = None
-) -> Callable[[Event, JobSettings | None], tuple[list[DeliveryKey], list[DeliveryKey]]]:
+) -> EventRouter:
     """The routing table of `config`, compiled now, bound to a clock, in the shape the
-    pipeline calls: (event, job settings) -> (delivery keys, keys held back by a silence).
-    It never raises: when an event's routes cannot be evaluated, the event goes to
-    `RoutingTable.everyone` (silences ignored), logged as `routing_failed` and reported
-    to `on_failure`."""
+    pipeline calls. It never raises: when an event's routes cannot be evaluated, the
+    event goes to `RoutingTable.everyone` (silences ignored), logged as
+    `routing_failed` and reported to `on_failure`."""
     return table_router(RoutingTable.compile(config), clock=clock, on_failure=on_failure)
 
 
 def table_router(
     table: RoutingTable, *, clock: Clock, on_failure: Callable[[], None] | None = None
-) -> Callable[[Event, JobSettings | None], tuple[list[DeliveryKey], list[DeliveryKey]]]:
+) -> EventRouter:
     """`router_for` of an already compiled table."""
 
     def route_event(
-        event: Event, job_settings: JobSettings | None
-    ) -> tuple[list[DeliveryKey], list[DeliveryKey]]:
+        event: Event, job_settings: JobSettings | None, follow: Sequence[DeliveryKey] = ()
+    ) -> Routed:
         try:
-            routing = table.route(event, job_settings, clock.time())
+            routing = table.route(event, job_settings, clock.time(), follow)
         except Exception as exc:
             channels = table.everyone(event)
             with contextlib.suppress(Exception):
@@ -257,7 +386,7 @@ def table_router(
             if on_failure is not None:
                 with contextlib.suppress(Exception):
                     on_failure()
-            return channels, []
-        return routing.channels, routing.silenced
+            return Routed(channels=channels)
+        return Routed(routing.channels, routing.silenced, routing.policies)
 
     return route_event

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from watcher.domain import JobRecord, RunRecord
+from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 
 DeliveryStatus = Literal["pending", "delivered", "dead", "silenced"]
@@ -16,6 +16,11 @@ DeliveryStatus = Literal["pending", "delivered", "dead", "silenced"]
 
 class StoreError(Exception):
     """The store cannot be opened or written; the message names the database."""
+
+
+class StoreConflict(StoreError):
+    """A commit was decided on data another writer changed meanwhile (an incident an
+    operator resolved while a cycle ran): nothing was written; decide again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +63,37 @@ class DeliveryKey:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How the route that chose a delivery wants it sent."""
+
+    repeat_every: float | None = None
+    """Seconds between reminders while the event's incident stays open (None: none)."""
+    group_key: str = ""
+    """Deliveries to one target with the same non-empty group key go out together as one
+    digest (the route's `group_by` values)."""
+    group_wait: float = 0.0
+    """Seconds a new group waits for company before its first digest."""
+    group_interval: float = 0.0
+    """Seconds between digests of one group."""
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where routing sends one event: the deliveries, those a silence holds back, and how
+    each delivery is to be sent."""
+
+    channels: Sequence[DeliveryKey] = ()
+    silenced: Sequence[DeliveryKey] = ()
+    policies: Mapping[DeliveryKey, DeliveryPolicy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class CycleCommit:
     """Everything one workspace cycle decided, committed in one transaction."""
 
     workspace: str
-    watermark_ms: int
+    watermark_ms: int | None
+    """None for a commit that is no cycle (an operator's resolve): the watermark stays."""
     committed_at: float
     """Local wall-clock time of the commit (epoch seconds): delivery timestamps start here."""
     runs: Sequence[RunRecord] = ()
@@ -74,6 +105,11 @@ class CycleCommit:
     """event id -> where it would have gone, held back by a silence."""
     news_since_ms: int | None = None
     """Raise the workspace's news horizon to this (it never moves back)."""
+    incidents: Sequence[Incident] = ()
+    """Incidents opened, updated or resolved; each written only if its stored version is
+    still the one it was read at (else StoreConflict)."""
+    policies: Mapping[str, Mapping[DeliveryKey, DeliveryPolicy]] = field(default_factory=dict)
+    """event id -> delivery key -> how to send it (default: at once, alone, no reminder)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +123,7 @@ class Delivery:
     created_at: float
     next_attempt_at: float
     last_error: str | None = None
+    group_key: str = ""
 
     @property
     def channel(self) -> str:
@@ -129,6 +166,24 @@ class Store(Protocol):
         """run_id -> stored end_time (0 if none) of those runs whose record is terminal."""
 
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]: ...
+
+    async def open_incidents(
+        self, workspace: str, job_ids: Collection[int]
+    ) -> dict[str, Incident]:
+        """key -> open incident, of those jobs and of runs without a job."""
+
+    async def incident_targets(
+        self, incident_ids: Collection[str]
+    ) -> dict[str, list[DeliveryKey]]:
+        """incident id -> where its events were to be delivered (not held by a silence)."""
+
+    async def incidents(self, *, open_only: bool = False, limit: int = 1000) -> list[Incident]:
+        """The latest incidents first."""
+
+    async def get_event(self, event_id: str) -> Event | None: ...
+
+    async def known_events(self, event_ids: Collection[str]) -> set[str]:
+        """Those of `event_ids` already stored."""
 
     async def job_times(self) -> list[JobTimes]: ...
 

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -15,16 +15,18 @@ import aiosqlite
 from pydantic import ValidationError
 
 from watcher.databricks.models import Run
-from watcher.domain import JobRecord, RunRecord
+from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 from watcher.store.base import (
     CycleCommit,
     Delivery,
     DeliveryKey,
+    DeliveryPolicy,
     DeliveryStatus,
     JobTimes,
     OutboxStats,
     PruneResult,
+    StoreConflict,
     StoreError,
     WorkspaceState,
 )
@@ -126,6 +128,48 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deliveries_keyed RENAME TO deliveries;
     CREATE INDEX deliveries_status ON deliveries (status, channel, recipient, next_attempt_at);
     """,
+    # Incidents (opened, updated and resolved with the events of a cycle), where their
+    # events went (resolves follow them; reminders repeat to them), failing streaks, and
+    # delivery groups (deliveries sent together as one digest).
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        job_id INTEGER,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        resolved_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX incidents_open ON incidents (workspace, key) WHERE state = 'open';
+    CREATE INDEX incidents_job ON incidents (workspace, job_id) WHERE state = 'open';
+    CREATE TABLE incident_targets (
+        incident_id TEXT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL DEFAULT '',
+        repeat_every REAL,
+        next_repeat_at REAL,
+        repeats INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (incident_id, channel, recipient)
+    );
+    CREATE INDEX incident_targets_due ON incident_targets (next_repeat_at)
+        WHERE next_repeat_at IS NOT NULL;
+    ALTER TABLE jobs ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN last_success_ms INTEGER;
+    ALTER TABLE deliveries ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
+    CREATE INDEX deliveries_group ON deliveries (channel, recipient, group_key, status)
+        WHERE group_key != '';
+    CREATE TABLE delivery_groups (
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        last_sent_at REAL NOT NULL,
+        PRIMARY KEY (channel, recipient, group_key)
+    );
+    """,
 ]
 
 _P = ParamSpec("_P")
@@ -145,8 +189,9 @@ def _locked(
 
 _DELIVERY_COLUMNS = (
     "e.payload, d.channel, d.recipient, d.status, d.attempts, d.created_at, "
-    "d.next_attempt_at, d.last_error, d.event_id"
+    "d.next_attempt_at, d.last_error, d.event_id, d.group_key"
 )
+_NO_POLICY = DeliveryPolicy()
 
 
 class SQLiteStore:
@@ -325,7 +370,8 @@ class SQLiteStore:
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]:
         rows = await self._select_in(
             "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
-            "last_outcome_repair FROM jobs WHERE workspace = ? AND job_id IN ({})",
+            "last_outcome_repair, consecutive_failures, last_success_ms "
+            "FROM jobs WHERE workspace = ? AND job_id IN ({})",
             workspace,
             job_ids,
         )
@@ -339,9 +385,76 @@ class SQLiteStore:
                 last_outcome_run_id=r[4],
                 last_outcome_end_time=r[5],
                 last_outcome_repair=r[6],
+                consecutive_failures=r[7],
+                last_success_ms=r[8],
             )
             for r in rows
         }
+
+    @_locked
+    async def open_incidents(self, workspace: str, job_ids: Collection[int]) -> dict[str, Incident]:
+        rows = await self._select_in(
+            "SELECT record, version FROM incidents WHERE workspace = ? AND state = 'open' "
+            "AND job_id IN ({})",
+            workspace,
+            job_ids,
+        )
+        async with self._db.execute(
+            "SELECT record, version FROM incidents "
+            "WHERE workspace = ? AND state = 'open' AND job_id IS NULL",
+            (workspace,),
+        ) as cursor:
+            rows.extend(await cursor.fetchall())
+        found = (_incident(r) for r in rows)
+        return {i.key: i for i in found}
+
+    @_locked
+    async def incident_targets(self, incident_ids: Collection[str]) -> dict[str, list[DeliveryKey]]:
+        targets: dict[str, list[DeliveryKey]] = {}
+        ids = list(incident_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            async with self._db.execute(
+                "SELECT incident_id, channel, recipient FROM incident_targets "  # noqa: S608 - ? placeholders only
+                f"WHERE incident_id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY channel, recipient",
+                chunk,
+            ) as cursor:
+                for row in await cursor.fetchall():
+                    targets.setdefault(row[0], []).append(DeliveryKey(row[1], row[2]))
+        return targets
+
+    @_locked
+    async def incidents(self, *, open_only: bool = False, limit: int = 1000) -> list[Incident]:
+        where = "WHERE state = 'open' " if open_only else ""
+        async with self._db.execute(
+            f"SELECT record, version FROM incidents {where}"  # noqa: S608 - constants only
+            "ORDER BY opened_at DESC, id LIMIT ?",
+            (limit,),
+        ) as cursor:
+            return [_incident(r) for r in await cursor.fetchall()]
+
+    @_locked
+    async def get_event(self, event_id: str) -> Event | None:
+        async with self._db.execute(
+            "SELECT payload FROM events WHERE id = ?", (event_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else Event.model_validate_json(row[0])
+
+    @_locked
+    async def known_events(self, event_ids: Collection[str]) -> set[str]:
+        """Those of `event_ids` already stored."""
+        known: set[str] = set()
+        ids = list(event_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            async with self._db.execute(
+                f"SELECT id FROM events WHERE id IN ({','.join('?' * len(chunk))})",  # noqa: S608 - ? placeholders only
+                chunk,
+            ) as cursor:
+                known.update(str(r[0]) for r in await cursor.fetchall())
+        return known
 
     async def _select_in(self, sql: str, workspace: str, ids: Collection[int]) -> list[sqlite3.Row]:
         rows: list[Any] = []
@@ -382,6 +495,7 @@ class SQLiteStore:
         inserted: list[Event] = []
         await self._db.execute("BEGIN IMMEDIATE")
         try:
+            await self._write_incidents(commit.incidents, now)
             await self._db.executemany(
                 "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
                 "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
@@ -397,13 +511,15 @@ class SQLiteStore:
             )
             await self._db.executemany(
                 "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
-                "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair) "
-                "VALUES (?,?,?,?,?,?,?,?,?) "
+                "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair, "
+                "consecutive_failures, last_success_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
                 "tags=excluded.tags, last_outcome=excluded.last_outcome, "
                 "last_outcome_run_id=excluded.last_outcome_run_id, "
                 "last_outcome_end_time=excluded.last_outcome_end_time, "
-                "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair",
+                "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair, "
+                "consecutive_failures=excluded.consecutive_failures, "
+                "last_success_ms=excluded.last_success_ms",
                 [
                     (
                         j.workspace,
@@ -415,6 +531,8 @@ class SQLiteStore:
                         j.last_outcome_end_time,
                         now,
                         j.last_outcome_repair,
+                        j.consecutive_failures,
+                        j.last_success_ms,
                     )
                     for j in commit.jobs
                 ],
@@ -435,26 +553,96 @@ class SQLiteStore:
                 if cursor.rowcount != 1:
                     continue  # committed by an earlier cycle: never twice
                 inserted.append(event)
+                policies = commit.policies.get(event.id, {})
+                keys = commit.channels.get(event.id, ())
+                await self._add_deliveries(event.id, keys, "pending", now, policies)
                 await self._add_deliveries(
-                    event.id, commit.channels.get(event.id, ()), "pending", now
+                    event.id, commit.silenced.get(event.id, ()), "silenced", now, {}
                 )
-                await self._add_deliveries(
-                    event.id, commit.silenced.get(event.id, ()), "silenced", now
-                )
-            await self._db.execute(
-                "INSERT INTO watermarks (workspace, watermark_ms, updated_at, news_since_ms) "
-                "VALUES (?,?,?,?) ON CONFLICT (workspace) DO UPDATE SET "
-                "watermark_ms=MAX(watermark_ms, excluded.watermark_ms), "
-                "updated_at=excluded.updated_at, news_since_ms="
-                "MAX(COALESCE(news_since_ms, excluded.news_since_ms), "
-                "COALESCE(excluded.news_since_ms, news_since_ms))",
-                (commit.workspace, commit.watermark_ms, now, commit.news_since_ms),
-            )
+                if event.incident is not None and event.incident.state == "open":
+                    await self._add_targets(event.incident.id, keys, policies, now)
+            if commit.watermark_ms is not None:
+                await self._commit_watermark(commit)
             await self._db.execute("COMMIT")
         except BaseException:
             await self._rollback()
             raise
         return inserted
+
+    async def _write_incidents(self, incidents: Iterable[Incident], now: float) -> None:
+        """Insert new incidents (version 0) and update the others only where the stored
+        version is still the one they were read at: else StoreConflict."""
+        for incident in incidents:
+            state = "open" if incident.is_open else "resolved"
+            resolved = None if incident.resolved_at_ms is None else incident.resolved_at_ms / 1000
+            record = incident.model_copy(update={"version": incident.version + 1})
+            values = (state, record.version, record.model_dump_json(), resolved, now)
+            if incident.version == 0:
+                try:
+                    await self._db.execute(
+                        "INSERT INTO incidents (state, version, record, resolved_at, updated_at, "
+                        "id, workspace, key, job_id, opened_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            *values,
+                            incident.id,
+                            incident.workspace,
+                            incident.key,
+                            incident.job_id,
+                            incident.opened_at_ms / 1000,
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    raise StoreConflict(
+                        f"incident {incident.key} was opened by another writer"
+                    ) from None
+                continue
+            cursor = await self._db.execute(
+                "UPDATE incidents SET state = ?, version = ?, record = ?, resolved_at = ?, "
+                "updated_at = ? WHERE id = ? AND version = ?",
+                (*values, incident.id, incident.version),
+            )
+            if cursor.rowcount != 1:
+                raise StoreConflict(f"incident {incident.key} was changed by another writer")
+
+    async def _add_targets(
+        self,
+        incident_id: str,
+        keys: Iterable[DeliveryKey],
+        policies: Mapping[DeliveryKey, DeliveryPolicy],
+        now: float,
+    ) -> None:
+        """Where an open incident's events go: its resolve follows them there, and a
+        reminder is due `repeat_every` after this event (a new event restarts the wait)."""
+        rows = []
+        for key in dict.fromkeys(keys):
+            every = policies.get(key, _NO_POLICY).repeat_every
+            rows.append(
+                (
+                    incident_id,
+                    key.channel,
+                    key.recipient,
+                    every,
+                    None if every is None else now + every,
+                )
+            )
+        await self._db.executemany(
+            "INSERT INTO incident_targets (incident_id, channel, recipient, repeat_every, "
+            "next_repeat_at) VALUES (?,?,?,?,?) ON CONFLICT (incident_id, channel, recipient) "
+            "DO UPDATE SET repeat_every=excluded.repeat_every, "
+            "next_repeat_at=excluded.next_repeat_at",
+            rows,
+        )
+
+    async def _commit_watermark(self, commit: CycleCommit) -> None:
+        await self._db.execute(
+            "INSERT INTO watermarks (workspace, watermark_ms, updated_at, news_since_ms) "
+            "VALUES (?,?,?,?) ON CONFLICT (workspace) DO UPDATE SET "
+            "watermark_ms=MAX(watermark_ms, excluded.watermark_ms), "
+            "updated_at=excluded.updated_at, news_since_ms="
+            "MAX(COALESCE(news_since_ms, excluded.news_since_ms), "
+            "COALESCE(excluded.news_since_ms, news_since_ms))",
+            (commit.workspace, commit.watermark_ms, commit.committed_at, commit.news_since_ms),
+        )
 
     async def _rollback(self) -> None:
         # After a failed COMMIT (disk full, I/O error) the transaction may still be
@@ -468,15 +656,42 @@ class SQLiteStore:
         keys: Iterable[DeliveryKey],
         status: DeliveryStatus,
         now: float,
+        policies: Mapping[DeliveryKey, DeliveryPolicy],
     ) -> None:
+        rows = []
+        for key in dict.fromkeys(keys):
+            policy = policies.get(key, _NO_POLICY)
+            due = now
+            if policy.group_key and status == "pending":
+                due = await self._group_due(key, policy, now)
+            rows.append((event_id, key.channel, key.recipient, status, now, due, policy.group_key))
         await self._db.executemany(
             "INSERT OR IGNORE INTO deliveries (event_id, channel, recipient, status, "
-            "created_at, next_attempt_at) VALUES (?,?,?,?,?,?)",
-            [
-                (event_id, key.channel, key.recipient, status, now, now)
-                for key in dict.fromkeys(keys)
-            ],
+            "created_at, next_attempt_at, group_key) VALUES (?,?,?,?,?,?,?)",
+            rows,
         )
+
+    async def _group_due(self, key: DeliveryKey, policy: DeliveryPolicy, now: float) -> float:
+        """When a new member of a delivery group goes out: with the members already
+        waiting; else `group_interval` after the group's last digest while that is still
+        ahead; else after `group_wait`, for company (Alertmanager's semantics)."""
+        async with self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE channel = ? AND recipient = ? "
+            "AND group_key = ? AND status = 'pending'",
+            (key.channel, key.recipient, policy.group_key),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None and row[0] is not None:
+            return float(row[0])
+        async with self._db.execute(
+            "SELECT last_sent_at FROM delivery_groups WHERE channel = ? AND recipient = ? "
+            "AND group_key = ?",
+            (key.channel, key.recipient, policy.group_key),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None and float(row[0]) + policy.group_interval > now:
+            return float(row[0]) + policy.group_interval
+        return now + policy.group_wait
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -605,6 +820,11 @@ class SQLiteStore:
                 "AND d.status IN ('pending', 'dead'))",
                 (event_cutoff,),
             )
+            # Resolved incidents go with their events (their targets with them).
+            await self._db.execute(
+                "DELETE FROM incidents WHERE state = 'resolved' AND resolved_at < ?",
+                (event_cutoff,),
+            )
             await self._db.execute("COMMIT")
         except BaseException:
             await self._rollback()
@@ -665,4 +885,9 @@ def _delivery(row: Any) -> Delivery:
         created_at=row[5],
         next_attempt_at=row[6],
         last_error=row[7],
+        group_key=row[9],
     )
+
+
+def _incident(row: Any) -> Incident:
+    return Incident.model_validate_json(row[0]).model_copy(update={"version": int(row[1])})

@@ -1,0 +1,201 @@
+"""Incidents: what on-call tools page about. A job is failing until it recovers; a job's
+runs are over a duration rule until every one of them has ended; an unreadable item stays
+a problem until someone resolves it. Pure: the cycle plan feeds it the events it decided
+(and the runs that ended), in order, and commits what it changed with those events.
+
+Semantics: docs/alerts.md, "Incidents".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from watcher.domain import Incident
+from watcher.events import Event, EventType, IncidentKind, IncidentRef
+
+_NAMESPACE = uuid.UUID("0b7f3c52-5d0e-4a4e-9d55-3f1f0b1e7c21")
+KEY_LIMIT = 255
+"""PagerDuty's dedup_key limit: longer keys (long task keys in rule names) are hashed."""
+
+_OPENS: dict[EventType, IncidentKind] = {
+    EventType.RUN_FAILED: "failure",
+    EventType.RUN_DURATION_EXCEEDED: "duration",
+    EventType.RUN_UNREADABLE: "unreadable",
+    EventType.JOB_UNREADABLE: "unreadable",
+}
+
+
+def incident_key(event: Event, kind: IncidentKind) -> str:
+    """`<workspace>/job/<id>/failed`, `.../duration/<rule>`, `.../unreadable/run/<id>`
+    (`run/<id>` for a run without a job): one open incident per key."""
+    job_id = event.job.job_id
+    subject = f"job/{job_id}" if job_id is not None else f"run/{event.run.run_id}"
+    if kind == "duration":
+        what = f"duration/{event.rule.name if event.rule else 'default'}"
+    elif kind == "unreadable":
+        what = f"unreadable/run/{event.run.run_id}"
+    else:
+        what = "failed"
+    key = f"{event.workspace}/{subject}/{what}"
+    if len(key) > KEY_LIMIT:
+        key = key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return key
+
+
+def derived_id(*parts: str) -> str:
+    """A UUID (version 5) of `parts`: stable across restarts and replays of a cycle."""
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+
+
+def resolved_event_id(incident: Incident) -> str:
+    """An incident is resolved once: its `incident_resolved` event has one id."""
+    return derived_id(incident.id, "resolved")
+
+
+def _moment(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def incident_ref(incident: Incident) -> IncidentRef:
+    """How events carry an incident."""
+    return IncidentRef(
+        id=incident.id,
+        key=incident.key,
+        kind=incident.kind,
+        state="open" if incident.is_open else "resolved",
+        opened_at=datetime.fromtimestamp(incident.opened_at_ms / 1000, tz=UTC),
+        count=incident.count,
+        resolved_at=_moment(incident.resolved_at_ms),
+        cause=incident.cause,
+    )
+
+
+def resolve(incident: Incident, event: Event, cause: str) -> Incident:
+    """The incident resolved by `event` (at the event's time)."""
+    return incident.model_copy(
+        update={
+            "resolved_at_ms": max(_ms(event.occurred_at), incident.opened_at_ms),
+            "resolved_by": event.id,
+            "cause": cause,
+            "last_event_id": event.id,
+            "runs": frozenset(),
+        }
+    )
+
+
+def resolution(incident: Incident, last: Event, *, at: datetime, cause: str) -> Event:
+    """The `incident_resolved` event of `incident`, about the job and run of `last` (the
+    run that ended last, or the incident's latest event), at `at`. Its `incident` is the
+    resolved incident."""
+    event = last.model_copy(
+        update={
+            "id": resolved_event_id(incident),
+            "type": EventType.INCIDENT_RESOLVED,
+            "occurred_at": at,
+            "rule": last.rule,
+            "observed_seconds": None,
+            "detail": None,
+            "streak": None,
+            "repeat": 0,
+            "backfill": False,
+        }
+    )
+    return event.model_copy(update={"incident": incident_ref(resolve(incident, event, cause))})
+
+
+@dataclass(slots=True)
+class IncidentBook:
+    """The open incidents of one workspace while a cycle is planned, and every incident
+    the cycle changed (to commit)."""
+
+    workspace: str
+    open: dict[str, Incident]
+    """key -> open incident, as of this point in the cycle."""
+    changed: dict[str, Incident] = field(default_factory=dict)
+    """id -> the incident as the cycle leaves it."""
+
+    @classmethod
+    def of(cls, workspace: str, incidents: Mapping[str, Incident]) -> IncidentBook:
+        return cls(workspace, {k: i for k, i in incidents.items() if i.is_open})
+
+    def record(self, event: Event) -> Event:
+        """Apply one event: a failure, breach or unreadable item opens its incident (or
+        counts again in the open one); a recovery resolves the job's failure incident.
+        Returns the event carrying its incident as it now stands."""
+        if event.test:
+            return event
+        if event.type is EventType.JOB_RECOVERED:
+            return self._recovered(event)
+        kind = _OPENS.get(event.type)
+        if kind is None:
+            return event
+        key = incident_key(event, kind)
+        existing = self.open.get(key)
+        runs = frozenset({event.run.run_id}) if kind == "duration" else frozenset[int]()
+        if existing is None:
+            incident = Incident(
+                workspace=self.workspace,
+                id=derived_id(key, event.id),
+                key=key,
+                kind=kind,
+                job_id=event.job.job_id,
+                opened_at_ms=_ms(event.occurred_at),
+                opened_by=event.id,
+                last_event_id=event.id,
+                runs=runs,
+            )
+        else:
+            incident = existing.model_copy(
+                update={
+                    "count": existing.count + 1,
+                    "last_event_id": event.id,
+                    "runs": existing.runs | runs,
+                }
+            )
+        self._put(incident)
+        return event.model_copy(update={"incident": incident_ref(incident)})
+
+    def run_ended(
+        self, run_id: int, job_id: int | None, make_event: Callable[[Incident], Event]
+    ) -> list[Event]:
+        """A run ended (or vanished): it no longer breaks any duration rule. A duration
+        incident left with no such run is resolved by the event `make_event` builds."""
+        events: list[Event] = []
+        for incident in list(self.open.values()):
+            if incident.kind != "duration" or run_id not in incident.runs:
+                continue
+            if incident.job_id != job_id:
+                continue
+            remaining = incident.runs - {run_id}
+            if remaining:
+                self._put(incident.model_copy(update={"runs": remaining}))
+                continue
+            event = make_event(incident)
+            assert event.incident is not None
+            self._put(resolve(incident, event, "run_ended"))
+            events.append(event)
+        return events
+
+    def _recovered(self, event: Event) -> Event:
+        key = incident_key(event, "failure")
+        incident = self.open.get(key)
+        if incident is None:
+            return event
+        resolved = resolve(incident, event, "recovered")
+        self._put(resolved)
+        return event.model_copy(update={"incident": incident_ref(resolved)})
+
+    def _put(self, incident: Incident) -> None:
+        self.changed[incident.id] = incident
+        if incident.is_open:
+            self.open[incident.key] = incident
+        else:
+            self.open.pop(incident.key, None)
