@@ -10,9 +10,9 @@ import pytest
 from tests.notify_fixtures import make_config, make_event
 from watcher.clock import ManualClock
 from watcher.databricks.models import JobSettings
-from watcher.events import EventType
-from watcher.notify.router import route, router_for, serves
-from watcher.store.base import DeliveryKey, Routed
+from watcher.events import EventType, Streak
+from watcher.notify.router import group_labels, route, router_for, serves
+from watcher.store.base import DeliveryKey, DeliveryPolicy, Routed
 
 NOW = datetime(2023, 11, 14, 22, 0, tzinfo=UTC)
 E = EventType
@@ -268,3 +268,100 @@ def test_router_for_reads_the_clock_for_silences() -> None:
     assert pair(router(make_event(), None, ())) == (keys(["slack"]), [])
     clock.advance(120)
     assert pair(router(make_event(), None, ())) == ([], keys(["slack"]))
+
+
+# -- streaks, reminders, digests, resolves ---------------------------------------------------
+
+
+def test_min_consecutive_failures_matches_long_streaks_only() -> None:
+    config = make_config(
+        channels=CHANNELS,
+        workspaces=WORKSPACES,
+        routes=[
+            {"match": {"min_consecutive_failures": 3}, "channels": ["pd"], "continue": True},
+            {"channels": ["slack"]},
+        ],
+    )
+
+    def routed(streak: int | None) -> list[DeliveryKey]:
+        event = make_event()
+        if streak is not None:
+            event = event.model_copy(update={"streak": Streak(consecutive_failures=streak)})
+        return route(event, config=config.routing, job_settings=None, now=NOW).channels
+
+    assert routed(None) == keys(["slack"])
+    assert routed(2) == keys(["slack"])
+    assert routed(3) == keys(["pd", "slack"])
+    assert routed(7) == keys(["pd", "slack"])
+
+
+def test_reminders_by_route_else_by_channel_type() -> None:
+    """Email reminds every 4 h unless its route says otherwise (0: never); chat and the
+    rest only when the route asks; Alertmanager always, every its resend_interval."""
+    channels = {
+        **CHANNELS,
+        "am": {"type": "alertmanager", "url": "https://am.invalid", "resend_interval": 120},
+    }
+    config = make_config(
+        channels=channels,
+        workspaces=WORKSPACES,
+        routes=[
+            {"match": {"workspaces": ["staging"]}, "channels": ["mail"], "repeat_interval": 0},
+            {"match": {"tags": {"team": "ml"}}, "channels": ["slack"], "repeat_interval": 600},
+            {"channels": ["mail", "slack", "hook", "am", "pd"]},
+        ],
+    )
+
+    def every(**event: Any) -> dict[str, float | None]:
+        routing = route(make_event(**event), config=config.routing, job_settings=None, now=NOW)
+        return {
+            str(k): routing.policies.get(k, DeliveryPolicy()).repeat_every for k in routing.channels
+        }
+
+    assert every() == {"mail": 4 * 3600.0, "slack": None, "hook": None, "am": 120.0, "pd": None}
+    assert every(workspace="staging") == {"mail": None}
+    assert every(tags={"team": "ml"}) == {"slack": 600.0}
+
+
+def test_grouping_routes_give_deliveries_a_group_key_except_to_pagers() -> None:
+    config = make_config(
+        channels=CHANNELS,
+        workspaces=WORKSPACES,
+        routes=[
+            {
+                "channels": ["slack", "pd"],
+                "group_by": ["workspace", "tag:team"],
+                "group_wait": 10,
+                "group_interval": 60,
+            }
+        ],
+    )
+
+    def policy(channel: str, **event: Any) -> DeliveryPolicy:
+        routing = route(make_event(**event), config=config.routing, job_settings=None, now=NOW)
+        return routing.policies.get(DeliveryKey(channel), DeliveryPolicy())
+
+    slack = policy("slack", tags={"team": "data"}, job_id=1)
+    assert (slack.group_wait, slack.group_interval) == (10, 60)
+    assert group_labels(slack.group_key) == {"workspace": "prod", "tag:team": "data"}
+    assert policy("slack", tags={"team": "data"}, job_id=2).group_key == slack.group_key
+    assert policy("slack", tags={"team": "ml"}).group_key != slack.group_key
+    assert policy("slack", workspace="staging", tags={"team": "data"}).group_key != slack.group_key
+    assert policy("pd").group_key == ""
+
+
+def test_a_resolve_follows_its_incident_even_where_routes_or_silences_say_no() -> None:
+    """A resolve goes to every channel its incident was delivered to that can express it,
+    whatever the routes say, and a silence holds back only the routed channels."""
+    config = make_config(
+        channels=CHANNELS,
+        workspaces=WORKSPACES,
+        routes=[{"match": {"event_types": ["run_failed"]}, "channels": ["pd"]}],
+        silences=[{"starts_at": "2023-11-14T21:00:00Z", "ends_at": "2023-11-14T23:00:00Z"}],
+    )
+    event = make_event(EventType.INCIDENT_RESOLVED)
+    follow = keys(["pd", "slack", "dbx"])  # dbx (Databricks format) cannot express it
+    routing = route(event, config=config.routing, job_settings=None, now=NOW, follow=follow)
+    assert pair(Routed(routing.channels, routing.silenced)) == (keys(["pd", "slack"]), [])
+    failure = route(make_event(), config=config.routing, job_settings=None, now=NOW)
+    assert pair(Routed(failure.channels, failure.silenced)) == ([], keys(["pd"]))

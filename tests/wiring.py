@@ -15,9 +15,17 @@ from watcher.config import Config
 from watcher.simulator import Simulator
 
 
-def config_for(sim: Simulator, db: Path, *, name: str = "sim", **workspace: Any) -> Config:
+def config_for(
+    sim: Simulator,
+    db: Path,
+    *,
+    name: str = "sim",
+    top: dict[str, Any] | None = None,
+    **workspace: Any,
+) -> Config:
     """One workspace on `sim` (the client unthrottled: its throttle waits in real time),
-    the store at `db`; `workspace` adds or replaces the workspace's keys."""
+    the store at `db`; `workspace` adds or replaces the workspace's keys, `top` adds
+    top-level keys (channels, routes...)."""
     return Config.model_validate(
         {
             "workspaces": [
@@ -31,6 +39,7 @@ def config_for(sim: Simulator, db: Path, *, name: str = "sim", **workspace: Any)
             ],
             "store": {"path": str(db)},
             "server": {"host": "127.0.0.1", "port": 0},
+            **(top or {}),
         }
     )
 

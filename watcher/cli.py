@@ -67,6 +67,23 @@ def _parser() -> argparse.ArgumentParser:
         if action == "retry":
             sub.add_argument("--all", action="store_true", help="every dead letter")
 
+    incidents = commands.add_parser(
+        "incidents",
+        help="list incidents, or resolve one by hand",
+        description="Incidents: a failing job, a job's runs over a duration rule, an "
+        "unreadable item, open until resolved.",
+    )
+    verbs = incidents.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = verbs.add_parser("list", help="show incidents (open ones; --all for every one)")
+    _config_option(listing)
+    listing.add_argument("--all", action="store_true", help="resolved incidents too")
+    resolving = verbs.add_parser(
+        "resolve",
+        help="resolve an open incident now: the resolve goes to every channel it was paged to",
+    )
+    _config_option(resolving)
+    resolving.add_argument("incident", help="incident id (or a prefix of 8+ characters)")
+
     demo = commands.add_parser(
         "demo",
         help="the whole system on a simulated workspace: no account, no config needed",
@@ -271,6 +288,19 @@ def _command(args: argparse.Namespace, config: Config) -> int:
                 sys.stdout,
                 workspace=config.workspaces[0].name,
                 workspace_ids=workspace_ids(config.workspaces),
+            )
+        )
+    if command == "incidents":
+        from watcher.notify.cli import incidents
+
+        return asyncio.run(
+            incidents(
+                config.store.path,
+                config.routing,
+                args.action,
+                sys.stdout,
+                wanted=getattr(args, "incident", None),
+                show_all=getattr(args, "all", False),
             )
         )
     from watcher.notify.cli import dead_letters

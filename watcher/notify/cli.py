@@ -1,4 +1,5 @@
-"""The alert commands of the CLI: `watcher test-alert` and `watcher alerts list|retry`."""
+"""The alert commands of the CLI: `watcher test-alert`, `watcher alerts list|retry` and
+`watcher incidents list|resolve`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from watcher.clock import SystemClock
 from watcher.config import RoutingConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
+from watcher.notify.incidents import IncidentNotFound, incident_rows, resolve_manually
 from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import Store
 
@@ -69,6 +72,43 @@ async def dead_letters(
         if wanted and count == 0:
             print("watcher: no dead letter has those event ids (see: alerts list)", file=out)
             return 1
+        return 0
+    finally:
+        await store.close()
+
+
+async def incidents(
+    store_path: Path,
+    config: RoutingConfig,
+    action: str,
+    out: TextIO,
+    *,
+    wanted: str | None = None,
+    show_all: bool = False,
+    open_store: StoreOpener = _open_sqlite,
+) -> int:
+    """`list` prints the incidents (open ones, or all); `resolve` resolves the open
+    incident `wanted`. Exit code 1 when no open incident has that id."""
+    store = await open_store(store_path)
+    try:
+        if action == "list":
+            found = await store.incidents(open_only=not show_all)
+            for line in incident_rows(found):
+                print(line, file=out)
+            print(f"incidents: {len(found)}", file=out)
+            return 0
+        assert wanted is not None
+        try:
+            event = await resolve_manually(store, config, wanted, clock=SystemClock())
+        except IncidentNotFound as exc:
+            print(f"watcher: {exc}", file=out)
+            return 1
+        assert event.incident is not None
+        print(
+            f"resolved {event.incident.key} (incident {event.incident.id}); "
+            f"the running watcher sends event {event.id}",
+            file=out,
+        )
         return 0
     finally:
         await store.close()

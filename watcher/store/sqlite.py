@@ -817,7 +817,11 @@ class SQLiteStore:
             events = await self._db.execute(
                 "DELETE FROM events WHERE created_at < ? AND NOT EXISTS ("
                 "SELECT 1 FROM deliveries d WHERE d.event_id = events.id "
-                "AND d.status IN ('pending', 'dead'))",
+                "AND d.status IN ('pending', 'dead')) "
+                # An open incident's latest event is what its reminders and an
+                # operator's resolve are made from: kept while the incident is open.
+                "AND id NOT IN (SELECT json_extract(record, '$.last_event_id') "
+                "FROM incidents WHERE state = 'open')",
                 (event_cutoff,),
             )
             # Resolved incidents go with their events (their targets with them).
