@@ -226,6 +226,14 @@ async def test_failures_streak_and_count_across_restarts_and_a_recovery_resolves
     assert success.streak is not None
     assert success.streak.consecutive_failures == 3
     assert await watched.daemon.store.incidents(open_only=True) == []
+    registry = watched.daemon.metrics.registry
+    # One failure incident opened (the daemon restarted after it: a new process's counter
+    # has the resolve only), resolved by the recovery; none open.
+    assert registry.get_sample_value("watcher_incidents_opened_total", {"kind": "failure"}) is None
+    resolved = {"kind": "failure", "cause": "recovered"}
+    assert registry.get_sample_value("watcher_incidents_resolved_total", resolved) == 1
+    watched.daemon.metrics.set_outbox(await watched.daemon.store.outbox_stats())
+    assert registry.get_sample_value("watcher_incidents_open", {"kind": "failure"}) == 0
 
 
 async def test_a_duration_incident_stays_open_while_its_run_runs_and_resolves_at_its_end(
@@ -239,6 +247,10 @@ async def test_a_duration_incident_stays_open_while_its_run_runs_and_resolves_at
     (breach,) = watched.of_type(EventType.RUN_DURATION_EXCEEDED)
     assert breach.incident is not None
     assert breach.incident.state == "open"
+    registry = watched.daemon.metrics.registry
+    assert registry.get_sample_value("watcher_incidents_opened_total", {"kind": "duration"}) == 1
+    watched.daemon.metrics.set_outbox(await watched.daemon.store.outbox_stats())
+    assert registry.get_sample_value("watcher_incidents_open", {"kind": "duration"}) == 1
     await watched.restart()
     await watched.cycle(300)
     assert watched.of_type(EventType.INCIDENT_RESOLVED) == []

@@ -21,12 +21,14 @@ from watcher.config import JobFilter, MetricsConfig
 from watcher.databricks.client import ITEM_ENDPOINTS, Attempt
 from watcher.databricks.errors import RejectedItem
 from watcher.domain import Category, Transition, TransitionKind
+from watcher.events import Event
 from watcher.pipeline import CommitReport
 from watcher.poller import PollStatus
 from watcher.store.base import JobTimes, OutboxStats
 
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+INCIDENT_KINDS = ("failure", "duration", "unreadable")
 _RUN_LABELS = ("workspace", "job_id", "result_state")
 _JobKey = tuple[str, str]
 _Stamp = Literal["last_success", "last_finish"]
@@ -222,6 +224,18 @@ class Metrics:
         self.dead_letters = Gauge(
             "watcher_dead_letters", "Alert deliveries in the dead-letter state.", registry=r
         )
+        self.incidents_open = Gauge(
+            "watcher_incidents_open", "Incidents open now, by kind.", ("kind",), registry=r
+        )
+        self.incidents_opened = Counter(
+            "watcher_incidents_opened", "Incidents opened, by kind.", ("kind",), registry=r
+        )
+        self.incidents_resolved = Counter(
+            "watcher_incidents_resolved",
+            "Incidents resolved, by kind and cause (recovered, run_ended, manual).",
+            ("kind", "cause"),
+            registry=r,
+        )
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -255,6 +269,8 @@ class Metrics:
     def set_outbox(self, stats: OutboxStats) -> None:
         self.outbox_pending.set(stats.pending)
         self.dead_letters.set(stats.dead)
+        for kind in INCIDENT_KINDS:
+            self.incidents_open.labels(kind).set(stats.incidents_open.get(kind, 0))
 
     def restore(self, jobs: Sequence[JobTimes]) -> None:
         """Per-job timestamps and names from the store, at start: a job that has not
@@ -298,6 +314,18 @@ class Metrics:
             self._forget_job(ws, str(job_id))
         for key in report.silenced:
             self.alerts_silenced.labels(str(key)).inc()  # `channel` or `channel:address`
+        for event in report.events:
+            self.observe_incident(event)
+
+    def observe_incident(self, event: Event) -> None:
+        """Count the incident an event newly committed opened or resolved."""
+        incident = event.incident
+        if incident is None or event.repeat:
+            return
+        if incident.state == "resolved":
+            self.incidents_resolved.labels(incident.kind, incident.cause or "unknown").inc()
+        elif incident.count == 1:
+            self.incidents_opened.labels(incident.kind).inc()
 
     # -- internals -------------------------------------------------------------------
 

@@ -149,6 +149,8 @@ class OutboxStats:
     pending: int
     dead: int
     silenced: int
+    incidents_open: Mapping[str, int] = field(default_factory=dict)
+    """Open incidents by kind."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -791,10 +791,16 @@ class SQLiteStore:
             "('pending', 'dead', 'silenced') GROUP BY status"
         ) as cursor:
             counts = {str(r[0]): int(r[1]) for r in await cursor.fetchall()}
+        async with self._db.execute(
+            "SELECT json_extract(record, '$.kind'), COUNT(*) FROM incidents "
+            "WHERE state = 'open' GROUP BY 1"
+        ) as cursor:
+            incidents = {str(r[0]): int(r[1]) for r in await cursor.fetchall()}
         return OutboxStats(
             pending=counts.get("pending", 0),
             dead=counts.get("dead", 0),
             silenced=counts.get("silenced", 0),
+            incidents_open=incidents,
         )
 
     @_locked
