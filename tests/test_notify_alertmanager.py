@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from tests.notify_fixtures import free_port, make_event
 from watcher.clock import ManualClock
 from watcher.config.channels import AlertmanagerChannelConfig
-from watcher.events import EventType, RuleRef
+from watcher.events import EventType, IncidentRef, RuleRef
 from watcher.notify.alertmanager import AlertmanagerChannel
 from watcher.notify.base import Sent
 
@@ -130,3 +131,40 @@ async def test_duration_breach_has_its_own_alert(alertmanager: str) -> None:
     assert alert["labels"]["severity"] == "warning"
     assert "1h 6m 40s > 30m 0s" in alert["annotations"]["summary"]
     assert active_alerts(alertmanager, job_id="503") == []
+
+
+async def test_duration_incident_fires_from_its_opening_and_resolves(alertmanager: str) -> None:
+    """A duration incident's alert starts when the incident opened; its incident_resolved
+    (which carries no rule) resolves exactly that alert, and Alertmanager keeps the
+    opening as the alert's start."""
+    now = time.time()
+    clock = ManualClock(start=now)
+    am = channel(alertmanager, clock)
+    opened_at = datetime.fromtimestamp(int(now) - 600, UTC)  # Alertmanager keeps ms
+    ref = IncidentRef(
+        id="incident-504",
+        key="prod/job/504/duration/job",
+        kind="duration",
+        state="open",
+        opened_at=opened_at,
+        count=2,
+    )
+    rule = RuleRef(name="job", value=1800, source="job")
+    breach = make_event(EventType.RUN_DURATION_EXCEEDED, job_id=504, rule=rule, at=now)
+    assert isinstance(await am.send(breach.model_copy(update={"incident": ref})), Sent)
+    (alert,) = active_alerts(alertmanager, job_id="504")
+    assert alert["labels"]["rule"] == "job"
+    assert parse(alert["startsAt"]) == opened_at
+    assert alert["annotations"]["incident_count"] == "2"
+
+    resolved = ref.model_copy(
+        update={"state": "resolved", "resolved_at": opened_at, "cause": "run_ended"}
+    )
+    ended = make_event(EventType.INCIDENT_RESOLVED, job_id=504, run_id=1002, at=now)
+    assert isinstance(await am.send(ended.model_copy(update={"incident": resolved})), Sent)
+    await am.close()
+    assert active_alerts(alertmanager, job_id="504") == []
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

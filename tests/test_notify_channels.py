@@ -71,7 +71,7 @@ async def test_teams_adaptive_card(receiver: Receiver, clock: ManualClock) -> No
     assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
     card = attachment["content"]
     assert card["type"] == "AdaptiveCard"
-    assert card["body"][0]["text"] == "nightly\\-etl FAILED"
+    assert card["body"][0]["text"] == "nightly-etl FAILED"
     assert card["body"][0]["color"] == "Attention"
     assert card["actions"][0]["type"] == "Action.OpenUrl"
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ReceiverFactory
 from tests.notify_fixtures import Receiver, make_config, make_event, start_smtp
 from watcher.clock import ManualClock
 from watcher.config import Config
@@ -35,10 +38,70 @@ async def test_test_alert_through_a_webhook(receiver: Receiver) -> None:
     out = io.StringIO()
     assert await run_test_alert(config, "hook", out) == 0
     assert "sent through 'hook' (webhook)" in out.getvalue()
-    body = receiver.requests[0].json()
+    assert "resolved" not in out.getvalue()
+    (request,) = receiver.requests  # one test alert: only incident channels resolve it
+    body = request.json()
     assert body["test"] is True
     assert body["type"] == "run_failed"
     assert body["job"]["name"] == "watcher test alert"
+
+
+async def test_pagerduty_test_alert_triggers_and_resolves(receiver: Receiver) -> None:
+    """PagerDuty gets a test trigger and then its resolve, both on the test incident's
+    key `watcher-test/<incident id>`, both marked as tests; the output says both went out."""
+    receiver.default = (202, {}, '{"status":"success"}')
+    config = make_config(
+        channels={"pd": {"type": "pagerduty", "routing_key": "k", "url": f"{receiver.url}/e"}}
+    )
+    out = io.StringIO()
+    assert await run_test_alert(config, "pd", out) == 0
+    trigger, resolve = (r.json() for r in receiver.requests)
+    assert trigger["event_action"] == "trigger"
+    assert resolve["event_action"] == "resolve"
+    assert trigger["dedup_key"] == resolve["dedup_key"]
+    assert trigger["dedup_key"].startswith("watcher-test/")
+    details = trigger["payload"]["custom_details"]
+    assert details["test"] is True
+    assert trigger["dedup_key"] == f"watcher-test/{details['incident']['id']}"
+    assert trigger["payload"]["summary"].startswith("[TEST] ")
+    text = out.getvalue()
+    assert "sent through 'pd' (pagerduty), then resolved by test event" in text
+    assert f"(incident {trigger['dedup_key']})" in text
+
+
+async def test_alertmanager_test_alert_fires_and_resolves(receiver: Receiver) -> None:
+    """Alertmanager gets the test alert firing, then the same labels resolved (endsAt in
+    the past), so the test leaves nothing active."""
+    receiver.default = (200, {}, "")
+    config = make_config(channels={"am": {"type": "alertmanager", "url": receiver.url}})
+    out = io.StringIO()
+    assert await run_test_alert(config, "am", out) == 0
+    (firing,), (resolved,) = (r.json() for r in receiver.requests)
+    assert firing["labels"] == resolved["labels"]
+    assert firing["labels"]["alertname"] == "DatabricksWatcherTest"
+    assert resolved["annotations"]["event_type"] == "incident_resolved"
+    starts, ends = (_epoch(resolved[k]) for k in ("startsAt", "endsAt"))
+    assert _epoch(firing["endsAt"]) > time.time() + 3000  # resolve_after: an hour ahead
+    assert starts <= ends <= time.time() - 59
+    assert "sent through 'am' (alertmanager), then resolved by test event" in out.getvalue()
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_failed_test_resolve_is_reported(make_receiver: ReceiverFactory) -> None:
+    """When the trigger went out but the resolve did not, the error says so."""
+    receiver = await make_receiver(
+        script=[(202, {}, '{"status":"success"}')], default=(400, {}, '{"status":"invalid"}')
+    )
+    config = make_config(
+        channels={"pd": {"type": "pagerduty", "routing_key": "k", "url": f"{receiver.url}/e"}}
+    )
+    out = io.StringIO()
+    assert await run_test_alert(config, "pd", out) == 1
+    assert "resolve of the test alert (it was sent) through 'pd' failed" in out.getvalue()
+    assert len(receiver.requests) == 2
 
 
 async def test_test_alert_failure_is_explained_without_secrets(receiver: Receiver) -> None:

@@ -123,8 +123,8 @@ async def test_slack_section_is_cut_at_its_limit(receiver: Receiver, clock: Manu
 async def test_teams_card_stays_under_the_message_limit(
     receiver: Receiver, clock: ManualClock
 ) -> None:
-    """A 100 kB name and message still make a card under Teams' 28 KB, with markdown
-    syntax from the name escaped."""
+    """A 100 kB name and message still make a card under Teams' 28 KB, with the
+    markdown the card would interpret (emphasis, links) escaped."""
     config = TeamsChannelConfig(type="teams", url=f"{receiver.url}/workflows/fake")
     teams = TeamsChannel("teams", config, clock=clock)
     await teams.send(hostile(huge=True))
@@ -132,7 +132,9 @@ async def test_teams_card_stays_under_the_message_limit(
     request = receiver.requests[0]
     assert len(request.body) < 28 * 1024
     details = request.json()["attachments"][0]["content"]["body"][1]["text"]
-    assert "\\[link\\]\\(https://phish\\.example\\)" in details
+    assert "\\[link\\](https://phish.example)" in details
+    assert "\\*bold\\*" in details
+    assert "[link]" not in details.replace("\\[link\\]", "")
     assert "truncated" in details
 
 

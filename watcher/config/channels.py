@@ -36,6 +36,9 @@ _PAGING_EVENTS = [
     EventType.RUN_UNREADABLE,
     EventType.JOB_UNREADABLE,
 ]
+_RESOLVING_EVENTS = (EventType.JOB_RECOVERED, EventType.INCIDENT_RESOLVED)
+"""What ends an incident: channels with incidents of their own (PagerDuty, Alertmanager)
+always take them, whatever they trigger on."""
 SIGNING_KEY_MIN_BYTES = 24
 """The Standard Webhooks specification asks for random symmetric secrets of at least 24
 bytes (192 bits); a shorter key is guessable offline from one signed delivery."""
@@ -172,8 +175,9 @@ class WebhookChannelConfig(BaseChannelConfig):
         return self
 
     def accepts(self, event_type: EventType) -> bool:
-        # Databricks has no notification for a recovery; its on_success already went out.
-        return self.format == "watcher" or event_type != EventType.JOB_RECOVERED
+        # Databricks has no notification for a recovery (its on_success already went out)
+        # nor for an incident's end.
+        return self.format == "watcher" or event_type not in _RESOLVING_EVENTS
 
 
 class SlackChannelConfig(BaseChannelConfig):
@@ -203,19 +207,28 @@ class PagerDutyChannelConfig(BaseChannelConfig):
     duration_severity: Severity = "warning"
     trigger_on: list[EventType] = Field(
         default_factory=lambda: list(_PAGING_EVENTS),
-        description="Event types that trigger an incident; job_recovered always resolves.",
+        description="Event types that trigger an incident; job_recovered and "
+        "incident_resolved always resolve.",
     )
     summary_template: str | None = Field(default=None, description="Jinja2 template, one line.")
 
     def accepts(self, event_type: EventType) -> bool:
-        return event_type in self.trigger_on or event_type == EventType.JOB_RECOVERED
+        return event_type in self.trigger_on or event_type in _RESOLVING_EVENTS
 
 
 class AlertmanagerChannelConfig(BaseChannelConfig):
     type: Literal["alertmanager"]
     url: AnyHttpUrl = Field(description="Alertmanager base URL; alerts go to /api/v2/alerts.")
     resolve_after: float = Field(
-        default=3600.0, gt=0, description="endsAt of a firing alert, seconds after it is sent."
+        default=3600.0,
+        gt=0,
+        description="endsAt of a firing alert, seconds after it is sent (at least twice "
+        "resend_interval).",
+    )
+    resend_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds between re-posts of an open incident's alert, which keep it firing.",
     )
     labels: dict[str, str] = Field(
         default_factory=dict, description="Extra labels on every alert (e.g. team, env)."
@@ -226,7 +239,8 @@ class AlertmanagerChannelConfig(BaseChannelConfig):
     )
     trigger_on: list[EventType] = Field(
         default_factory=lambda: list(_PAGING_EVENTS),
-        description="Event types that fire an alert; job_recovered always resolves.",
+        description="Event types that fire an alert; job_recovered and incident_resolved "
+        "always resolve.",
     )
     ca_bundle: CaBundle | None = Field(
         default=None, description="CA bundle (PEM) to verify the server."
@@ -234,14 +248,27 @@ class AlertmanagerChannelConfig(BaseChannelConfig):
     summary_template: str | None = Field(default=None, description="Jinja2 template, one line.")
 
     @model_validator(mode="after")
-    def _label_names(self) -> AlertmanagerChannelConfig:
-        bad = [name for name in self.labels if not _LABEL_NAME.match(name)]
-        if bad:
-            raise FieldErrors([(f"labels.{n}", "not a valid Prometheus label name") for n in bad])
+    def _valid(self) -> AlertmanagerChannelConfig:
+        problems = [
+            (f"labels.{name}", "not a valid Prometheus label name")
+            for name in self.labels
+            if not _LABEL_NAME.match(name)
+        ]
+        if self.resolve_after < 2 * self.resend_interval:
+            # Else an open incident's alert expires (endsAt) before the next re-post.
+            problems.append(
+                (
+                    "resolve_after",
+                    f"{self.resolve_after:g}s is less than twice resend_interval "
+                    f"({self.resend_interval:g}s): the alert would expire between re-posts",
+                )
+            )
+        if problems:
+            raise FieldErrors(problems)
         return self
 
     def accepts(self, event_type: EventType) -> bool:
-        return event_type in self.trigger_on or event_type == EventType.JOB_RECOVERED
+        return event_type in self.trigger_on or event_type in _RESOLVING_EVENTS
 
 
 ChannelConfig = Annotated[

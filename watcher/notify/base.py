@@ -13,8 +13,8 @@ docs/alerts.md, "Delivery guarantees".
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -54,6 +54,19 @@ class Failed:
 
 Result = Sent | Retry | Failed
 
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Several alerts of one group sent as one message (a route's `group_by`)."""
+
+    id: str
+    """Derived from the member event ids: the idempotency key of the message."""
+    events: Sequence[Event]
+    """The members, oldest first (at least two: a group of one is sent as its event)."""
+    group: Mapping[str, str] = field(default_factory=dict)
+    """The values the route groups by, e.g. {"workspace": "prod", "tag:team": "data"}."""
+
+
 Acceptance = Callable[[int, str], str | None]
 """(2xx status, body) -> None when the answer proves the target accepted the alert, else
 what the target answers instead (for the error text)."""
@@ -80,6 +93,9 @@ class Channel(Protocol):
 
     async def send(self, event: Event) -> Result:
         """Deliver one alert. Never raises for delivery problems: they are results."""
+
+    async def send_digest(self, digest: Digest) -> Result:
+        """Deliver several alerts of one group as one message."""
 
     async def close(self) -> None: ...
 
@@ -116,6 +132,22 @@ class ChannelBase(ABC, Generic[_C]):
 
     @abstractmethod
     async def send(self, event: Event) -> Result: ...
+
+    async def send_digest(self, digest: Digest) -> Result:
+        """The members one by one (`send_each`): for channels without a digest message
+        of their own."""
+        return await self.send_each(digest)
+
+    async def send_each(self, digest: Digest) -> Result:
+        """Send the members one by one, oldest first, stopping at the first that is not
+        sent. A retry sends the digest again from its first member: right for targets
+        that drop what they already have (PagerDuty's dedup_key, Alertmanager's labels,
+        `webhook-id`)."""
+        for event in digest.events:
+            result = await self.send(event)
+            if not isinstance(result, Sent):
+                return result
+        return Sent()
 
     async def close(self) -> None:
         return None

@@ -4,6 +4,11 @@ implicit TLS, optional auth, and a multipart text + HTML message from templates.
 Headers are built with the `email` package's SMTP policy from single-line values, so a job
 name containing CR/LF can never add a header or a recipient; the HTML part is autoescaped.
 The `Message-ID` derives from the event id: a duplicate delivery is recognisable as one.
+
+A digest is one message: the headline as its subject (`12 alerts in prod: 10 FAILED,
+...`), the members one line each (up to 50, then `and N more`), and a
+`Message-ID` derived from the digest id. Digests use the default templates only (the
+configured ones are written for one event).
 """
 
 from __future__ import annotations
@@ -20,7 +25,17 @@ import aiosmtplib
 from watcher.clock import Clock
 from watcher.config.channels import EmailChannelConfig
 from watcher.events import Event
-from watcher.notify.base import ChannelBase, Failed, Result, Retry, Sent, excerpt, redact
+from watcher.notify.base import (
+    ChannelBase,
+    Digest,
+    Failed,
+    Result,
+    Retry,
+    Sent,
+    excerpt,
+    redact,
+)
+from watcher.notify.templates import render_digest, summarize
 from watcher.notify.text import one_line, truncate
 from watcher.store.base import DeliveryKey
 
@@ -54,19 +69,34 @@ class EmailChannel(ChannelBase[EmailChannelConfig]):
         addressed._recipients = [key.recipient]
         return addressed
 
-    def message(self, event: Event, recipients: list[str]) -> EmailMessage:
+    def _envelope(self, subject: str, msg_id: str, recipients: list[str]) -> EmailMessage:
         msg = EmailMessage(policy=email.policy.SMTP)
-        msg["Subject"] = truncate(one_line(self._subject.render(event)), SUBJECT_LIMIT)
+        msg["Subject"] = truncate(one_line(subject), SUBJECT_LIMIT)
         msg["From"] = self._config.sender
         msg["To"] = ", ".join(recipients)
         msg["Date"] = email.utils.formatdate(self._clock.time(), usegmt=True)
         domain = email.utils.parseaddr(self._config.sender)[1].rpartition("@")[2] or "watcher"
-        msg["Message-ID"] = f"<{event.id}@{domain}>"
+        msg["Message-ID"] = f"<{msg_id}@{domain}>"
         msg["Auto-Submitted"] = "auto-generated"
+        return msg
+
+    def message(self, event: Event, recipients: list[str]) -> EmailMessage:
+        msg = self._envelope(self._subject.render(event), event.id, recipients)
         msg["X-Watcher-Event-Id"] = event.id
         msg["X-Watcher-Event-Type"] = str(event.type)
         msg.set_content(truncate(self._text.render(event), BODY_LIMIT))
         msg.add_alternative(truncate(self._html.render(event), BODY_LIMIT), subtype="html")
+        return msg
+
+    def digest_message(self, digest: Digest, recipients: list[str]) -> EmailMessage:
+        summary = summarize(digest.events, digest.group)
+        msg = self._envelope(summary.headline, digest.id, recipients)
+        msg["X-Watcher-Digest-Id"] = digest.id
+        msg["X-Watcher-Digest-Count"] = str(summary.total)
+        text = render_digest("digest_email.txt.j2", "text", summary, digest.id)
+        html = render_digest("digest_email.html.j2", "html", summary, digest.id)
+        msg.set_content(truncate(text, BODY_LIMIT))
+        msg.add_alternative(truncate(html, BODY_LIMIT), subtype="html")
         return msg
 
     def _client(self) -> aiosmtplib.SMTP:
@@ -90,7 +120,17 @@ class EmailChannel(ChannelBase[EmailChannelConfig]):
         recipients = list(self._recipients)
         if not recipients:
             return Failed("no recipients configured")
-        result = await self._send(self.message(event, recipients))
+        return await self._deliver(self.message(event, recipients))
+
+    async def send_digest(self, digest: Digest) -> Result:
+        """One message for the whole digest (see the module docstring)."""
+        recipients = list(self._recipients)
+        if not recipients:
+            return Failed("no recipients configured")
+        return await self._deliver(self.digest_message(digest, recipients))
+
+    async def _deliver(self, msg: EmailMessage) -> Result:
+        result = await self._send(msg)
         if isinstance(result, Sent):
             return result
         error = redact(result.error, self._secrets)

@@ -157,15 +157,20 @@ class HttpChannel(ChannelBase[_C]):
     def body(self, event: Event) -> bytes | None:
         """The request body for `event`; None when there is nothing to send."""
         payload = self.payload(event)
-        if payload is None:
-            return None
+        return None if payload is None else self.encode(payload)
+
+    def encode(self, payload: Any) -> bytes:
         return json.dumps(payload, ensure_ascii=False, separators=self.separators).encode()
 
     async def send(self, event: Event) -> Result:
         body = self.body(event)
         if body is None:
             return Sent(self.skipped.format(type=event.type))
-        return await self._http.post(self._url, body, headers=self.headers(event, body))
+        return await self.post(body, self.headers(event, body))
+
+    async def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> Result:
+        """POST `body` (e.g. a digest's document) to the channel's URL."""
+        return await self._http.post(self._url, body, headers=headers)
 
     async def close(self) -> None:
         await self._http.close()

@@ -1,10 +1,15 @@
 """PagerDuty Events API v2: trigger an incident on a failure or a duration breach, resolve
-it when the job recovers.
+it when the watcher's incident ends.
 
-The dedup_key is stable per job (`<workspace>/<job>/failed`) and per job and rule for
-duration breaches (`<workspace>/<job>/duration/<rule>`): repeated failures of a job update
-one incident instead of paging again, retries of one delivery are idempotent, and
-`job_recovered` resolves exactly the failure incident. Test alerts use their own key.
+The dedup_key is the key of the watcher's incident the event belongs to (`event.incident`:
+`<workspace>/job/<id>/failed`, `<workspace>/job/<id>/duration/<rule>`, ...), so
+repeated failures of a job update one PagerDuty incident instead of paging again, a
+reminder (`repeat` > 0) triggers the same incident again, retries of one delivery are
+idempotent, and the event that resolves the watcher's incident (`job_recovered`,
+`incident_resolved`: `incident.state == "resolved"`) resolves exactly that one. An event
+without an incident (from before incidents, or a recovery whose incident an operator
+already resolved) uses the same key computed from the event (`dedup_key`), a recovery
+resolving the job's failure key as it always did. Test alerts use `watcher-test/<id>`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from watcher.clock import Clock
 from watcher.config.channels import PagerDutyChannelConfig
 from watcher.events import Event, EventType
+from watcher.notify.base import Digest, Result
 from watcher.notify.http import HttpChannel
 from watcher.notify.templates import context
 from watcher.notify.text import iso, one_line, truncate
@@ -23,10 +29,39 @@ from watcher.notify.text import iso, one_line, truncate
 SUMMARY_LIMIT = 1024
 _FIELD_LIMIT = 255
 _DEDUP_LIMIT = 255
+_DETAILS = (
+    "event_id",
+    "type",
+    "workspace",
+    "job_id",
+    "job_name",
+    "run_id",
+    "attempt_number",
+    "life_cycle_state",
+    "result_state",
+    "state_message",
+    "duration",
+    "rule",
+    "observed",
+    "run_page_url",
+    "test",
+    "incident",
+    "streak",
+    "repeat",
+)
+
+
+def _bounded(key: str) -> str:
+    if len(key) <= _DEDUP_LIMIT:
+        return key
+    # Long rule names (task keys) are hashed: still stable, still within PagerDuty's limit.
+    return key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def dedup_key(event: Event) -> str:
     """The incident an event belongs to (see the module docstring)."""
+    if event.incident is not None:
+        return _bounded(event.incident.key)
     if event.test:
         return f"watcher-test/{event.id}"
     subject = (
@@ -38,11 +73,15 @@ def dedup_key(event: Event) -> str:
     elif event.type in (EventType.RUN_UNREADABLE, EventType.JOB_UNREADABLE):
         # Its own incident: a recovery of the job says nothing about the unreadable item.
         kind = f"unreadable/run/{event.run.run_id}"
-    key = f"{event.workspace}/{subject}/{kind}"
-    if len(key) > _DEDUP_LIMIT:
-        # Long rule names (task keys) are hashed: still stable, still within PagerDuty's limit.
-        key = key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
-    return key
+    return _bounded(f"{event.workspace}/{subject}/{kind}")
+
+
+def resolves(event: Event) -> bool:
+    """Whether `event` ends its incident: a resolved `event.incident`, or a recovery
+    without one (it resolves the job's failure key, as before incidents)."""
+    if event.incident is not None:
+        return event.incident.state == "resolved"
+    return event.type == EventType.JOB_RECOVERED and not event.test
 
 
 def pagerduty_accepts(status: int, body: str) -> str | None:
@@ -69,10 +108,15 @@ class PagerDutyChannel(HttpChannel[PagerDutyChannelConfig]):
     def payload(self, event: Event) -> dict[str, Any] | None:
         """The Events API v2 body; None for event types this channel does not page on."""
         key = self._config.routing_key.get_secret_value()
-        if event.type == EventType.JOB_RECOVERED and not event.test:
+        if resolves(event):
             return {"routing_key": key, "event_action": "resolve", "dedup_key": dedup_key(event)}
+        if event.type == EventType.INCIDENT_RESOLVED:
+            return None  # without a resolved incident there is nothing to resolve
         if event.type not in self._config.trigger_on and not event.test:
             return None
+        return self._trigger(event, key)
+
+    def _trigger(self, event: Event, routing_key: str) -> dict[str, Any]:
         values = context(event)
         severity = (
             self._config.duration_severity
@@ -80,7 +124,7 @@ class PagerDutyChannel(HttpChannel[PagerDutyChannelConfig]):
             else self._config.severity
         )
         body: dict[str, Any] = {
-            "routing_key": key,
+            "routing_key": routing_key,
             "event_action": "trigger",
             "dedup_key": dedup_key(event),
             "client": "databricks run watcher",
@@ -92,29 +136,15 @@ class PagerDutyChannel(HttpChannel[PagerDutyChannelConfig]):
                 "component": truncate(values["job_name"], _FIELD_LIMIT),
                 "group": truncate(values["workspace"], _FIELD_LIMIT),
                 "class": str(event.type),
-                "custom_details": {
-                    key: values[key]
-                    for key in (
-                        "event_id",
-                        "type",
-                        "workspace",
-                        "job_id",
-                        "job_name",
-                        "run_id",
-                        "attempt_number",
-                        "life_cycle_state",
-                        "result_state",
-                        "state_message",
-                        "duration",
-                        "rule",
-                        "observed",
-                        "run_page_url",
-                        "test",
-                    )
-                },
+                "custom_details": {name: values[name] for name in _DETAILS},
             },
         }
         if values["run_page_url"]:
             body["links"] = [{"href": values["run_page_url"], "text": "Databricks run"}]
             body["client_url"] = values["run_page_url"]
         return body
+
+    async def send_digest(self, digest: Digest) -> Result:
+        """Each member on its own: PagerDuty has no digests (one Events API event per
+        incident change) and is never sent one by the router; this is the fallback."""
+        return await self.send_each(digest)

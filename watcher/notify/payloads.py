@@ -1,16 +1,23 @@
 """Webhook bodies: our versioned `watcher` payload, and the body Databricks' own webhook
-notification destinations send (`databricks`), for receivers built for those."""
+notification destinations send (`databricks`), for receivers built for those.
+
+The `watcher` payload of an event carries its incident (`incident`: null or `{id, key, kind,
+state, opened_at, count, resolved_at, cause}`), the job's failing streak (`streak`: null or
+`{consecutive_failures, last_success_at}`) and `repeat` (0, or N for the Nth reminder). A
+digest is `{"version", "type": "digest", "id", "group", "count", "events": [...]}` with
+every member's payload. Databricks has neither incidents nor digests: its format sends
+nothing for `job_recovered` and `incident_resolved`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from watcher.config import WorkspaceConfig
 from watcher.databricks.models import Run, RunTask
-from watcher.events import PAYLOAD_VERSION, Event, EventType
+from watcher.events import PAYLOAD_VERSION, Event, EventType, IncidentRef, Streak
 from watcher.notify.text import iso, ms_iso, ms_seconds
 
 DATABRICKS_EVENT_TYPES: dict[EventType, str] = {
@@ -107,6 +114,49 @@ def watcher_payload(event: Event) -> dict[str, Any]:
             "task_key": rule.task_key,
         },
         "observed_seconds": event.observed_seconds,
+        "incident": _incident(event.incident),
+        "streak": _streak(event.streak),
+        "repeat": event.repeat,
+    }
+
+
+def _incident(incident: IncidentRef | None) -> dict[str, Any] | None:
+    if incident is None:
+        return None
+    return {
+        "id": incident.id,
+        "key": incident.key,
+        "kind": incident.kind,
+        "state": incident.state,
+        "opened_at": iso(incident.opened_at),
+        "count": incident.count,
+        "resolved_at": iso(incident.resolved_at) if incident.resolved_at else None,
+        "cause": incident.cause,
+    }
+
+
+def _streak(streak: Streak | None) -> dict[str, Any] | None:
+    if streak is None:
+        return None
+    last = streak.last_success_at
+    return {
+        "consecutive_failures": streak.consecutive_failures,
+        "last_success_at": iso(last) if last else None,
+    }
+
+
+def digest_payload(
+    digest_id: str, group: Mapping[str, str], events: Sequence[Event]
+) -> dict[str, Any]:
+    """A digest in our payload's version: the group's values and every member, oldest
+    first (`id` is the digest id, also sent as `webhook-id`)."""
+    return {
+        "version": PAYLOAD_VERSION,
+        "type": "digest",
+        "id": digest_id,
+        "group": dict(group),
+        "count": len(events),
+        "events": [watcher_payload(event) for event in events],
     }
 
 
@@ -136,7 +186,8 @@ def workspace_id(event: Event, known: Mapping[str, str]) -> str:
 
 def databricks_payload(event: Event, *, workspace: str) -> dict[str, Any] | None:
     """The body of Databricks' webhook notifications (ids as strings, as Databricks sends
-    them); None for events Databricks has no notification for (`job_recovered`)."""
+    them); None for events Databricks has no notification for (`job_recovered`,
+    `incident_resolved`, the unreadables)."""
     event_type = DATABRICKS_EVENT_TYPES.get(event.type)
     if event_type is None:
         return None

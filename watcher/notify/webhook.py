@@ -1,6 +1,10 @@
 """Generic webhook: a JSON POST of our payload or Databricks' notification body, signed
 with Standard Webhooks headers when a secret is set (`webhook-id` is the event id, so a
-receiver can drop the duplicates at-least-once delivery may produce)."""
+receiver can drop the duplicates at-least-once delivery may produce).
+
+A digest is one POST of `payloads.digest_payload` with `webhook-id` = the digest id, in
+the `watcher` format; the `databricks` format has no digests, so its members are posted
+one by one, each as Databricks would send it."""
 
 from __future__ import annotations
 
@@ -13,8 +17,14 @@ from typing import Any
 from watcher.clock import Clock
 from watcher.config.channels import WebhookChannelConfig, signing_key
 from watcher.events import Event
+from watcher.notify.base import Digest, Result
 from watcher.notify.http import HttpChannel
-from watcher.notify.payloads import databricks_payload, watcher_payload, workspace_id
+from watcher.notify.payloads import (
+    databricks_payload,
+    digest_payload,
+    watcher_payload,
+    workspace_id,
+)
 
 
 def sign(key: bytes, *, msg_id: str, timestamp: int, body: str) -> str:
@@ -59,13 +69,26 @@ class WebhookChannel(HttpChannel[WebhookChannelConfig]):
         return watcher_payload(event)
 
     def headers(self, event: Event, body: bytes) -> dict[str, str]:
+        return self.message_headers(event.id, body)
+
+    async def send_digest(self, digest: Digest) -> Result:
+        """One POST of the whole digest; each member on its own in the `databricks`
+        format (see the module docstring)."""
+        if self._config.format == "databricks":
+            return await self.send_each(digest)
+        body = self.encode(digest_payload(digest.id, digest.group, digest.events))
+        return await self.post(body, self.message_headers(digest.id, body))
+
+    def message_headers(self, msg_id: str, body: bytes) -> dict[str, str]:
+        """The configured headers, `webhook-id`, the signature when a secret is set, and
+        the configured authorization."""
         headers = dict(self._config.headers)
-        headers["webhook-id"] = event.id
+        headers["webhook-id"] = msg_id
         if self._key is not None:
             timestamp = int(self._clock.time())
             headers["webhook-timestamp"] = str(timestamp)
             headers["webhook-signature"] = sign(
-                self._key, msg_id=event.id, timestamp=timestamp, body=body.decode()
+                self._key, msg_id=msg_id, timestamp=timestamp, body=body.decode()
             )
         if self._config.bearer_token is not None:
             headers["Authorization"] = f"Bearer {self._config.bearer_token.get_secret_value()}"
