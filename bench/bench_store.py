@@ -15,6 +15,7 @@ import asyncio
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from watcher.clock import ManualClock
@@ -24,7 +25,7 @@ from watcher.databricks.models import JobSettings as Settings
 from watcher.domain import PollResult
 from watcher.events import Event
 from watcher.pipeline import Pipeline
-from watcher.store.base import DeliveryKey
+from watcher.store.base import DeliveryKey, Routed
 from watcher.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000_000
@@ -74,9 +75,9 @@ async def main() -> None:
         clock = ManualClock(start=T0 / 1000)
 
         def to_webhook(
-            event: Event, settings: Settings | None
-        ) -> tuple[list[DeliveryKey], list[DeliveryKey]]:
-            return ([DeliveryKey("webhook")], [])
+            event: Event, settings: Settings | None, follow: Sequence[DeliveryKey]
+        ) -> Routed:
+            return Routed(channels=[DeliveryKey("webhook")])
 
         pipeline = Pipeline(
             store=store,

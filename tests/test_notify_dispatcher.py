@@ -16,7 +16,7 @@ from tests.notify_fixtures import Receiver, free_port, make_event, start_smtp
 from watcher.clock import ManualClock
 from watcher.config.channels import EmailChannelConfig, WebhookChannelConfig
 from watcher.events import Event
-from watcher.notify.base import Channel, Sent, Unconfirmed
+from watcher.notify.base import Channel, Digest, Sent, Unconfirmed
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
 from watcher.notify.dispatcher import Dispatcher, Outcome
 from watcher.notify.email import EmailChannel
@@ -409,6 +409,9 @@ class Exploding:
         self.calls += 1
         if self.calls == 1:
             raise KeyError("https://unused.invalid/fake-secret")
+        return Sent()
+
+    async def send_digest(self, digest: Digest) -> Sent:
         return Sent()
 
     async def close(self) -> None:

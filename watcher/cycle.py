@@ -258,9 +258,7 @@ class _Planned:
             self.events.append(event)
             self.settings_of[event.id] = settings
 
-    def settle(
-        self, job: JobRecord, run_id: int, evaluation: Evaluation, now_ms: int
-    ) -> Streak:
+    def settle(self, job: JobRecord, run_id: int, evaluation: Evaluation, now_ms: int) -> Streak:
         """Record the job outcome the run settled, unless a later run's outcome is
         already recorded; the failing streak the outcome belongs to."""
         ended = evaluation.record.end_time or now_ms

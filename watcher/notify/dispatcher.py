@@ -3,9 +3,21 @@
 Each configured channel is a lane with its own token bucket and concurrency bound, and
 each lane asks the store only for its own due deliveries, so a slow, throttled or dead
 channel never holds back another. The store hands out at most one delivery per (channel,
-recipient, workspace, job) at a time, so a job's alerts reach each target in order. All retry state
-(attempts, next attempt time, dead letters) lives in the store: a restart resumes where
-the last process stopped. Policy is decided here, once, from the channels' results:
+recipient, workspace, job) at a time, so a job's alerts reach each target in order. All
+retry state (attempts, next attempt time, dead letters) lives in the store: a restart
+resumes where the last process stopped.
+
+Deliveries a route groups (`group_by`) go out as digests. The store hands out one due
+delivery per (channel, recipient, group key), the group's oldest pending member; the
+attempt then takes the group's members due at that moment (`Store.take_group`: at most
+`digest_limit`, the rest go in the next digest at once) and sends them as one `Digest`
+through the channel's `send_digest`, or a lone member as its plain event. A digest gains
+no member once taken (later ones wait for the next), and its id is derived from its
+sorted member event ids: a digest re-sent after a crash is the same digest, with the same
+idempotency key. A group is never in flight twice, and a digest is one attempt: its
+outcome applies to every member.
+
+Policy is decided here, once, from the channels' results:
 
 - `Sent` -> delivered;
 - `Retry` -> again after Retry-After when the target gave one, else full-jitter exponential
@@ -13,6 +25,8 @@ the last process stopped. Policy is decided here, once, from the channels' resul
 - `Failed` (a permanent error), the `max_attempts`-th failure, or a retry that would fall
   past `max_age` after the alert was queued -> dead letter (kept, counted, replayable).
 
+For a digest the attempt number is its most tried member's, plus one, and `max_age`
+counts from its oldest member: no member is tried more often or longer than configured.
 A result's `reason` (a redirect, an implausible 2xx) is logged and passed to the observer.
 """
 
@@ -20,17 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
 from watcher.aio import Timeout, first_of, within
 from watcher.clock import Clock
-from watcher.notify.base import Channel, Failed, Result, Retry, Sent, Unconfirmed
+from watcher.incidents import derived_id
+from watcher.notify.base import Channel, Digest, Failed, Result, Retry, Sent, Unconfirmed
 from watcher.notify.ratelimit import TokenBucket
-from watcher.notify.router import serves
+from watcher.notify.router import group_labels, serves
 from watcher.store.base import Delivery, DeliveryKey, Store
 
 log = structlog.get_logger(__name__)
@@ -38,14 +53,74 @@ log = structlog.get_logger(__name__)
 Outcome = Literal["sent", "failed", "dead"]
 ResultObserver = Callable[[str, Outcome, float, Unconfirmed | None], None]
 """Called after every attempt with the channel name, the outcome, the seconds it took and
-why an answer that looked like success was not taken as one (or None)."""
+why an answer that looked like success was not taken as one (or None). A digest is one
+attempt: one call, whatever the number of its members."""
+
+DIGEST_LIMIT = 500
+"""Members of one digest at most. The rest are due already and go in the next digest at
+once: a backlog drains at the channel's rate, not one digest per group_interval."""
+
+_Slot = tuple[str, str, DeliveryKey]
+"""What a lane has in flight: ("event", event id, key) or ("group", group key, key)."""
+
+
+def _slot(delivery: Delivery) -> _Slot:
+    if delivery.group_key:
+        return ("group", delivery.group_key, delivery.key)
+    return ("event", delivery.event.id, delivery.key)
+
+
+def digest_of(members: Sequence[Delivery]) -> Digest:
+    """The digest of a group's members (oldest first); its id depends on the member event
+    ids alone, so the same members always make the same digest."""
+    ids = sorted(m.event.id for m in members)
+    return Digest(
+        id=derived_id("digest", *ids),
+        events=[m.event for m in members],
+        group=group_labels(members[0].group_key),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What one attempt sends to one key: a delivery, or the due members of a group (a
+    digest when there are several)."""
+
+    key: DeliveryKey
+    group_key: str
+    members: Sequence[Delivery]
+    digest: Digest | None = None
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [m.event.id for m in self.members]
+
+    @property
+    def attempt(self) -> int:
+        return max(m.attempts for m in self.members) + 1
+
+    @property
+    def created_at(self) -> float:
+        return min(m.created_at for m in self.members)
+
+    def fields(self) -> dict[str, Any]:
+        """What its log lines say it is."""
+        if self.digest is not None:
+            return {
+                "channel": str(self.key),
+                "digest_id": self.digest.id,
+                "events": len(self.members),
+                "group": dict(self.digest.group),
+            }
+        event = self.members[0].event
+        return {"channel": str(self.key), "event_id": event.id, "type": str(event.type)}
 
 
 @dataclass(eq=False)
 class _Lane:
     channel: Channel
     bucket: TokenBucket
-    inflight: dict[tuple[str, DeliveryKey], asyncio.Task[None]] = field(default_factory=dict)
+    inflight: dict[_Slot, asyncio.Task[None]] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -60,6 +135,7 @@ class Dispatcher:
         discovery_limit: int = 500,
         max_consecutive_errors: int = 30,
         on_result: ResultObserver | None = None,
+        digest_limit: int = DIGEST_LIMIT,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -68,6 +144,7 @@ class Dispatcher:
         self._discovery_limit = discovery_limit
         self._max_errors = max_consecutive_errors
         self._on_result = on_result
+        self._digest_limit = digest_limit
         self._lanes = {
             name: _Lane(
                 channel=channel,
@@ -154,12 +231,12 @@ class Dispatcher:
                 now=now, limit=room + len(lane.inflight), channels=[name]
             )
             for delivery in due:
-                key = (delivery.event.id, delivery.key)
-                if key in lane.inflight or not serves(delivery.key, self._configs):
-                    continue  # in flight, or for `_discover` to dead-letter
+                slot = _slot(delivery)
+                if slot in lane.inflight or not serves(delivery.key, self._configs):
+                    continue  # in flight (its group too), or for `_discover` to dead-letter
                 if room == 0:
                     break
-                lane.inflight[key] = asyncio.create_task(
+                lane.inflight[slot] = asyncio.create_task(
                     self._attempt(lane, delivery), name=f"deliver {delivery.key}"
                 )
                 room -= 1
@@ -200,36 +277,57 @@ class Dispatcher:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _attempt(self, lane: _Lane, delivery: Delivery) -> None:
-        name = delivery.channel
+    async def _attempt(self, lane: _Lane, head: Delivery) -> None:
+        """Send what `head` stands for (itself, or its group's next digest) and record
+        the outcome."""
+        name = head.channel
         try:
             await lane.bucket.acquire()
+            batch = await self._batch(head)
+            if batch is None:
+                return  # the group's members were settled meanwhile
             started = self._clock.monotonic()
-            result = await self._send(lane, delivery)
-            await self._settle(name, lane, delivery, result, self._clock.monotonic() - started)
+            result = await self._send(lane, batch)
+            await self._settle(name, lane, batch, result, self._clock.monotonic() - started)
         except Exception:
             # The store could not record the outcome: the delivery stays pending and is
             # attempted again (at-least-once).
-            log.exception("delivery_not_recorded", channel=name, event_id=delivery.event.id)
+            log.exception("delivery_not_recorded", channel=name, event_id=head.event.id)
         finally:
-            lane.inflight.pop((delivery.event.id, delivery.key), None)
+            lane.inflight.pop(_slot(head), None)
 
-    async def _send(self, lane: _Lane, delivery: Delivery) -> Result:
+    async def _batch(self, head: Delivery) -> _Batch | None:
+        """`head` alone, or its group's members due now (taken after the token, so that
+        the digest carries what arrived while it waited); None if none is left."""
+        if not head.group_key:
+            return _Batch(head.key, "", [head])
+        members = await self._store.take_group(
+            head.key, head.group_key, now=self._clock.time(), limit=self._digest_limit
+        )
+        if not members:
+            return None
+        digest = digest_of(members) if len(members) > 1 else None
+        return _Batch(head.key, head.group_key, members, digest)
+
+    async def _send(self, lane: _Lane, batch: _Batch) -> Result:
         config = lane.channel.config
         try:
-            target = lane.channel.target(delivery.key)
+            target = lane.channel.target(batch.key)
             if target is None:
-                return Failed(f"channel {delivery.channel!r} has no recipients")
-            return await within(self._clock, config.timeout, target.send(delivery.event))
+                return Failed(f"channel {batch.key.channel!r} has no recipients")
+            if batch.digest is None:
+                work = target.send(batch.members[0].event)
+            else:
+                work = target.send_digest(batch.digest)
+            # A digest is one attempt, within one timeout.
+            return await within(self._clock, config.timeout, work)
         except (Timeout, TimeoutError):
             return Retry(f"timed out after {config.timeout:g}s")
         except Exception as exc:
             # A bug in a channel, not a delivery problem. No traceback: its frames' locals
             # hold URLs and keys that are secrets.
             error = f"unexpected {type(exc).__name__} in the channel"
-            log.error(
-                "channel_error", channel=str(delivery.key), event_id=delivery.event.id, error=error
-            )
+            log.error("channel_error", error=error, **batch.fields())
             return Retry(error)
 
     def _backoff(self, lane: _Lane, attempt: int) -> float:
@@ -238,45 +336,67 @@ class Dispatcher:
         return self._rng.uniform(0, cap)
 
     async def _settle(
-        self, name: str, lane: _Lane, delivery: Delivery, result: Result, seconds: float
+        self, name: str, lane: _Lane, batch: _Batch, result: Result, seconds: float
     ) -> None:
-        event = delivery.event
+        """Record the outcome for every member, log it and observe one attempt (a digest
+        counts once: the delivery metrics count messages, not the alerts in them)."""
         now = self._clock.time()
-        attempt = delivery.attempts + 1
-        fields = {"channel": str(delivery.key), "event_id": event.id, "type": str(event.type)}
+        fields = batch.fields()
         if isinstance(result, Sent):
-            await self._store.mark_delivered(event.id, delivery.key, at=now)
-            log.info("alert_sent", attempt=attempt, detail=result.detail or None, **fields)
+            await self._mark_delivered(batch, now)
+            log.info("alert_sent", attempt=batch.attempt, detail=result.detail or None, **fields)
             self._observe(name, "sent", seconds, None)
             return
-        config = lane.channel.config
-        error = result.error
         if result.reason is not None:
             fields["reason"] = result.reason
-        next_at: float | None = None
-        if isinstance(result, Failed):
-            error = f"permanent: {error}"
-        elif config.max_attempts is not None and attempt >= config.max_attempts:
-            error = f"{error} (gave up after {attempt} attempts)"
-        else:
-            delay = result.after if result.after is not None else self._backoff(lane, attempt)
-            if now + delay - delivery.created_at > config.max_age:
-                error = f"{error} (undelivered for longer than max_age {config.max_age:g}s)"
-            else:
-                next_at = now + delay
-        await self._store.mark_failed(event.id, delivery.key, error=error, next_attempt_at=next_at)
+        error, next_at = self._after_failure(lane, batch, result, now)
+        await self._mark_failed(batch, error, next_at)
         if next_at is None:
-            log.error("alert_dead", attempt=attempt, error=error, **fields)
+            log.error("alert_dead", attempt=batch.attempt, error=error, **fields)
             self._observe(name, "dead", seconds, result.reason)
         else:
             log.warning(
                 "alert_retry",
-                attempt=attempt,
+                attempt=batch.attempt,
                 error=error,
                 retry_in=round(next_at - now, 3),
                 **fields,
             )
             self._observe(name, "failed", seconds, result.reason)
+
+    def _after_failure(
+        self, lane: _Lane, batch: _Batch, result: Retry | Failed, now: float
+    ) -> tuple[str, float | None]:
+        """The error to record and the next attempt (None: dead-letter)."""
+        config = lane.channel.config
+        attempt = batch.attempt
+        if isinstance(result, Failed):
+            return f"permanent: {result.error}", None
+        if config.max_attempts is not None and attempt >= config.max_attempts:
+            return f"{result.error} (gave up after {attempt} attempts)", None
+        delay = result.after if result.after is not None else self._backoff(lane, attempt)
+        if now + delay - batch.created_at > config.max_age:
+            return f"{result.error} (undelivered for longer than max_age {config.max_age:g}s)", None
+        return result.error, now + delay
+
+    async def _mark_delivered(self, batch: _Batch, at: float) -> None:
+        if batch.group_key:
+            # Also for a lone member: the group's next member waits group_interval.
+            await self._store.mark_group_delivered(
+                batch.key, batch.group_key, batch.event_ids, at=at
+            )
+        else:
+            await self._store.mark_delivered(batch.members[0].event.id, batch.key, at=at)
+
+    async def _mark_failed(self, batch: _Batch, error: str, next_at: float | None) -> None:
+        if batch.group_key:
+            await self._store.mark_group_failed(
+                batch.key, batch.event_ids, error=error, next_attempt_at=next_at
+            )
+        else:
+            await self._store.mark_failed(
+                batch.members[0].event.id, batch.key, error=error, next_attempt_at=next_at
+            )
 
     def _observe(
         self, channel: str, outcome: Outcome, seconds: float, reason: Unconfirmed | None

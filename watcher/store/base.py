@@ -159,6 +159,43 @@ class PruneResult:
     events: int
 
 
+@dataclass(frozen=True, slots=True)
+class DueReminder:
+    """A target of an open incident whose next reminder is due: what the reminder loop
+    reads to decide it (watcher.notify.reminders)."""
+
+    incident: Incident
+    key: DeliveryKey
+    repeat_every: float
+    next_repeat_at: float
+    """As read: the commit applies only while the target still has this value."""
+    repeats: int
+    """Reminders committed so far to this target."""
+    latest: Event | None
+    """The incident's latest event (`incident.last_event_id`), None if it is unreadable."""
+    pending: bool = False
+    """An event of the incident is still undelivered to this target (a channel down):
+    a reminder would only queue up behind it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderCommit:
+    """One reminder decided, committed in one transaction: the target's next reminder and
+    count move on, and with `event` (None: held) the reminder event and one pending
+    delivery to that target only."""
+
+    incident_id: str
+    key: DeliveryKey
+    read_next_repeat_at: float
+    read_repeats: int
+    """The target as it was read: a target changed since (a new event of the incident
+    restarted its wait, another writer committed this reminder) is left alone."""
+    next_repeat_at: float
+    repeats: int
+    committed_at: float
+    event: Event | None = None
+
+
 class Store(Protocol):
     async def workspace_state(self, workspace: str) -> WorkspaceState: ...
 
@@ -169,14 +206,10 @@ class Store(Protocol):
 
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]: ...
 
-    async def open_incidents(
-        self, workspace: str, job_ids: Collection[int]
-    ) -> dict[str, Incident]:
+    async def open_incidents(self, workspace: str, job_ids: Collection[int]) -> dict[str, Incident]:
         """key -> open incident, of those jobs and of runs without a job."""
 
-    async def incident_targets(
-        self, incident_ids: Collection[str]
-    ) -> dict[str, list[DeliveryKey]]:
+    async def incident_targets(self, incident_ids: Collection[str]) -> dict[str, list[DeliveryKey]]:
         """incident id -> where its events were to be delivered (not held by a silence)."""
 
     async def incidents(self, *, open_only: bool = False, limit: int = 1000) -> list[Incident]:
@@ -196,9 +229,13 @@ class Store(Protocol):
     async def due_deliveries(
         self, *, now: float, limit: int, channels: Collection[str] | None = None
     ) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest event first, at most one
-        per (key, workspace, job) so that a job's alerts reach a recipient in order.
-        `channels` limits them to those channels (every recipient of each)."""
+        """Pending deliveries whose next attempt is due, oldest event first: of ungrouped
+        ones at most one per (key, workspace, job), the oldest pending delivery of that
+        job to that key (grouped or not), so that a job's alerts reach a recipient in
+        order; of grouped ones at most one per (key, group key), the group's oldest
+        pending member, standing for its group's next digest (`take_group`), whatever
+        else its job has pending. `channels` limits them to those channels (every
+        recipient of each)."""
 
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None: ...
 
@@ -206,6 +243,33 @@ class Store(Protocol):
         self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
     ) -> None:
         """Count a failed attempt; `next_attempt_at=None` dead-letters the delivery."""
+
+    # -- digests (watcher.notify.dispatcher) -------------------------------------------
+
+    async def take_group(
+        self, key: DeliveryKey, group_key: str, *, now: float, limit: int
+    ) -> list[Delivery]:
+        """What the group's next digest to `key` carries: its pending members due at
+        `now`, oldest event first, at most `limit` (the rest go in the next one). Unless
+        there are none, `now` is recorded as the group's last digest, in the same
+        transaction: members arriving from then on wait for the next digest."""
+
+    async def mark_group_delivered(
+        self, key: DeliveryKey, group_key: str, event_ids: Collection[str], *, at: float
+    ) -> None:
+        """Mark a digest's members delivered and `at` as the group's last digest, in one
+        transaction (members arriving later wait `group_interval` from `at`)."""
+
+    async def mark_group_failed(
+        self,
+        key: DeliveryKey,
+        event_ids: Collection[str],
+        *,
+        error: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        """`mark_failed` of each of a digest's members, in one transaction: one failed
+        attempt each, all with the same next attempt (None: all dead-lettered)."""
 
     async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]: ...
 
@@ -217,6 +281,19 @@ class Store(Protocol):
     async def prune(
         self, *, now: float, run_retention_days: float, event_retention_days: float
     ) -> PruneResult: ...
+
+    # -- reminders (watcher.notify.reminders) -------------------------------------------
+
+    async def due_reminders(self, *, now: float, limit: int) -> list[DueReminder]:
+        """Targets of open incidents whose next reminder is due at `now`, earliest first."""
+
+    async def next_reminder_at(self) -> float | None:
+        """When the next reminder of an open incident falls due (None: none is planned)."""
+
+    async def commit_reminder(self, commit: ReminderCommit) -> bool:
+        """Apply `commit` if its incident is still open and its target unchanged since it
+        was read; whether a new reminder delivery was queued. A reminder event already
+        stored (same id) is not queued again."""
 
     async def ping(self) -> None:
         """Raise StoreError unless the store can take a write now (readiness)."""

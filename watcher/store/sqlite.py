@@ -23,9 +23,11 @@ from watcher.store.base import (
     DeliveryKey,
     DeliveryPolicy,
     DeliveryStatus,
+    DueReminder,
     JobTimes,
     OutboxStats,
     PruneResult,
+    ReminderCommit,
     StoreConflict,
     StoreError,
     WorkspaceState,
@@ -673,24 +675,29 @@ class SQLiteStore:
 
     async def _group_due(self, key: DeliveryKey, policy: DeliveryPolicy, now: float) -> float:
         """When a new member of a delivery group goes out: with the members already
-        waiting; else `group_interval` after the group's last digest while that is still
-        ahead; else after `group_wait`, for company (Alertmanager's semantics)."""
+        pending, unless their digest went out since they fell due (it is in flight, or
+        they are the rest beyond its limit); then, or with none pending, `group_interval`
+        after the group's last digest while that is still ahead; else after
+        `group_wait`, for company (Alertmanager's semantics). A digest never gains a
+        member once taken (`take_group`): one re-sent after a crash is the same digest."""
         async with self._db.execute(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE channel = ? AND recipient = ? "
             "AND group_key = ? AND status = 'pending'",
             (key.channel, key.recipient, policy.group_key),
         ) as cursor:
             row = await cursor.fetchone()
-        if row is not None and row[0] is not None:
-            return float(row[0])
+        waiting = None if row is None or row[0] is None else float(row[0])
         async with self._db.execute(
             "SELECT last_sent_at FROM delivery_groups WHERE channel = ? AND recipient = ? "
             "AND group_key = ?",
             (key.channel, key.recipient, policy.group_key),
         ) as cursor:
             row = await cursor.fetchone()
-        if row is not None and float(row[0]) + policy.group_interval > now:
-            return float(row[0]) + policy.group_interval
+        last = None if row is None else float(row[0])
+        if waiting is not None and (last is None or last < waiting):
+            return waiting
+        if last is not None and (waiting is not None or last + policy.group_interval > now):
+            return last + policy.group_interval
         return now + policy.group_wait
 
     # -- outbox ------------------------------------------------------------------------
@@ -700,7 +707,11 @@ class SQLiteStore:
         self, *, now: float, limit: int, channels: Collection[str] | None = None
     ) -> list[Delivery]:
         # Head of line per (key, workspace, job): a job's later alert waits for its earlier
-        # one to the same channel and recipient (delivered or dead), so order is kept.
+        # one to the same channel and recipient (delivered or dead), so order is kept; an
+        # earlier grouped one too (a recovery never overtakes the failure's digest). A
+        # group's head is its oldest pending member, whatever its job has pending: the
+        # digest carries the group's members in order, and waiting per job could hold a
+        # whole group behind one job's retries.
         channel_filter = ""
         params: list[Any] = []
         if channels is not None:
@@ -708,22 +719,32 @@ class SQLiteStore:
             params.extend(channels)
         sql = (
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and ? placeholders only
-            f"WHERE d.status = 'pending' {channel_filter} AND e.seq = ("
-            "  SELECT MIN(e2.seq) FROM deliveries d2 JOIN events e2 ON e2.id = d2.event_id"
-            "  WHERE d2.channel = d.channel AND d2.recipient = d.recipient"
-            "  AND d2.status = 'pending'"
-            "  AND e2.workspace = e.workspace AND e2.job_id IS e.job_id"
-            ") AND d.next_attempt_at <= ? ORDER BY e.seq LIMIT ?"
+            f"WHERE d.status = 'pending' {channel_filter} AND d.next_attempt_at <= ? AND ("
+            "  (d.group_key = '' AND e.seq = ("
+            "    SELECT MIN(e2.seq) FROM deliveries d2 JOIN events e2 ON e2.id = d2.event_id"
+            "    WHERE d2.channel = d.channel AND d2.recipient = d.recipient"
+            "    AND d2.status = 'pending'"
+            "    AND e2.workspace = e.workspace AND e2.job_id IS e.job_id))"
+            "  OR (d.group_key != '' AND e.seq = ("
+            "    SELECT MIN(e2.seq) FROM deliveries d2 JOIN events e2 ON e2.id = d2.event_id"
+            "    WHERE d2.channel = d.channel AND d2.recipient = d.recipient"
+            "    AND d2.group_key = d.group_key AND d2.group_key != ''"
+            "    AND d2.status = 'pending'))"
+            ") ORDER BY e.seq LIMIT ?"
         )
         params.extend([now, limit])
         async with self._db.execute(sql, params) as cursor:
             rows = await cursor.fetchall()
-        due: list[Delivery] = []
+        return await self._readable(rows)
+
+    async def _readable(self, rows: Iterable[sqlite3.Row]) -> list[Delivery]:
+        """The deliveries of `rows`; one whose stored event cannot be read is
+        dead-lettered instead, so that it does not stop every other alert."""
+        readable: list[Delivery] = []
         for row in rows:
             try:
-                due.append(_delivery(row))
+                readable.append(_delivery(row))
             except ValidationError as exc:
-                # One unreadable payload must not stop every other alert: dead-letter it.
                 await self._db.execute(
                     "UPDATE deliveries SET status = 'dead', last_error = ? "
                     "WHERE event_id = ? AND channel = ? AND recipient = ?",
@@ -734,7 +755,7 @@ class SQLiteStore:
                         row[2],
                     ),
                 )
-        return due
+        return readable
 
     @_locked
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
@@ -756,6 +777,86 @@ class SQLiteStore:
             "WHERE event_id = ? AND channel = ? AND recipient = ?",
             (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient),
         )
+
+    # -- digests (watcher.notify.dispatcher) -------------------------------------------
+
+    @_locked
+    async def take_group(
+        self, key: DeliveryKey, group_key: str, *, now: float, limit: int
+    ) -> list[Delivery]:
+        # Only the members due: those arriving once the digest is taken wait for the
+        # next (see _group_due), so a digest re-sent after a crash is the same digest.
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d "  # noqa: S608 - constants and ? placeholders only
+                "JOIN events e ON e.id = d.event_id WHERE d.channel = ? AND d.recipient = ? "
+                "AND d.group_key = ? AND d.group_key != '' AND d.status = 'pending' "
+                "AND d.next_attempt_at <= ? ORDER BY e.seq LIMIT ?",
+                (key.channel, key.recipient, group_key, now, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+            members = await self._readable(rows)
+            if members:
+                await self._group_sent(key, group_key, now)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        return members
+
+    async def _group_sent(self, key: DeliveryKey, group_key: str, at: float) -> None:
+        """Record `at` as when the group's latest digest went out (never moving back)."""
+        await self._db.execute(
+            "INSERT INTO delivery_groups (channel, recipient, group_key, last_sent_at) "
+            "VALUES (?,?,?,?) ON CONFLICT (channel, recipient, group_key) "
+            "DO UPDATE SET last_sent_at = MAX(last_sent_at, excluded.last_sent_at)",
+            (key.channel, key.recipient, group_key, at),
+        )
+
+    @_locked
+    async def mark_group_delivered(
+        self, key: DeliveryKey, group_key: str, event_ids: Collection[str], *, at: float
+    ) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(
+                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, "
+                "delivered_at = ?, last_error = NULL "
+                "WHERE event_id = ? AND channel = ? AND recipient = ?",
+                [(at, event_id, key.channel, key.recipient) for event_id in event_ids],
+            )
+            await self._group_sent(key, group_key, at)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+
+    @_locked
+    async def mark_group_failed(
+        self,
+        key: DeliveryKey,
+        event_ids: Collection[str],
+        *,
+        error: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        status = "dead" if next_attempt_at is None else "pending"
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at) "
+                "WHERE event_id = ? AND channel = ? AND recipient = ?",
+                [
+                    (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient)
+                    for event_id in event_ids
+                ],
+            )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
 
     @_locked
     async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]:
@@ -841,6 +942,95 @@ class SQLiteStore:
             raise
         return PruneResult(runs=runs.rowcount, events=events.rowcount)
 
+    # -- reminders (watcher.notify.reminders) -------------------------------------------
+
+    @_locked
+    async def due_reminders(self, *, now: float, limit: int) -> list[DueReminder]:
+        # The join on state = 'open' decides: a resolved incident is never reminded of.
+        async with self._db.execute(
+            "SELECT i.record, i.version, t.channel, t.recipient, t.repeat_every, "
+            "t.next_repeat_at, t.repeats, e.payload, EXISTS (SELECT 1 FROM deliveries d "
+            "JOIN events p ON p.id = d.event_id WHERE d.status = 'pending' "
+            "AND d.channel = t.channel AND d.recipient = t.recipient "
+            "AND json_extract(p.payload, '$.incident.id') = t.incident_id) "
+            "FROM incident_targets t JOIN incidents i ON i.id = t.incident_id "
+            "LEFT JOIN events e ON e.id = json_extract(i.record, '$.last_event_id') "
+            "WHERE t.next_repeat_at IS NOT NULL AND t.next_repeat_at <= ? "
+            "AND t.repeat_every > 0 AND i.state = 'open' "
+            "ORDER BY t.next_repeat_at, t.incident_id, t.channel, t.recipient LIMIT ?",
+            (now, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        due: list[DueReminder] = []
+        for row in rows:
+            with contextlib.suppress(ValidationError):  # an unreadable incident: no reminder
+                due.append(_due_reminder(row))
+        return due
+
+    @_locked
+    async def next_reminder_at(self) -> float | None:
+        async with self._db.execute(
+            "SELECT MIN(t.next_repeat_at) FROM incident_targets t "
+            "JOIN incidents i ON i.id = t.incident_id "
+            "WHERE t.next_repeat_at IS NOT NULL AND t.repeat_every > 0 AND i.state = 'open'"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    @_locked
+    async def commit_reminder(self, commit: ReminderCommit) -> bool:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not await self._advance_target(commit):
+                await self._db.execute("ROLLBACK")
+                return False
+            queued = commit.event is not None and await self._add_reminder(commit, commit.event)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        return queued
+
+    async def _advance_target(self, commit: ReminderCommit) -> bool:
+        """Move the target's next reminder on, only while its incident is open and the
+        target is as it was read (a new event of the incident restarts the wait)."""
+        cursor = await self._db.execute(
+            "UPDATE incident_targets SET next_repeat_at = ?, repeats = ? "
+            "WHERE incident_id = ? AND channel = ? AND recipient = ? "
+            "AND next_repeat_at = ? AND repeats = ? AND EXISTS (SELECT 1 FROM incidents "
+            "WHERE incidents.id = incident_targets.incident_id AND incidents.state = 'open')",
+            (
+                commit.next_repeat_at,
+                commit.repeats,
+                commit.incident_id,
+                commit.key.channel,
+                commit.key.recipient,
+                commit.read_next_repeat_at,
+                commit.read_repeats,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    async def _add_reminder(self, commit: ReminderCommit, event: Event) -> bool:
+        """The reminder event and its one delivery, unless that event is stored already
+        (its id is derived from the incident, target and number: never twice)."""
+        cursor = await self._db.execute(
+            "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, created_at) "
+            "VALUES (?,?,?,?,?,?)",
+            (
+                event.id,
+                event.workspace,
+                event.job.job_id,
+                event.type.value,
+                event.model_dump_json(exclude_none=True),
+                commit.committed_at,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False
+        await self._add_deliveries(event.id, [commit.key], "pending", commit.committed_at, {})
+        return True
+
     @_locked
     async def event_ids(self) -> list[str]:
         """Every stored event id in commit order (for checks and the crash test)."""
@@ -901,3 +1091,19 @@ def _delivery(row: Any) -> Delivery:
 
 def _incident(row: Any) -> Incident:
     return Incident.model_validate_json(row[0]).model_copy(update={"version": int(row[1])})
+
+
+def _due_reminder(row: Any) -> DueReminder:
+    try:
+        latest = None if row[7] is None else Event.model_validate_json(row[7])
+    except ValidationError:
+        latest = None  # unreadable: the reminder is held, not the loop
+    return DueReminder(
+        incident=_incident(row),
+        key=DeliveryKey(row[2], row[3]),
+        repeat_every=float(row[4]),
+        next_repeat_at=float(row[5]),
+        repeats=int(row[6]),
+        latest=latest,
+        pending=bool(row[8]),
+    )
