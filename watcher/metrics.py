@@ -193,14 +193,20 @@ class Metrics:
     def _declare_alert_metrics(self, r: CollectorRegistry) -> None:
         """Alert routing, delivery and the outbox."""
         self.alerts_sent = Counter(
-            "watcher_alerts_sent", "Alerts delivered.", ("channel",), registry=r
+            "watcher_alerts_sent",
+            "Alert messages delivered (a digest counts once).",
+            ("channel",),
+            registry=r,
         )
         self.alerts_failed = Counter(
-            "watcher_alerts_failed", "Failed alert delivery attempts.", ("channel",), registry=r
+            "watcher_alerts_failed",
+            "Failed delivery attempts (a digest counts once).",
+            ("channel",),
+            registry=r,
         )
         self.alerts_dead = Counter(
             "watcher_alerts_dead_lettered",
-            "Alerts given up and dead-lettered.",
+            "Alert messages given up and dead-lettered (a digest counts once).",
             ("channel",),
             registry=r,
         )

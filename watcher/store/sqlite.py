@@ -936,6 +936,14 @@ class SQLiteStore:
                 "DELETE FROM incidents WHERE state = 'resolved' AND resolved_at < ?",
                 (event_cutoff,),
             )
+            # A group idle for as long is a new group again (group_wait applies anyway).
+            await self._db.execute(
+                "DELETE FROM delivery_groups WHERE last_sent_at < ? AND NOT EXISTS ("
+                "SELECT 1 FROM deliveries d WHERE d.channel = delivery_groups.channel "
+                "AND d.recipient = delivery_groups.recipient "
+                "AND d.group_key = delivery_groups.group_key AND d.status = 'pending')",
+                (event_cutoff,),
+            )
             await self._db.execute("COMMIT")
         except BaseException:
             await self._rollback()
