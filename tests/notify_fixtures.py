@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import ssl
-from collections.abc import Callable
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pytest
 import trustme
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -246,3 +252,154 @@ async def start_smtp(
     )
     bound: int = server.sockets[0].getsockname()[1]
     return SmtpServer(mailbox, bound, server)
+
+
+# -- PagerDuty, keeping incidents ------------------------------------------------------------
+
+PdStatus = Literal["triggered", "acknowledged", "resolved"]
+
+
+@dataclass
+class PdIncident:
+    """One PagerDuty incident: opened by a trigger, deduplicated by its dedup_key while
+    open, ended by a resolve."""
+
+    dedup_key: str
+    triggered_at: float
+    status: PdStatus = "triggered"
+    triggers: int = 1
+    """Trigger events deduplicated into it (the first included)."""
+    resolved_at: float | None = None
+
+
+@dataclass
+class PagerDutyService:
+    """A real HTTP server answering POST /v2/enqueue as the Events API v2 does: a trigger
+    opens an incident for its dedup_key unless one is open (then it counts in that one),
+    acknowledge and resolve act on the open one (a resolve with none open does nothing),
+    every accepted event is answered 202 {"status": "success", ...}, an invalid one 400."""
+
+    clock: Clock
+    routing_key: str = "fake-routing-key"
+    incidents: list[PdIncident] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def open(self, dedup_key: str) -> PdIncident | None:
+        return next(
+            (i for i in self.incidents if i.dedup_key == dedup_key and i.status != "resolved"),
+            None,
+        )
+
+    def of(self, dedup_key: str) -> list[PdIncident]:
+        return [i for i in self.incidents if i.dedup_key == dedup_key]
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v2/enqueue", self._enqueue)
+        self._runner, base = await serve(app)
+        self.url = f"{base}/v2/enqueue"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _enqueue(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return self._invalid("body is not JSON")
+        errors = _pd_errors(body, self.routing_key)
+        if errors:
+            return self._invalid(*errors)
+        self.events.append(body)
+        key, action = str(body["dedup_key"]), body["event_action"]
+        incident = self.open(key)
+        if action == "trigger" and incident is None:
+            self.incidents.append(PdIncident(key, self.clock.time()))
+        elif action == "trigger" and incident is not None:
+            incident.triggers += 1
+        elif action == "acknowledge" and incident is not None:
+            incident.status = "acknowledged"
+        elif action == "resolve" and incident is not None:
+            incident.status, incident.resolved_at = "resolved", self.clock.time()
+        answer = {"status": "success", "message": "Event processed", "dedup_key": key}
+        return web.json_response(answer, status=202)
+
+    @staticmethod
+    def _invalid(*errors: str) -> web.Response:
+        answer = {"status": "invalid event", "message": "Event object is invalid"}
+        return web.json_response({**answer, "errors": list(errors)}, status=400)
+
+
+def _pd_errors(body: Any, routing_key: str) -> list[str]:
+    """What the Events API v2 would reject of `body` (the parts the watcher sends)."""
+    if not isinstance(body, dict):
+        return ["body is not an object"]
+    errors = []
+    if body.get("routing_key") != routing_key:
+        errors.append("routing_key is wrong")
+    if body.get("event_action") not in ("trigger", "acknowledge", "resolve"):
+        errors.append("event_action must be trigger, acknowledge or resolve")
+    if not isinstance(body.get("dedup_key"), str) or not 0 < len(body["dedup_key"]) <= 255:
+        errors.append("dedup_key must be a string of 1 to 255 characters")
+    if body.get("event_action") == "trigger":
+        payload = body.get("payload")
+        if not isinstance(payload, dict) or not all(
+            payload.get(k) for k in ("summary", "source", "severity")
+        ):
+            errors.append("payload needs summary, source and severity")
+    return errors
+
+
+# -- a real Alertmanager -----------------------------------------------------------------------
+
+ALERTMANAGER = "prometheus-alertmanager"
+
+
+@contextmanager
+def run_alertmanager(directory: Path, config: str) -> Iterator[str]:
+    """A private Alertmanager (Debian package prometheus-alertmanager) with `config` (its
+    YAML) on a free port, clustering off, its files in `directory`: its base URL once it
+    is ready; stopped on the way out."""
+    binary = shutil.which(ALERTMANAGER) or f"/usr/bin/{ALERTMANAGER}"
+    if not Path(binary).exists():
+        pytest.fail(f"{ALERTMANAGER} is not installed (Debian package prometheus-alertmanager)")
+    (directory / "alertmanager.yml").write_text(config)
+    port = free_port()
+    log = directory / "alertmanager.log"  # a file: a pipe nobody reads would fill and stall it
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={directory / 'alertmanager.yml'}",
+                f"--storage.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:  # noqa: S310 - local test server
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"alertmanager did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)

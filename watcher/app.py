@@ -32,11 +32,12 @@ from watcher.notify.base import Channel
 from watcher.notify.channels import build_channels, close_channels
 from watcher.notify.dispatcher import Dispatcher
 from watcher.notify.payloads import workspace_ids
-from watcher.notify.router import router_for
+from watcher.notify.reminders import Reminders
+from watcher.notify.router import RoutingTable, table_router
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
 from watcher.server import Probes, StatusServer, WorkspaceHealth
-from watcher.store.base import CycleCommit, Store, StoreError
+from watcher.store.base import CycleCommit, ReminderCommit, Store, StoreError
 from watcher.store.sqlite import SQLiteStore
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,7 @@ class Daemon:
     clients: list[JobsClient]
     channels: dict[str, Channel]
     dispatcher: Dispatcher
+    reminders: Reminders
     server: StatusServer | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -192,18 +194,22 @@ def _assemble(
     dispatcher = Dispatcher(
         store=store, channels=channels, clock=clock, on_result=metrics.observe_delivery
     )
+    # One compiled table: the pipeline routes with it, reminders ask its silences.
+    table = RoutingTable.compile(config.routing)
+    reminders = Reminders(store=store, table=table, clock=clock, on_queued=dispatcher.wake)
 
     def committed(report: CommitReport) -> None:
         metrics.observe_commit(report)
         if report.events:
             dispatcher.wake()
+            reminders.wake()  # the events may have given incidents new targets
 
     pipeline = Pipeline(
         store=store,
         health_rules=config.health_rules,
         startup=config.startup,
         clock=clock,
-        route=router_for(config.routing, clock=clock, on_failure=metrics.observe_routing_failure),
+        route=table_router(table, clock=clock, on_failure=metrics.observe_routing_failure),
         on_commit=committed,
     )
     clients: list[JobsClient] = []
@@ -225,7 +231,9 @@ def _assemble(
             )
         )
         metrics.poll_interval.labels(workspace.name).set(workspace.poll_interval)
-    return Daemon(config, store, metrics, pipeline, pollers, clients, channels, dispatcher)
+    return Daemon(
+        config, store, metrics, pipeline, pollers, clients, channels, dispatcher, reminders
+    )
 
 
 async def run_once(daemon: Daemon) -> list[Event]:
@@ -291,7 +299,8 @@ async def serve(
     others = [
         guarded_task(
             daemon.dispatcher.run(stop=inner_stop, grace=shutdown_grace), name="dispatcher"
-        )
+        ),
+        guarded_task(daemon.reminders.run(stop=inner_stop), name="reminders"),
     ]
     daemon.tasks = [*loops, housekeeping, *others]
     log.info(
@@ -374,3 +383,6 @@ class _DryRun:
 
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
         return list(commit.events)
+
+    async def commit_reminder(self, commit: ReminderCommit) -> bool:
+        return False

@@ -11,9 +11,9 @@ the same for every event of one watcher incident, so re-sending is idempotent.
   `resolve_after` must be at least twice `resend_interval` for it not to lapse between
   two posts.
 - Resolved: the event that resolves the incident (`job_recovered`, `incident_resolved`)
-  sends the same labels with `endsAt` = the resolve time, at least a minute in the past
-  (an `endsAt` in Alertmanager's future would not resolve), and `startsAt` the opening
-  time, never after `endsAt`. A recovery without an incident resolves the job's failure
+  sends the same labels with `startsAt` = the opening time and `endsAt` = the resolve
+  time, at least a minute in the past (an `endsAt` in Alertmanager's future would not
+  resolve), but never before `startsAt`. A recovery without an incident resolves the job's failure
   alert, as before incidents.
 """
 
@@ -144,9 +144,15 @@ class AlertmanagerChannel(HttpChannel[AlertmanagerChannelConfig]):
             )
         resolved = (incident.resolved_at if incident else None) or event.occurred_at
         # An endsAt in Alertmanager's future does not resolve (the firing endsAt wins),
-        # so stay clear of clock skew between the workspace, us and Alertmanager.
+        # so stay clear of clock skew between the workspace, us and Alertmanager...
         ends = min(resolved, now - RESOLVE_SKEW)
-        return min(opened, ends), ends
+        if incident is None:
+            return ends, ends  # a recovery of a failure paged before incidents: start unknown
+        # ...but never before the incident opened: Alertmanager would take an alert that
+        # ended before the firing one started for a new alert, and replace the firing one
+        # with it, start time and all. An incident younger than the skew ends as it opened.
+        ends = max(opened, ends)
+        return opened, ends
 
     def annotations(self, event: Event, values: dict[str, Any]) -> dict[str, str]:
         annotations = {

@@ -280,6 +280,11 @@ class RoutingTable:
         delivered = [*keys, *followed]
         return Routing(channels=delivered, policies=self._policies(delivered, wanted, event))
 
+    def silenced(self, event: Event, now: float) -> bool:
+        """Whether a silence active at `now` matches `event` (reminders ask this; raises
+        like `route` for a silence that cannot be evaluated)."""
+        return any(s.starts_at <= now < s.ends_at and s.match(event) for s in self.silences)
+
     def _expresses(self, key: DeliveryKey, event: Event) -> bool:
         return serves(key, self.channels) and self.channels[key.channel].accepts(event.type)
 
