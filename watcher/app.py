@@ -125,6 +125,7 @@ class Daemon:
             ],
             "outbox_pending": stats.pending,
             "dead_letters": stats.dead,
+            "incidents_open": dict(stats.incidents_open),
         }
 
 
