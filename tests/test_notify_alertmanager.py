@@ -4,68 +4,28 @@ alerts are pushed, then read back from its API."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.notify_fixtures import free_port, make_event
+from tests.notify_fixtures import make_event, run_alertmanager
 from watcher.clock import ManualClock
 from watcher.config.channels import AlertmanagerChannelConfig
 from watcher.events import EventType, IncidentRef, RuleRef
 from watcher.notify.alertmanager import AlertmanagerChannel
 from watcher.notify.base import Sent
 
-BINARY = "prometheus-alertmanager"
-
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private Alertmanager on a free port, clustering off, stopped afterwards."""
-    binary = shutil.which(BINARY) or f"/usr/bin/{BINARY}"
-    if not Path(binary).exists():
-        pytest.fail(f"{BINARY} is not installed (Debian package prometheus-alertmanager)")
-    tmp = tmp_path_factory.mktemp("alertmanager")
-    config = tmp / "alertmanager.yml"
-    config.write_text("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")
-    port = free_port()
-    log = tmp / "alertmanager.log"  # a file: a pipe nobody reads would fill and stall it
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=output,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:  # noqa: S310 - local test server
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                err = log.read_text(errors="replace")
-                pytest.fail(f"alertmanager did not start: {err[-2000:]}")
-            time.sleep(0.1)
+    """A private Alertmanager that notifies nobody, shared by the module's tests."""
+    config = "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n"
+    with run_alertmanager(tmp_path_factory.mktemp("alertmanager"), config) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def active_alerts(url: str, **labels: str) -> list[dict[str, Any]]:
