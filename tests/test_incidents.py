@@ -13,16 +13,19 @@ from typing import Any, cast
 
 import pytest
 
+from tests.notify_fixtures import make_config
 from tests.wiring import config_for
 from watcher.app import Daemon, build, close, run_once
 from watcher.clock import ManualClock
-from watcher.config import Config, RoutingConfig
+from watcher.config import Config, HealthRulesConfig, RoutingConfig, StartupConfig
 from watcher.databricks.models import Run, RunState
-from watcher.domain import Incident
+from watcher.domain import Incident, PollResult
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
 from watcher.incidents import KEY_LIMIT, IncidentBook, incident_key, resolution
 from watcher.notify.cli import incidents as incidents_command
 from watcher.notify.incidents import resolve_manually
+from watcher.notify.router import RoutingTable, table_router
+from watcher.pipeline import Pipeline
 from watcher.simulator import Simulator
 from watcher.store.base import CycleCommit, DeliveryKey, Store, StoreConflict
 from watcher.store.sqlite import SQLiteStore
@@ -405,3 +408,105 @@ async def test_a_cycle_planned_before_an_operator_resolve_is_planned_again(
     assert second.streak.consecutive_failures == 2
     stored = {i.id: (i.is_open, i.cause) for i in await store.incidents()}
     assert stored == {first.incident.id: (False, "manual"), second.incident.id: (True, None)}
+
+
+def test_a_run_without_a_job_fails_without_an_incident_but_breaches_with_one() -> None:
+    """A one-time run has no later run to recover it: its failure is a one-off alert. Its
+    duration breach is an incident, resolved when the run ends."""
+    book = IncidentBook.of("ws", {})
+    assert book.record(make_event(EventType.RUN_FAILED, job_id=None)).incident is None
+    breach = book.record(make_event(EventType.RUN_DURATION_EXCEEDED, job_id=None, rule="job"))
+    assert breach.incident is not None
+    assert breach.incident.key == "ws/run/1/duration/job"
+    assert [e.type for e in book.run_ended(1, None, resolved_by_end)] == [
+        EventType.INCIDENT_RESOLVED
+    ]
+
+
+async def test_an_incident_opened_and_resolved_in_one_cycle_resolves_where_it_went(
+    tmp_path: Path,
+) -> None:
+    """A run first seen finished over its rule breaches and ends in one cycle: the resolve
+    follows the breach to PagerDuty, though no route sends resolves there."""
+    config = make_config(
+        channels={"pd": {"type": "pagerduty", "routing_key": "fake-routing-key"}},
+        routes=[{"match": {"event_types": ["run_duration_exceeded"]}, "channels": ["pd"]}],
+    )
+    store = await SQLiteStore.open(tmp_path / "s.db")
+    clock = ManualClock(start=1_700_000_000.0)
+    pipeline = Pipeline(
+        store=store,
+        health_rules=HealthRulesConfig(default_seconds=20),
+        startup=StartupConfig(),
+        clock=clock,
+        route=table_router(RoutingTable.compile(config.routing), clock=clock),
+    )
+    now = 1_700_000_000_000
+    run = Run.model_validate(
+        {
+            "run_id": 5,
+            "job_id": 7,
+            "run_name": "etl",
+            "state": {"life_cycle_state": "TERMINATED", "result_state": "SUCCESS"},
+            "start_time": now - 40_000,
+            "end_time": now - 5_000,
+        }
+    )
+    result = PollResult(
+        workspace="prod",
+        runs=[run],
+        jobs={},
+        vanished=[],
+        watermark_ms=now,
+        server_now_ms=now,
+        news_since_ms=now - 60_000,
+        requests=1,
+    )
+    try:
+        events = await pipeline.handle(result)
+        due = await store.due_deliveries(now=clock.time() + 1, limit=10)
+        breach = events[0].incident
+        assert breach is not None
+        targets = await store.incident_targets([breach.id])
+        await store.mark_delivered(events[0].id, DeliveryKey("pd"), at=clock.time())
+        then = await store.due_deliveries(now=clock.time() + 1, limit=10)
+    finally:
+        await store.close()
+    assert [e.type for e in events] == [
+        EventType.RUN_DURATION_EXCEEDED,
+        EventType.RUN_SUCCEEDED,
+        EventType.INCIDENT_RESOLVED,
+    ]
+    # One at a time per job and target (the head of line): the breach, then its resolve.
+    assert [(d.event.type, str(d.key)) for d in due] == [(EventType.RUN_DURATION_EXCEEDED, "pd")]
+    assert [(d.event.type, str(d.key)) for d in then] == [(EventType.INCIDENT_RESOLVED, "pd")]
+    assert targets == {breach.id: [DeliveryKey("pd")]}
+
+
+async def test_an_item_reported_again_after_its_incident_was_resolved_and_pruned(
+    watched: Watched,
+) -> None:
+    """An unreadable run's incident is resolved by hand; days later pruning runs while the
+    run is still reported under its one event id: the event that opened the incident is
+    kept with it, so the report stays known and opens no second incident under the first
+    one's id (which would fail every cycle of the workspace)."""
+    ws = watched.sim.workspace
+    job = ws.create_job("odd")
+    run_id = ws.start_run(job, setup_s=0, execution_s=30 * 86_400, cleanup_s=0)
+    ws.poison_run(run_id, {"start_time": "yesterday"})
+    for _ in range(4):
+        await watched.cycle(30)
+    (incident,) = await watched.daemon.store.incidents(open_only=True)
+    watched.clock.advance(5 * 86_400)
+    await resolve_manually(
+        watched.daemon.store, watched.config.routing, incident.id, clock=watched.clock
+    )
+    await watched.daemon.dispatcher.drain()
+    watched.clock.advance(4 * 86_400)
+    await watched.daemon.store.prune(
+        now=watched.clock.time(), run_retention_days=60, event_retention_days=7
+    )
+    for _ in range(3):
+        assert await watched.cycle(30) == []
+    stored = await watched.daemon.store.incidents()
+    assert [(i.id, i.is_open) for i in stored] == [(incident.id, False)]

@@ -365,3 +365,35 @@ def test_a_resolve_follows_its_incident_even_where_routes_or_silences_say_no() -
     assert pair(Routed(routing.channels, routing.silenced)) == (keys(["pd", "slack"]), [])
     failure = route(make_event(), config=config.routing, job_settings=None, now=NOW)
     assert pair(Routed(failure.channels, failure.silenced)) == ([], keys(["pd"]))
+
+
+def test_a_resolve_is_never_silenced_nor_grouped_where_its_incident_went() -> None:
+    """Without routes every channel takes every event; a silence is active. The recovery
+    still goes to the channel its incident went to (only the others are held), and goes
+    there alone even when a grouping route also chose that channel."""
+    config = make_config(
+        channels=CHANNELS,
+        workspaces=WORKSPACES,
+        silences=[{"starts_at": "2023-11-14T21:00:00Z", "ends_at": "2023-11-14T23:00:00Z"}],
+    )
+    event = make_event(EventType.JOB_RECOVERED)
+    routing = route(event, config=config.routing, job_settings=None, now=NOW, follow=keys(["pd"]))
+    assert routing.channels == keys(["pd"])
+    assert DeliveryKey("pd") not in routing.silenced
+    assert DeliveryKey("slack") in routing.silenced
+    grouping = make_config(
+        channels=CHANNELS,
+        workspaces=WORKSPACES,
+        routes=[{"channels": ["slack", "hook"], "group_by": ["workspace"]}],
+    )
+    routing = route(
+        event, config=grouping.routing, job_settings=None, now=NOW, follow=keys(["slack"])
+    )
+    assert set(routing.channels) == set(keys(["slack", "hook"]))
+    assert routing.policies[DeliveryKey("hook")].group_key != ""
+    assert routing.policies.get(DeliveryKey("slack"), DeliveryPolicy()).group_key == ""
+
+
+def test_repeat_interval_is_0_or_at_least_a_minute() -> None:
+    with pytest.raises(ValueError, match="repeat_interval: 5: at least 60 seconds"):
+        make_config(channels=CHANNELS, routes=[{"channels": ["slack"], "repeat_interval": 5}])

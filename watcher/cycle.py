@@ -243,7 +243,7 @@ class _Planned:
         )
 
         def make(incident: Incident) -> Event:
-            rule_name = incident.key.rpartition("/duration/")[2]
+            rule_name = incident.rule or incident.key.rpartition("/duration/")[2]
             # The rule as the run has it now; a rule no longer applied (a vanished run, a
             # changed config) is named only: the resolve matches the alert by name.
             rule = next(

@@ -108,6 +108,8 @@ class Incident(BaseModel):
     kind: str
     """`failure`, `duration` or `unreadable`."""
     job_id: int | None = None
+    rule: str | None = None
+    """For a duration incident: the name of the rule its runs broke."""
     opened_at_ms: int
     opened_by: str
     """Id of the event that opened it."""

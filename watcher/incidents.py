@@ -135,7 +135,9 @@ class IncidentBook:
         if event.type is EventType.JOB_RECOVERED:
             return self._recovered(event)
         kind = _OPENS.get(event.type)
-        if kind is None:
+        if kind is None or (kind == "failure" and event.job.job_id is None):
+            # A run without a job (a one-time submit) has no later run to recover it: its
+            # failure is a one-off alert, not an incident that could never resolve.
             return event
         key = incident_key(event, kind)
         existing = self.open.get(key)
@@ -147,6 +149,7 @@ class IncidentBook:
                 key=key,
                 kind=kind,
                 job_id=event.job.job_id,
+                rule=event.rule.name if kind == "duration" and event.rule else None,
                 opened_at_ms=_ms(event.occurred_at),
                 opened_by=event.id,
                 last_event_id=event.id,

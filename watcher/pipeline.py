@@ -132,15 +132,21 @@ class Pipeline:
 
     async def _route_all(self, plan: CyclePlan) -> dict[str, Routed]:
         """event id -> where it goes (nothing without a router). A resolve also goes where
-        its incident's earlier events went."""
+        its incident's earlier events went: those committed before, and those of this
+        very cycle (an incident opened and resolved in one cycle)."""
         if self._route is None:
             return {}
         resolving = [e.incident.id for e in plan.events if e.incident and _resolves(e)]
         targets = await self._store.incident_targets(resolving) if resolving else {}
         routed: dict[str, Routed] = {}
         for event in plan.events:
-            follow = targets.get(event.incident.id, []) if event.incident else []
-            routed[event.id] = self._route(event, plan.settings_of[event.id], follow)
+            incident = event.incident.id if event.incident else None
+            follow = targets.setdefault(incident, []) if incident else []
+            resolves = _resolves(event)
+            route = self._route(event, plan.settings_of[event.id], follow if resolves else [])
+            routed[event.id] = route
+            if incident and not resolves:
+                follow.extend(k for k in route.channels if k not in follow)
         return routed
 
 

@@ -26,6 +26,8 @@ class RouteMatch(JobMatch):
 
 
 GROUP_FIELDS = ("workspace", "job", "event_type")
+MIN_REPEAT_INTERVAL = 60.0
+"""Reminders more often than this would be a storm of their own."""
 """What a route may group by, besides `tag:<name>`."""
 
 
@@ -42,7 +44,8 @@ class RouteConfig(Section):
     repeat_interval: float | None = Field(
         default=None,
         ge=0,
-        description="Seconds between reminders while an incident stays open; 0 = none "
+        description="Seconds between reminders while an incident stays open (at least 60); "
+        "0 = none "
         "(default: 4 h for email, none for other channels; Alertmanager is re-posted every "
         "its resend_interval regardless).",
     )
@@ -65,6 +68,14 @@ class RouteConfig(Section):
             for i, name in enumerate(self.group_by)
             if name not in GROUP_FIELDS and not (name.startswith("tag:") and len(name) > 4)
         ]
+        if self.repeat_interval and self.repeat_interval < MIN_REPEAT_INTERVAL:
+            bad.append(
+                (
+                    "repeat_interval",
+                    f"{self.repeat_interval:g}: at least {MIN_REPEAT_INTERVAL:g} seconds, "
+                    "or 0 for no reminders",
+                )
+            )
         if bad:
             raise FieldErrors(bad)
         return self

@@ -177,8 +177,7 @@ def repeat_every(channel: BaseChannelConfig, route: Route | None) -> float | Non
     """Seconds between reminders of an open incident through `channel`, chosen by `route`
     (None: none)."""
     if isinstance(channel, AlertmanagerChannelConfig):
-        resend: float = getattr(channel, "resend_interval", 300.0)
-        return resend
+        return channel.resend_interval
     chosen = route.repeat_interval if route is not None else None
     if chosen is None and isinstance(channel, EmailChannelConfig):
         chosen = EMAIL_REPEAT_INTERVAL
@@ -271,14 +270,14 @@ class RoutingTable:
         if self.job_emails is not None and job_settings is not None:
             for key in self._job_channels(event, job_settings):
                 wanted.setdefault(key, None)
-        keys = [key for key in wanted if self._expresses(key, event)]
-        followed = [key for key in follow if key not in keys and self._expresses(key, event)]
-        if keys and any(s.starts_at <= now < s.ends_at and s.match(event) for s in self.silences):
-            return Routing(
-                channels=followed, silenced=keys, policies=self._policies(followed, {}, event)
-            )
-        delivered = [*keys, *followed]
-        return Routing(channels=delivered, policies=self._policies(delivered, wanted, event))
+        followed = list(dict.fromkeys(k for k in follow if self._expresses(k, event)))
+        # A resolve goes to its incident's channels as it is: never silenced, never grouped.
+        keys = [k for k in wanted if k not in followed and self._expresses(k, event)]
+        policies = self._policies(followed, {}, event)
+        if keys and self.silenced(event, now):
+            return Routing(channels=followed, silenced=keys, policies=policies)
+        policies |= self._policies(keys, wanted, event)
+        return Routing(channels=[*keys, *followed], policies=policies)
 
     def silenced(self, event: Event, now: float) -> bool:
         """Whether a silence active at `now` matches `event` (reminders ask this; raises
