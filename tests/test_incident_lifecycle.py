@@ -33,7 +33,7 @@ PAGING = ["run_failed", "run_duration_exceeded", "job_recovered", "incident_reso
 
 # -- a real Alertmanager, in real time ------------------------------------------------------
 
-RESOLVE_AFTER = 4.0
+RESOLVE_AFTER = 5.0
 RESEND_INTERVAL = 1.0
 
 
@@ -94,8 +94,8 @@ async def live_sim() -> AsyncIterator[Simulator]:
 async def test_alertmanager_keeps_firing_while_the_job_fails_and_resolves_on_recovery(
     tmp_path: Path, live_sim: Simulator, live_receiver: Receiver
 ) -> None:
-    """The daemon runs (app.serve) against a real Alertmanager with resolve_after 4 s and
-    resend_interval 1 s. A job fails, and fails again 6 s later: for 3 x resolve_after
+    """The daemon runs (app.serve) against a real Alertmanager with resolve_after 5 s and
+    resend_interval 1 s. A job fails, and fails again 7 s later: for 3 x resolve_after
     the alert stays active (GET /api/v2/alerts), kept so by reminders between the
     failures. The job recovers: Alertmanager notifies its receiver that the alert is
     resolved, starting at the first failure's time and ending after that, not after now;
@@ -141,11 +141,11 @@ async def watch_it_fail_and_recover(
     while (elapsed := time.monotonic() - firing_since) < 3 * RESOLVE_AFTER:
         states = [a["status"]["state"] for a in get_alerts(am, job)]
         assert states == ["active"], f"{elapsed:.1f}s after the alert fired: {states}"
-        if elapsed > 6 and not failed_again:
+        if elapsed > 7 and not failed_again:
             ws.start_run(job, setup_s=0, execution_s=0.2, cleanup_s=0, result="FAILED")
             failed_again = True
         await asyncio.sleep(0.2)
-    # A failure every 6 s cannot keep a 4 s alert alive: reminders did, a second apart.
+    # A failure every 7 s cannot keep a 5 s alert alive: reminders did, a second apart.
     assert reminders_stored(db) >= 2 * RESOLVE_AFTER / RESEND_INTERVAL
     ws.start_run(job, setup_s=0, execution_s=0.2, cleanup_s=0)
     await wait_until(lambda: notified(hook, "resolved", job) != [], "the resolve", limit=8)
@@ -183,7 +183,7 @@ async def test_every_pagerduty_incident_the_watcher_triggers_is_resolved_once(
 ) -> None:
     """A scripted workload (a job that fails twice then succeeds; a run over its duration
     rule that then ends; a failed run repaired into a success), its PagerDuty route
-    reminding every 10 min: PagerDuty ends up with one incident per watcher incident
+    (failures and breaches only) reminding every 10 min: PagerDuty ends up with one incident per watcher incident
     (its key, re-triggered by the second failure and by reminders), every one resolved;
     the duration incident in the cycle that saw its run end. No dedup_key was opened
     twice (a trigger after a resolve would have opened a second incident for its key),
@@ -193,7 +193,9 @@ async def test_every_pagerduty_incident_the_watcher_triggers_is_resolved_once(
     slow = ws.create_job("slow", duration_threshold_s=60)
     fixed = ws.create_job("fixed")
     pd = {"type": "pagerduty", "routing_key": "fake-routing-key", "url": pagerduty.url}
-    route = {"match": {"event_types": PAGING}, "channels": ["pd"], "repeat_interval": 600}
+    # Resolves have no route of their own: they follow their incident to PagerDuty.
+    triggers_only = ["run_failed", "run_duration_exceeded"]
+    route = {"match": {"event_types": triggers_only}, "channels": ["pd"], "repeat_interval": 600}
     config = config_for(
         sim, tmp_path / "w.db", top={"channels": {"pd": pd}, "routes": [route]}, poll_interval=30
     )
