@@ -188,6 +188,59 @@ async def test_a_failed_digest_is_retried_whole(
     assert outcomes.seen[-1] == ("hook", "dead")
 
 
+async def test_a_retried_digest_gains_no_member_before_the_next_regular_digest(
+    store: SQLiteStore, clock: ManualClock, receiver: Receiver
+) -> None:
+    """A digest whose attempt failed (a timeout the receiver may have taken after all) is
+    retried with the same members, so with the same webhook-id: members committed while
+    it waits for its retry, once the retry is due but not yet taken, or after the retry
+    failed too, wait for the group's next regular digest, group_interval after the first
+    failed attempt, and go out together."""
+    busy = (503, {"Retry-After": "10"}, "busy")
+    receiver.script = [busy, busy]
+    a, b, late, later, last = (make_event(job_id=j, run_id=j) for j in range(1, 6))
+    d = dispatcher(store, clock, [webhook(receiver, clock)])
+    await commit(store, clock, [a, b])
+    clock.advance(WAIT)
+    await send_due(d)  # fails: retried 10 s later
+    failed_at = clock.time()
+    clock.advance(1)
+    await commit(store, clock, [late])
+    clock.advance(20)
+    await commit(store, clock, [later])  # the retry is due, not yet taken
+    await send_due(d)  # the retry fails too
+    clock.advance(1)
+    await commit(store, clock, [last])
+    await d.drain()
+    first = (digest_id([a, b]), [a.id, b.id])
+    rest = [late, later, last]
+    assert messages(receiver) == [first, first, first, (digest_id(rest), [e.id for e in rest])]
+    assert receiver.requests[3].at == failed_at + INTERVAL
+
+
+async def test_a_retry_after_the_next_regular_digest_takes_in_the_members_due_by_then(
+    store: SQLiteStore, clock: ManualClock, receiver: Receiver
+) -> None:
+    """A retry that falls after the group's next regular digest (a Retry-After longer
+    than group_interval) is that digest: members committed meanwhile join it, and it is
+    a new digest (a new webhook-id)."""
+    receiver.script = [(503, {"Retry-After": f"{INTERVAL + 100:.0f}"}, "busy")]
+    a, b, late = (make_event(job_id=j, run_id=j) for j in (1, 2, 3))
+    d = dispatcher(store, clock, [webhook(receiver, clock)])
+    await commit(store, clock, [a, b])
+    clock.advance(WAIT)
+    await send_due(d)
+    failed_at = clock.time()
+    clock.advance(1)
+    await commit(store, clock, [late])
+    await d.drain()
+    assert messages(receiver) == [
+        (digest_id([a, b]), [a.id, b.id]),
+        (digest_id([a, b, late]), [a.id, b.id, late.id]),
+    ]
+    assert receiver.requests[1].at == failed_at + INTERVAL + 100
+
+
 async def test_a_group_of_one_is_sent_as_its_event(
     store: SQLiteStore, clock: ManualClock, receiver: Receiver
 ) -> None:

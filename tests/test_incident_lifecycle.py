@@ -183,9 +183,10 @@ async def test_every_pagerduty_incident_the_watcher_triggers_is_resolved_once(
 ) -> None:
     """A scripted workload (a job that fails twice then succeeds; a run over its duration
     rule that then ends; a failed run repaired into a success), its PagerDuty route
-    (failures and breaches only) reminding every 10 min: PagerDuty ends up with one incident per watcher incident
-    (its key, re-triggered by the second failure and by reminders), every one resolved;
-    the duration incident in the cycle that saw its run end. No dedup_key was opened
+    (failures and breaches only) reminding every 10 min: PagerDuty ends up with one
+    incident per watcher incident (its key, re-triggered by the second failure and by
+    reminders), every one resolved; the duration incident in the cycle that saw its run
+    end. No dedup_key was opened
     twice (a trigger after a resolve would have opened a second incident for its key),
     and nothing is re-triggered once everything is resolved."""
     ws = sim.workspace

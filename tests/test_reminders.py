@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import io
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,12 +25,14 @@ from tests.notify_fixtures import Receiver, SmtpServer
 from tests.wiring import config_for
 from watcher.app import Daemon, build, close, run_once
 from watcher.clock import ManualClock
+from watcher.config.channels import EmailChannelConfig
 from watcher.databricks.models import Run, RunState
 from watcher.domain import Incident
 from watcher.events import Event, EventType, JobRef, event_id
 from watcher.incidents import IncidentBook, incident_ref
-from watcher.notify.reminders import Decision, decide, next_due, reminder_id
-from watcher.notify.router import EMAIL_REPEAT_INTERVAL
+from watcher.notify import reminders
+from watcher.notify.reminders import Decision, Reminders, decide, next_due, reminder_id
+from watcher.notify.router import EMAIL_REPEAT_INTERVAL, RoutingTable
 from watcher.simulator import Simulator
 from watcher.store.base import CycleCommit, DeliveryKey, DeliveryPolicy, DueReminder
 from watcher.store.sqlite import SQLiteStore
@@ -45,14 +48,14 @@ MAIL_ROUTES = [{"match": {"event_types": PAGING}, "channels": ["mail"]}]
 # -- the pure decision ---------------------------------------------------------------------
 
 
-def failure(run_id: int, minute: int = 0) -> Event:
+def failure(run_id: int, minute: int = 0, *, job: int = 7) -> Event:
     return Event(
         id=event_id("ws", run_id, "run_failed"),
         type=EventType.RUN_FAILED,
         workspace="ws",
         occurred_at=T0 + timedelta(minutes=minute),
-        job=JobRef(job_id=7, name="etl"),
-        run=Run(run_id=run_id, job_id=7, state=RunState(life_cycle_state="TERMINATED")),
+        job=JobRef(job_id=job, name="etl"),
+        run=Run(run_id=run_id, job_id=job, state=RunState(life_cycle_state="TERMINATED")),
     )
 
 
@@ -68,6 +71,7 @@ def failing_twice() -> tuple[Incident, Event]:
 def due(**changes: Any) -> DueReminder:
     incident, latest = failing_twice()
     base = DueReminder(
+        incident_id=incident.id,
         incident=incident,
         key=MAIL,
         repeat_every=4 * HOUR,
@@ -94,12 +98,23 @@ def decided(
         (due(), 10_000.0, True, True, "silenced", 2, 10_000 + 4 * HOUR),
         (due(), 10_000.0, False, False, "unserved", 2, 10_000 + 4 * HOUR),
         (due(latest=None), 10_000.0, True, False, "no_event", 2, 10_000 + 4 * HOUR),
+        (due(incident=None), 10_000.0, True, False, "no_incident", 2, 10_000 + 4 * HOUR),
         (due(pending=True), 10_000.0, True, False, "pending", 2, 10_000 + 4 * HOUR),
         # Stopped for 10 h: one reminder now, the next on the cadence, no burst.
         (due(), 10_000 + 10 * HOUR, True, False, None, 3, 10_000 + 12 * HOUR),
         (due(repeat_every=600.0, repeats=0), 10_599.0, True, False, None, 1, 10_600.0),
     ],
-    ids=["due", "late", "silenced", "unserved", "no event", "pending", "after a pause", "chat"],
+    ids=[
+        "due",
+        "late",
+        "silenced",
+        "unserved",
+        "no event",
+        "no incident",
+        "pending",
+        "after a pause",
+        "chat",
+    ],
 )
 def test_decide(
     target: DueReminder,
@@ -111,7 +126,8 @@ def test_decide(
     next_at: float,
 ) -> None:
     """A due target gets reminder N = repeats + 1 and its next time `repeat_every` later
-    (on its cadence past `now`); a held one (silence, channel gone, no event) moves its
+    (on its cadence past `now`); a held one (silence, channel gone, no event, an
+    incident that cannot be read) moves its
     next time on without a reminder and without counting one. The commit applies only to
     the target as it was read."""
     decision = decided(target, now, served=served, silenced=silenced)
@@ -123,7 +139,7 @@ def test_decide(
         target.next_repeat_at,
     )
     assert (commit.incident_id, commit.key, commit.committed_at) == (
-        target.incident.id,
+        target.incident_id,
         target.key,
         now,
     )
@@ -138,7 +154,7 @@ def test_a_reminder_is_the_latest_event_again_numbered_with_a_derived_id() -> No
     event = decided(target, 10_000.0).commit.event
     assert event is not None
     assert target.latest is not None
-    assert event.id == reminder_id(target.incident.id, MAIL, 3)
+    assert event.id == reminder_id(target.incident_id, MAIL, 3)
     assert event.repeat == 3
     assert event.model_copy(update={"id": target.latest.id, "repeat": 0}) == target.latest
     assert event.incident is not None
@@ -147,7 +163,7 @@ def test_a_reminder_is_the_latest_event_again_numbered_with_a_derived_id() -> No
     assert again is not None
     assert again.id == event.id
     ids = {
-        reminder_id(target.incident.id, key, n)
+        reminder_id(target.incident_id, key, n)
         for key in (MAIL, DeliveryKey("mail", "a@example.org"), DeliveryKey("chat"))
         for n in (1, 2)
     }
@@ -174,11 +190,12 @@ def test_next_due_keeps_the_cadence(due_at: float, now: float, expected: float) 
 
 
 async def open_failure(
-    store: SQLiteStore, every: float | None = 600.0, *, delivered: bool = True
+    store: SQLiteStore, every: float | None = 600.0, *, delivered: bool = True, job: int = 7
 ) -> tuple[Incident, Event]:
-    """A failure incident committed at time 0 with its event for MAIL (delivered at 1)."""
+    """A failure incident of `job` committed at time 0 with its event for MAIL
+    (delivered at 1)."""
     book = IncidentBook.of("ws", {})
-    event = book.record(failure(1))
+    event = book.record(failure(job * 100 + 1, job=job))
     policies = {event.id: {MAIL: DeliveryPolicy(repeat_every=every)}}
     await store.commit_cycle(
         CycleCommit(
@@ -193,7 +210,7 @@ async def open_failure(
     )
     if delivered:
         await store.mark_delivered(event.id, MAIL, at=1.0)
-    (incident,) = (await store.open_incidents("ws", [7])).values()
+    (incident,) = (await store.open_incidents("ws", [job])).values()
     return incident, event
 
 
@@ -204,7 +221,8 @@ async def test_the_store_hands_out_due_targets_of_open_incidents(store: SQLiteSt
     assert await store.next_reminder_at() == 600.0
     assert await store.due_reminders(now=599.0, limit=10) == []
     (target,) = await store.due_reminders(now=600.0, limit=10)
-    assert (target.incident.id, target.key, target.latest) == (incident.id, MAIL, event)
+    assert (target.incident, target.key, target.latest) == (incident, MAIL, event)
+    assert target.incident_id == incident.id
     assert (target.repeat_every, target.next_repeat_at, target.repeats) == (600.0, 600.0, 0)
     assert target.pending is False
 
@@ -287,6 +305,47 @@ async def test_no_reminder_for_a_resolved_incident(store: SQLiteStore) -> None:
     assert await store.commit_reminder(decided(target, 601.0).commit) is False
     assert await store.due_reminders(now=1e9, limit=10) == []
     assert await store.next_reminder_at() is None
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        "UPDATE incidents SET record = json_set(record, '$.kind', 42) WHERE id = ?",
+        "UPDATE incidents SET record = '{not json' WHERE id = ?",
+    ],
+    ids=["invalid", "not json"],
+)
+async def test_a_target_whose_incident_cannot_be_read_is_held_and_moves_on(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, corrupt: str
+) -> None:
+    """An open incident whose stored record cannot be read (a field of the wrong type,
+    or not even JSON): its due target is still handed out, without the incident, and the
+    loop holds it (logged `reminder_held`, reason `no_incident`) and moves it on like any
+    hold. So it neither keeps the loop waking (its time stays in the past) nor, filling
+    a batch, starves the readable targets due with it."""
+    first, _ = await open_failure(store)
+    second, _ = await open_failure(store, job=8)
+    broken, readable = sorted([first, second], key=lambda i: i.id)  # broken is read first
+    conn = sqlite3.connect(store.path)
+    conn.execute(corrupt, (broken.id,))
+    conn.commit()
+    conn.close()
+    (target, _) = await store.due_reminders(now=600.0, limit=10)
+    assert (target.incident_id, target.incident, target.key) == (broken.id, None, MAIL)
+    mail = EmailChannelConfig.model_validate(
+        {"type": "email", "host": "127.0.0.1", "sender": "w@example.org"}
+    )
+    table = RoutingTable(channels={"mail": mail}, routes=())
+    loop = Reminders(store=store, table=table, clock=ManualClock(600.0))
+    monkeypatch.setattr(reminders, "BATCH", 1)
+    with structlog.testing.capture_logs() as logs:
+        assert await loop.tick() == 0
+        assert await loop.tick() == 1
+    held = [(e["reason"], e["incident_id"]) for e in logs if e["event"] == "reminder_held"]
+    assert held == [("no_incident", broken.id)]
+    queued = [e["incident_id"] for e in logs if e["event"] == "reminder_queued"]
+    assert queued == [readable.id]
+    assert await store.next_reminder_at() == 1200.0
 
 
 async def test_a_target_without_reminders_is_never_due(store: SQLiteStore) -> None:
@@ -605,6 +664,68 @@ async def test_alertmanager_is_re_posted_every_resend_interval(
     count = len(am.requests)
     await w.run_for(600, step=10.0)
     assert len(am.requests) == count
+
+
+async def test_a_silence_holds_no_alertmanager_re_post(
+    watch: WatchFactory, make_receiver: ReceiverFactory, smtp: SmtpServer, clock: ManualClock
+) -> None:
+    """A silence that starts after the failure was sent holds the email reminders, not
+    Alertmanager's re-posts: they keep firing an alert Alertmanager already has, which
+    would otherwise expire resolve_after after the last one and be notified as resolved
+    while the job still fails (Alertmanager's own silences are where to mute it)."""
+    start = datetime.fromtimestamp(clock.time(), UTC)
+    silence = {
+        "match": {"names": ["nightly"]},
+        "starts_at": (start + timedelta(minutes=2)).isoformat(),
+        "ends_at": (start + timedelta(hours=1)).isoformat(),
+        "comment": "maintenance",
+    }
+    am: Receiver = await make_receiver(default=(200, {}, ""))
+    w = await watch(
+        {"am": {"type": "alertmanager", "url": am.url, **AM_TIMES}, "mail": mail_channel(smtp)},
+        [{"match": {"event_types": PAGING}, "channels": ["am", "mail"], "repeat_interval": 120}],
+        silences=[silence],
+    )
+    job = w.sim.workspace.create_job("nightly")
+    w.fail(job)
+    (failed,) = [e for e in await w.cycle() if e.type is EventType.RUN_FAILED]
+    with structlog.testing.capture_logs() as logs:
+        await w.run_for(600, step=10.0)
+    assert len(am.requests) == 11  # the failure, then every resend_interval (60 s)
+    for before, after in zip(am.requests, am.requests[1:], strict=False):
+        assert after.at < parse(before.json()[0]["endsAt"]).timestamp()  # never lapsed
+    assert mail_ids(smtp) == [failed.id]
+    held = {(e["channel"], e["reason"]) for e in logs if e["event"] == "reminder_held"}
+    assert held == {("mail", "silenced")}
+
+
+async def test_a_changed_resend_interval_applies_to_open_incidents(
+    watch: WatchFactory, make_receiver: ReceiverFactory
+) -> None:
+    """Alertmanager's resend_interval changed and the watcher restarted: an incident
+    already open is re-posted at the new interval (after the re-post already due on the
+    old one), with the new resolve_after."""
+    am: Receiver = await make_receiver(default=(200, {}, ""))
+    w = await watch(
+        {"am": {"type": "alertmanager", "url": am.url, **AM_TIMES}},
+        [{"match": {"event_types": PAGING}, "channels": ["am"]}],
+    )
+    job = w.sim.workspace.create_job("nightly")
+    w.fail(job)
+    await w.cycle()
+    await w.run_for(150, step=10.0)
+    assert len(am.requests) == 3  # the failure and two re-posts, 60 s apart
+    channels = dict(w.config.channels)
+    channels["am"] = channels["am"].model_copy(
+        update={"resend_interval": 120.0, "resolve_after": 600.0}
+    )
+    w.config = w.config.model_copy(update={"channels": channels})
+    await w.restart()
+    await w.run_for(600, step=10.0)
+    sent = am.requests[0].at
+    assert [r.at - sent for r in am.requests] == [0, 60, 120, 180, 300, 420, 540, 660]
+    last = am.requests[-1]
+    assert parse(last.json()[0]["endsAt"]) == datetime.fromtimestamp(last.at + 600, UTC)
 
 
 def parse(text: str) -> datetime:

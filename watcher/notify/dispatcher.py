@@ -12,10 +12,11 @@ delivery per (channel, recipient, group key), the group's oldest pending member;
 attempt then takes the group's members due at that moment (`Store.take_group`: at most
 `digest_limit`, the rest go in the next digest at once) and sends them as one `Digest`
 through the channel's `send_digest`, or a lone member as its plain event. A digest gains
-no member once taken (later ones wait for the next), and its id is derived from its
-sorted member event ids: a digest re-sent after a crash is the same digest, with the same
-idempotency key. A group is never in flight twice, and a digest is one attempt: its
-outcome applies to every member.
+no member once taken (later ones wait for the next), nor for a retry that falls before
+the group's next regular digest, and its id is derived from its sorted member event ids:
+a digest re-sent after a crash or retried is the same digest, with the same idempotency
+key. A group is never in flight twice, and a digest is one attempt: its outcome applies
+to every member.
 
 Policy is decided here, once, from the channels' results:
 

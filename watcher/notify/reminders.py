@@ -6,11 +6,16 @@ A reminder is a copy of the incident's latest event with a new id and `repeat` =
 Nth reminder to that target), committed with one pending delivery to that target only
 and the target's next reminder time, in one transaction. Its id is derived from the
 incident, the target and N, so a reminder decided twice (a crash, a replay, two
-processes) is stored and sent once. A silence matching the reminder holds it, and so
-does an alert of the incident still undelivered to that target: the target's next
-reminder moves on, nothing is sent or counted. Resolved incidents are never reminded
-of: the store only hands out targets of open incidents, and commits a reminder only
-while its incident is still open.
+processes) is stored and sent once. A silence matching the reminder holds it (except to
+Alertmanager, whose reminders keep an alert it already has firing: its own silences mute
+it), and so does an alert of the incident still undelivered to that target, or an
+incident or event that cannot be read: the target's next reminder moves on, nothing is
+sent or counted. Resolved incidents are never reminded of: the store only hands out
+targets of open incidents, and commits a reminder only while its incident is still open.
+
+An Alertmanager target repeats at its channel's current `resend_interval` (a restart
+with a new one applies to the incidents already open); other targets keep the interval
+their route gave them when the incident's latest event was committed.
 
 The decision is pure (`decide`); the loop (`Reminders`) reads what is due, commits what
 was decided and wakes the dispatcher.
@@ -22,13 +27,14 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import structlog
 
 from watcher.aio import first_of
 from watcher.clock import Clock
+from watcher.config.channels import AlertmanagerChannelConfig
 from watcher.events import Event
 from watcher.incidents import derived_id, incident_ref
 from watcher.notify.base import excerpt
@@ -45,11 +51,12 @@ MIN_IDLE = 0.25
 """Shortest wait between passes (a due target whose commit keeps being refused)."""
 ERROR_IDLE = 5.0
 
-Held = Literal["silenced", "pending", "unserved", "no_event"]
+Held = Literal["silenced", "pending", "unserved", "no_event", "no_incident"]
 """Why a due reminder is not sent: a silence matches it, an earlier alert of the incident
 to that target is still undelivered (a reminder would queue up behind it: a channel that
 comes back gets the backlog, not a burst of reminders), no configured channel delivers it
-any more, or the incident's latest event cannot be read."""
+any more, the incident's latest event cannot be read, or the incident's stored record
+cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +81,17 @@ def next_due(due_at: float, every: float, now: float) -> float:
 
 def reminder(due: DueReminder) -> Event | None:
     """The reminder due: the incident's latest event again, numbered, with a new id and
-    the incident as that event left it (open, its count); None without that event."""
-    latest = due.latest
-    if latest is None:
+    the incident as that event left it (open, its count); None without that event or
+    without the incident."""
+    latest, incident = due.latest, due.incident
+    if latest is None or incident is None:
         return None
     ref = latest.incident
-    if ref is None or ref.id != due.incident.id or ref.state != "open":
-        ref = incident_ref(due.incident)  # defensive: the stored incident is the truth
+    if ref is None or ref.id != incident.id or ref.state != "open":
+        ref = incident_ref(incident)  # defensive: the stored incident is the truth
     n = due.repeats + 1
     return latest.model_copy(
-        update={"id": reminder_id(due.incident.id, due.key, n), "repeat": n, "incident": ref}
+        update={"id": reminder_id(incident.id, due.key, n), "repeat": n, "incident": ref}
     )
 
 
@@ -98,7 +106,9 @@ def decide(
     and the target's next reminder time."""
     event = reminder(due)
     held: Held | None = None
-    if event is None:
+    if due.incident is None:
+        held = "no_incident"
+    elif event is None:
         held = "no_event"
     elif not delivers(due.key, event):
         held = "unserved"
@@ -108,7 +118,7 @@ def decide(
         held = "silenced"
     sent = held is None
     commit = ReminderCommit(
-        incident_id=due.incident.id,
+        incident_id=due.incident_id,
         key=due.key,
         read_next_repeat_at=due.next_repeat_at,
         read_repeats=due.repeats,
@@ -186,15 +196,17 @@ class Reminders:
         return queued, min(MAX_IDLE, max(MIN_IDLE, next_at - self._clock.time()))
 
     async def _remind(self, due: DueReminder, now: float) -> int:
+        due = self._current(due)
         decision = decide(
-            due, now=now, delivers=self._delivers, silenced=lambda e: self._silenced(e, now)
+            due,
+            now=now,
+            delivers=self._delivers,
+            silenced=lambda e: self._silenced(due.key, e, now),
         )
         queued = await self._store.commit_reminder(decision.commit)
-        fields = {
-            "channel": str(due.key),
-            "incident_id": due.incident.id,
-            "incident_key": due.incident.key,
-        }
+        fields = {"channel": str(due.key), "incident_id": due.incident_id}
+        if due.incident is not None:
+            fields["incident_key"] = due.incident.key
         if decision.held is not None:
             log.info("reminder_held", reason=decision.held, **fields)
         elif queued:
@@ -203,13 +215,27 @@ class Reminders:
             log.info("reminder_queued", event_id=event.id, repeat=event.repeat, **fields)
         return int(queued)
 
+    def _current(self, due: DueReminder) -> DueReminder:
+        """The target with its channel's current interval where the channel, not the
+        route, decides it: Alertmanager's `resend_interval`, so a changed one applies to
+        the incidents already open (from their next re-post on)."""
+        channel = self._table.channels.get(due.key.channel)
+        if isinstance(channel, AlertmanagerChannelConfig):
+            return replace(due, repeat_every=channel.resend_interval)
+        return due
+
     def _delivers(self, key: DeliveryKey, event: Event) -> bool:
         channels = self._table.channels
         return serves(key, channels) and channels[key.channel].accepts(event.type)
 
-    def _silenced(self, event: Event, now: float) -> bool:
+    def _silenced(self, key: DeliveryKey, event: Event, now: float) -> bool:
         """Whether a silence holds the reminder; one that cannot be evaluated holds
-        nothing (like routing: a duplicate page beats a missed one)."""
+        nothing (like routing: a duplicate page beats a missed one). Never to
+        Alertmanager: its reminders are the keep-alives of an alert it already has,
+        which would lapse and be notified as resolved while the job still fails (mute it
+        with Alertmanager's own silences)."""
+        if isinstance(self._table.channels.get(key.channel), AlertmanagerChannelConfig):
+            return False
         try:
             return self._table.silenced(event, now)
         except Exception as exc:

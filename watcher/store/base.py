@@ -164,7 +164,10 @@ class DueReminder:
     """A target of an open incident whose next reminder is due: what the reminder loop
     reads to decide it (watcher.notify.reminders)."""
 
-    incident: Incident
+    incident_id: str
+    incident: Incident | None
+    """The open incident; None if its stored record cannot be read (the reminder is held
+    and the target moves on, like any hold)."""
     key: DeliveryKey
     repeat_every: float
     next_repeat_at: float
@@ -285,7 +288,9 @@ class Store(Protocol):
     # -- reminders (watcher.notify.reminders) -------------------------------------------
 
     async def due_reminders(self, *, now: float, limit: int) -> list[DueReminder]:
-        """Targets of open incidents whose next reminder is due at `now`, earliest first."""
+        """Targets of open incidents whose next reminder is due at `now`, earliest first;
+        also those whose incident or latest event cannot be read (None), to be held and
+        moved on."""
 
     async def next_reminder_at(self) -> float | None:
         """When the next reminder of an open incident falls due (None: none is planned)."""

@@ -161,6 +161,7 @@ MIGRATIONS: list[str] = [
         WHERE next_repeat_at IS NOT NULL;
     ALTER TABLE jobs ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN last_success_ms INTEGER;
+    UPDATE jobs SET consecutive_failures = 1 WHERE last_outcome = 'failure';
     ALTER TABLE deliveries ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
     CREATE INDEX deliveries_group ON deliveries (channel, recipient, group_key, status)
         WHERE group_key != '';
@@ -679,14 +680,12 @@ class SQLiteStore:
         they are the rest beyond its limit); then, or with none pending, `group_interval`
         after the group's last digest while that is still ahead; else after
         `group_wait`, for company (Alertmanager's semantics). A digest never gains a
-        member once taken (`take_group`): one re-sent after a crash is the same digest."""
-        async with self._db.execute(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE channel = ? AND recipient = ? "
-            "AND group_key = ? AND status = 'pending'",
-            (key.channel, key.recipient, policy.group_key),
-        ) as cursor:
-            row = await cursor.fetchone()
-        waiting = None if row is None or row[0] is None else float(row[0])
+        member once taken (`take_group`): one re-sent after a crash is the same digest.
+        Nor does its retry before the group's next regular digest: while members wait
+        for a retry (attempted, due after the last digest), a new one waits for the later
+        of that retry and the next regular digest (the members already waiting for it,
+        else `group_interval` after the last digest), so a receiver that took the failed
+        attempt (a timeout) gets the retry with the same id."""
         async with self._db.execute(
             "SELECT last_sent_at FROM delivery_groups WHERE channel = ? AND recipient = ? "
             "AND group_key = ?",
@@ -694,6 +693,19 @@ class SQLiteStore:
         ) as cursor:
             row = await cursor.fetchone()
         last = None if row is None else float(row[0])
+        async with self._db.execute(
+            "SELECT MIN(next_attempt_at), "
+            "MIN(CASE WHEN attempts > 0 AND next_attempt_at > ? THEN next_attempt_at END), "
+            "MIN(CASE WHEN attempts = 0 AND next_attempt_at > ? THEN next_attempt_at END) "
+            "FROM deliveries WHERE channel = ? AND recipient = ? AND group_key = ? "
+            "AND status = 'pending'",
+            (last, last, key.channel, key.recipient, policy.group_key),
+        ) as cursor:
+            row = await cursor.fetchone()
+        waiting, retry, scheduled = (None if v is None else float(v) for v in row or (None,) * 3)
+        if last is not None and retry is not None:
+            regular = last + policy.group_interval if scheduled is None else scheduled
+            return max(retry, regular)
         if waiting is not None and (last is None or last < waiting):
             return waiting
         if last is not None and (waiting is not None or last + policy.group_interval > now):
@@ -926,9 +938,13 @@ class SQLiteStore:
                 "SELECT 1 FROM deliveries d WHERE d.event_id = events.id "
                 "AND d.status IN ('pending', 'dead')) "
                 # An open incident's latest event is what its reminders and an
-                # operator's resolve are made from: kept while the incident is open.
+                # operator's resolve are made from: kept while the incident is open. The
+                # event that opened an incident is kept as long as the incident: an item
+                # reported again under the same event id (an unreadable run) must find it
+                # known, not open a second incident with the first one's id.
                 "AND id NOT IN (SELECT json_extract(record, '$.last_event_id') "
-                "FROM incidents WHERE state = 'open')",
+                "FROM incidents WHERE state = 'open') "
+                "AND id NOT IN (SELECT json_extract(record, '$.opened_by') FROM incidents)",
                 (event_cutoff,),
             )
             # Resolved incidents go with their events (their targets with them).
@@ -955,25 +971,26 @@ class SQLiteStore:
     @_locked
     async def due_reminders(self, *, now: float, limit: int) -> list[DueReminder]:
         # The join on state = 'open' decides: a resolved incident is never reminded of.
+        # Every due target is handed out, also one whose incident or event cannot be read
+        # (not even as JSON): the loop holds it and moves it on, else it would stay due,
+        # waking the loop at once forever and filling the batches of the others.
         async with self._db.execute(
             "SELECT i.record, i.version, t.channel, t.recipient, t.repeat_every, "
             "t.next_repeat_at, t.repeats, e.payload, EXISTS (SELECT 1 FROM deliveries d "
             "JOIN events p ON p.id = d.event_id WHERE d.status = 'pending' "
-            "AND d.channel = t.channel AND d.recipient = t.recipient "
-            "AND json_extract(p.payload, '$.incident.id') = t.incident_id) "
+            "AND d.channel = t.channel AND d.recipient = t.recipient AND CASE WHEN "
+            "json_valid(p.payload) THEN json_extract(p.payload, '$.incident.id') END "
+            "= t.incident_id), t.incident_id "
             "FROM incident_targets t JOIN incidents i ON i.id = t.incident_id "
-            "LEFT JOIN events e ON e.id = json_extract(i.record, '$.last_event_id') "
+            "LEFT JOIN events e ON e.id = CASE WHEN json_valid(i.record) "
+            "THEN json_extract(i.record, '$.last_event_id') END "
             "WHERE t.next_repeat_at IS NOT NULL AND t.next_repeat_at <= ? "
             "AND t.repeat_every > 0 AND i.state = 'open' "
             "ORDER BY t.next_repeat_at, t.incident_id, t.channel, t.recipient LIMIT ?",
             (now, limit),
         ) as cursor:
             rows = await cursor.fetchall()
-        due: list[DueReminder] = []
-        for row in rows:
-            with contextlib.suppress(ValidationError):  # an unreadable incident: no reminder
-                due.append(_due_reminder(row))
-        return due
+        return [_due_reminder(row) for row in rows]
 
     @_locked
     async def next_reminder_at(self) -> float | None:
@@ -1102,12 +1119,19 @@ def _incident(row: Any) -> Incident:
 
 
 def _due_reminder(row: Any) -> DueReminder:
+    # Unreadable (None): the reminder is held, not the loop.
+    incident: Incident | None
+    try:
+        incident = _incident(row)
+    except ValidationError:
+        incident = None
     try:
         latest = None if row[7] is None else Event.model_validate_json(row[7])
     except ValidationError:
-        latest = None  # unreadable: the reminder is held, not the loop
+        latest = None
     return DueReminder(
-        incident=_incident(row),
+        incident_id=str(row[9]),
+        incident=incident,
         key=DeliveryKey(row[2], row[3]),
         repeat_every=float(row[4]),
         next_repeat_at=float(row[5]),
