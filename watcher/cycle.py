@@ -229,6 +229,8 @@ class _Planned:
     ) -> None:
         """A run ended (or vanished, at `now_ms`): resolve the duration incidents it alone
         kept open."""
+        if not self.book.breaching(record.run_id):
+            return
         snapshot = record.snapshot
         ended_ms = record.end_time or snapshot.end_time or now_ms
         base = Event(

@@ -166,16 +166,18 @@ class IncidentBook:
         self._put(incident)
         return event.model_copy(update={"incident": incident_ref(incident)})
 
+    def breaching(self, run_id: int) -> bool:
+        """Whether the run keeps a duration incident open (cheap: most ended runs do not)."""
+        return any(run_id in i.runs for i in self.open.values() if i.runs)
+
     def run_ended(
         self, run_id: int, job_id: int | None, make_event: Callable[[Incident], Event]
     ) -> list[Event]:
         """A run ended (or vanished): it no longer breaks any duration rule. A duration
         incident left with no such run is resolved by the event `make_event` builds."""
         events: list[Event] = []
-        for incident in list(self.open.values()):
-            if incident.kind != "duration" or run_id not in incident.runs:
-                continue
-            if incident.job_id != job_id:
+        for incident in [i for i in self.open.values() if run_id in i.runs]:
+            if incident.kind != "duration" or incident.job_id != job_id:
                 continue
             remaining = incident.runs - {run_id}
             if remaining:
