@@ -20,7 +20,7 @@ from watcher.clock import ManualClock
 from watcher.config import Config, HealthRulesConfig, RoutingConfig, StartupConfig
 from watcher.databricks.models import Run, RunState
 from watcher.domain import Incident, PollResult
-from watcher.events import Event, EventType, JobRef, RuleRef, event_id
+from watcher.events import Event, EventType, JobRef, ResolveCause, RuleRef, event_id
 from watcher.incidents import KEY_LIMIT, IncidentBook, incident_key, resolution
 from watcher.notify.cli import incidents as incidents_command
 from watcher.notify.incidents import resolve_manually
@@ -53,9 +53,9 @@ def make_event(
     )
 
 
-def resolved_by_end(incident: Incident) -> Event:
+def resolved_by_end(incident: Incident, cause: ResolveCause) -> Event:
     last = make_event(EventType.RUN_SUCCEEDED, run_id=99, minute=40)
-    return resolution(incident, last, at=last.occurred_at, cause="run_ended")
+    return resolution(incident, last, at=last.occurred_at, cause=cause)
 
 
 # -- the pure bookkeeping -------------------------------------------------------------------
@@ -510,3 +510,38 @@ async def test_an_item_reported_again_after_its_incident_was_resolved_and_pruned
         assert await watched.cycle(30) == []
     stored = await watched.daemon.store.incidents()
     assert [(i.id, i.is_open) for i in stored] == [(incident.id, False)]
+
+
+async def test_a_run_queued_for_hours_is_stuck_once_and_resolves_when_it_runs(
+    watched: Watched,
+) -> None:
+    """A run queued for 3 h (the default threshold is 1 h): one run_stuck after the hour,
+    counted in databricks_runs_stuck while it waits, and its incident resolved (cause
+    `running`) by the first cycle that sees it running. A restart in between changes
+    nothing."""
+    ws = watched.sim.workspace
+    job = ws.create_job("behind-the-limit")
+    run_id = ws.start_run(job, queue_s=3 * 3600, setup_s=0, execution_s=600, cleanup_s=0)
+    registry = watched.daemon.metrics.registry
+    labels = {"workspace": "sim", "life_cycle_state": "QUEUED"}
+    for n in range(10):  # 100 min
+        await watched.cycle(600)
+        if n == 7:
+            await watched.restart()
+            registry = watched.daemon.metrics.registry
+    (stuck,) = watched.of_type(EventType.RUN_STUCK)
+    assert (stuck.run.run_id, stuck.raw_state) == (run_id, "QUEUED")
+    assert stuck.incident is not None
+    assert (stuck.incident.kind, stuck.incident.key) == (
+        "stuck",
+        f"sim/job/{job}/stuck/run/{run_id}",
+    )
+    await watched.cycle(600)
+    assert registry.get_sample_value("databricks_runs_stuck", labels) == 1
+    for _ in range(9):  # past the 3 h queue
+        await watched.cycle(600)
+    (resolved,) = watched.of_type(EventType.INCIDENT_RESOLVED)
+    assert resolved.incident is not None
+    assert (resolved.incident.id, resolved.incident.cause) == (stuck.incident.id, "running")
+    assert registry.get_sample_value("databricks_runs_stuck", labels) == 0
+    assert len(watched.of_type(EventType.RUN_STUCK)) == 1

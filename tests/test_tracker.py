@@ -661,3 +661,69 @@ def test_a_phantom_repair_is_undone_by_the_repair_history() -> None:
     assert (undone.record.terminal, undone.record.repair) == (True, 0)
     real = step(undone.record, repaired("TERMINATED", "FAILED", end=REPAIR_AT + 9_000, history=1))
     assert [(e.type.value, e.repair) for e in real.events] == [("run_failed", 1)]
+
+
+# -- stuck before running ------------------------------------------------------------------
+
+
+def test_a_run_waiting_too_long_is_stuck_once_per_state() -> None:
+    """QUEUED for longer than the threshold: run_stuck once (with the time waited and the
+    queue reason); PENDING next, counted from when a cycle first saw it: stuck again once;
+    RUNNING: never."""
+    queued = run("QUEUED", state={"life_cycle_state": "QUEUED", "queue_reason": "Waiting"})
+    first = step(None, queued, now=T0 + 60_000, stuck_after_s=600)
+    assert types(first) == ["run_started"]
+    assert first.record.state_since == T0
+    late = step(first.record, queued, now=T0 + 601_000, stuck_after_s=600)
+    (stuck,) = late.events
+    assert stuck.type is EventType.RUN_STUCK
+    assert stuck.raw_state == "QUEUED"
+    assert stuck.observed_seconds == 601
+    assert stuck.detail == "Waiting"
+    assert stuck.occurred_at.timestamp() * 1000 == T0 + 600_000
+    assert stuck.id == event_id(WS, 42, "run_stuck", "QUEUED")
+    assert types(step(late.record, queued, now=T0 + 900_000, stuck_after_s=600)) == []
+    pending = run("PENDING")
+    moved = step(late.record, pending, now=T0 + 1_000_000, stuck_after_s=600)
+    assert types(moved) == []
+    assert moved.record.state_since == T0 + 1_000_000
+    again = step(moved.record, pending, now=T0 + 1_700_000, stuck_after_s=600)
+    assert [(e.type.value, e.raw_state) for e in again.events] == [("run_stuck", "PENDING")]
+    running = step(again.record, run("RUNNING"), now=T0 + 9_000_000, stuck_after_s=600)
+    assert types(running) == []
+
+
+@pytest.mark.parametrize(
+    ("observed", "threshold", "expected"),
+    [
+        pytest.param(run("QUEUED"), 0, [], id="threshold 0: never stuck"),
+        pytest.param(run("RUNNING"), 60, [], id="running is not waiting"),
+        pytest.param(run("BLOCKED"), 60, ["run_stuck"], id="blocked"),
+        pytest.param(
+            run(
+                "QUEUED",
+                status={
+                    "state": "QUEUED",
+                    "queue_details": {"code": "ACTIVE_RUNS_LIMIT_REACHED", "message": "Limit"},
+                },
+            ),
+            60,
+            ["run_stuck"],
+            id="2.2 queue details",
+        ),
+    ],
+)
+def test_stuck_thresholds_and_states(observed: Run, threshold: int, expected: list[str]) -> None:
+    """A run first seen waiting since its start an hour ago (news, not history: it is
+    stuck now)."""
+    evaluation = step(
+        None,
+        observed,
+        now=T0 + 3_600_000,
+        stuck_after_s=threshold,
+        history_before_ms=T0 + 3_500_000,
+    )
+    assert [t for t in types(evaluation) if t != "run_started"] == expected
+    for event in evaluation.events:
+        if event.type is EventType.RUN_STUCK and observed.status is not None:
+            assert event.detail == "ACTIVE_RUNS_LIMIT_REACHED: Limit"

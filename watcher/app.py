@@ -209,6 +209,7 @@ def _assemble(
         store=store,
         health_rules=config.health_rules,
         startup=config.startup,
+        stuck=config.stuck,
         clock=clock,
         route=table_router(table, clock=clock, on_failure=metrics.observe_routing_failure),
         on_commit=committed,

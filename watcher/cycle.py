@@ -9,8 +9,9 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
-from watcher.config import HealthRulesConfig, StartupConfig
+from watcher.config import HealthRulesConfig, StartupConfig, StuckConfig
 from watcher.databricks.models import Job, JobSettings, Run
 from watcher.domain import (
     Incident,
@@ -21,9 +22,9 @@ from watcher.domain import (
     TransitionKind,
     Unreadable,
 )
-from watcher.events import Event, EventType, JobRef, RuleRef, Streak, event_id
+from watcher.events import Event, EventType, JobRef, ResolveCause, RuleRef, Streak, event_id
 from watcher.incidents import IncidentBook, resolution
-from watcher.tracker import Evaluation, JobContext, evaluate
+from watcher.tracker import STUCK_STATES, Evaluation, JobContext, evaluate
 
 _STREAK_EVENTS = frozenset({EventType.RUN_FAILED, EventType.RUN_SUCCEEDED, EventType.JOB_RECOVERED})
 
@@ -42,6 +43,8 @@ class CyclePlan:
     """Jobs of observed runs that no longer exist in the workspace."""
     active_by_state: Mapping[str, int]
     incidents: Sequence[Incident] = ()
+    stuck_by_state: Mapping[str, int] = field(default_factory=dict)
+    """Runs waiting longer than their stuck threshold now, by state."""
     """Every incident the cycle opened, updated or resolved."""
 
 
@@ -115,14 +118,17 @@ def plan_cycle(
     startup: StartupConfig,
     incidents: Mapping[str, Incident] | None = None,
     known_events: Collection[str] = (),
+    stuck: StuckConfig | None = None,
 ) -> CyclePlan:
     """Track every observed run against its stored record, keep each job's last outcome
     (and failing streak) for recovery detection, open, update and resolve incidents
     (`incidents`: the workspace's open ones by key, at least those of the cycle's jobs),
     close out vanished runs and report unreadable items. Events in `known_events` are
     committed already (an unreadable item is reported every cycle under one id): they
-    are left out, and change no incident again."""
+    are left out, and change no incident again. `stuck` says when a waiting run is stuck
+    (default: `StuckConfig()`)."""
     workspace, now_ms = result.workspace, result.server_now_ms
+    stuck = stuck or StuckConfig()
     plan = _Planned(IncidentBook.of(workspace, incidents or {}), frozenset(known_events))
     for run in _in_outcome_order(result.runs):
         job = result.jobs.get(run.job_id) if run.job_id is not None else None
@@ -131,6 +137,7 @@ def plan_cycle(
         context = _job_context(run, record, settings)
         rules = _run_duration_rules(health_rules, run.job_id, context.name, context.tags, settings)
         before = previous.get(run.run_id)
+        stuck_after = stuck.threshold(run.job_id, context.name, context.tags)
         try:
             evaluation = evaluate(
                 before,
@@ -141,6 +148,7 @@ def plan_cycle(
                 now_ms=now_ms,
                 history_before_ms=result.news_since_ms,
                 alert_on_history=startup.alert_on_backfill,
+                stuck_after_s=stuck_after,
             )
         except (ValueError, OverflowError, TypeError) as exc:
             # A value the models let through but the tracker cannot use must not stop every
@@ -154,22 +162,36 @@ def plan_cycle(
         if record is not None and evaluation.outcome is not None:
             streak = plan.settle(record, run.run_id, evaluation, now_ms)
         plan.add_evaluation(before, evaluation, settings, streak)
-        if _ended(evaluation):
+        if _is_stuck(evaluation.record, stuck_after, now_ms):
+            plan.stuck[evaluation.record.life_cycle_state or ""] += 1
+        moved = _moved_on(evaluation)
+        if moved is not None:
             ref = JobRef(job_id=run.job_id, name=context.name, tags=dict(context.tags))
-            plan.run_ended(evaluation.record, ref, rules, settings, now_ms)
+            plan.run_moved_on(evaluation.record, moved, ref, rules, settings, now_ms)
     for transition in _vanished(result.vanished, previous):
         plan.transitions.append(transition)
         ref = _stored_ref(transition.record, stored_jobs)
-        plan.run_ended(transition.record, ref, [], None, now_ms)
+        plan.run_moved_on(transition.record, "ended", ref, [], None, now_ms)
     for item in result.unreadable:
         plan.add_event(_unreadable_event(workspace, item, stored_jobs, now_ms), None)
     return plan.plan(result, stored_jobs)
 
 
-def _ended(evaluation: Evaluation) -> bool:
-    """The run ended in this evaluation (first seen finished in its current repair)."""
-    kind = evaluation.kind
-    return evaluation.record.terminal and kind in (TransitionKind.FINISHED, TransitionKind.REPAIRED)
+def _is_stuck(record: RunRecord, threshold_s: int, now_ms: int) -> bool:
+    """Whether the run waits in one state for longer than its threshold right now."""
+    if record.terminal or not threshold_s or record.life_cycle_state not in STUCK_STATES:
+        return False
+    return now_ms - (record.state_since or now_ms) > threshold_s * 1000
+
+
+def _moved_on(evaluation: Evaluation) -> Literal["ended", "running"] | None:
+    """ "ended" when the run ended in this evaluation (first seen finished in its current
+    repair), "running" when it is running (no longer waiting), else None."""
+    record = evaluation.record
+    if record.terminal:
+        finished = evaluation.kind in (TransitionKind.FINISHED, TransitionKind.REPAIRED)
+        return "ended" if finished else None
+    return "running" if record.life_cycle_state not in STUCK_STATES else None
 
 
 def _stored_ref(record: RunRecord, stored_jobs: Mapping[int, JobRecord]) -> JobRef:
@@ -189,6 +211,7 @@ class _Planned:
     known: frozenset[str]
     jobs: dict[int, JobRecord] = field(default_factory=dict)
     active: Counter[str] = field(default_factory=Counter)
+    stuck: Counter[str] = field(default_factory=Counter)
     transitions: list[Transition] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     settings_of: dict[str, JobSettings | None] = field(default_factory=dict)
@@ -219,20 +242,22 @@ class _Planned:
                 event = event.model_copy(update={"streak": streak})
             self.add_event(event, settings)
 
-    def run_ended(
+    def run_moved_on(
         self,
         record: RunRecord,
+        how: Literal["ended", "running"],
         job: JobRef,
         rules: Sequence[RuleRef],
         settings: JobSettings | None,
         now_ms: int,
     ) -> None:
-        """A run ended (or vanished, at `now_ms`): resolve the duration incidents it alone
-        kept open."""
-        if not self.book.breaching(record.run_id):
+        """A run ended (or vanished, at `now_ms`), or is running: resolve the incidents it
+        alone kept open (breaches of duration rules when it ended; being stuck, either
+        way)."""
+        if not self.book.holding(record.run_id):
             return
         snapshot = record.snapshot
-        ended_ms = record.end_time or snapshot.end_time or now_ms
+        ended_ms = (record.end_time or snapshot.end_time or now_ms) if how == "ended" else now_ms
         base = Event(
             id="",
             type=EventType.INCIDENT_RESOLVED,
@@ -244,19 +269,22 @@ class _Planned:
             repair=record.repair,
         )
 
-        def make(incident: Incident) -> Event:
-            rule_name = incident.rule or incident.key.rpartition("/duration/")[2]
-            # The rule as the run has it now; a rule no longer applied (a vanished run, a
-            # changed config) is named only: the resolve matches the alert by name.
-            rule = next(
-                (r for r in rules if r.name == rule_name),
-                RuleRef(name=rule_name, value=0, source="unknown"),
-            )
+        def make(incident: Incident, cause: ResolveCause) -> Event:
+            rule = None
+            if incident.kind == "duration":
+                rule_name = incident.rule or incident.key.rpartition("/duration/")[2]
+                # The rule as the run has it now; a rule no longer applied (a vanished run,
+                # a changed config) is named only: the resolve matches the alert by name.
+                rule = next(
+                    (r for r in rules if r.name == rule_name),
+                    RuleRef(name=rule_name, value=0, source="unknown"),
+                )
             opened = datetime.fromtimestamp(incident.opened_at_ms / 1000, tz=UTC)
             last = base.model_copy(update={"rule": rule})
-            return resolution(incident, last, at=max(base.occurred_at, opened), cause="run_ended")
+            return resolution(incident, last, at=max(base.occurred_at, opened), cause=cause)
 
-        for event in self.book.run_ended(record.run_id, record.job_id, make):
+        release = self.book.run_ended if how == "ended" else self.book.run_running
+        for event in release(record.run_id, record.job_id, make):
             self.events.append(event)
             self.settings_of[event.id] = settings
 
@@ -294,6 +322,7 @@ class _Planned:
             deleted_jobs=sorted(j for j in job_ids if j not in result.jobs),
             active_by_state=dict(self.active),
             incidents=list(self.book.changed.values()),
+            stuck_by_state=dict(self.stuck),
         )
 
 

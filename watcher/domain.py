@@ -68,6 +68,10 @@ class RunRecord(BaseModel):
     the same run_id, so each repair has outcomes (and event ids) of its own."""
     repair_start: int | None = None
     """Start (epoch ms) of the current repair; duration rules of a repair count from it."""
+    state_since: int | None = None
+    """When (epoch ms) the run entered its current life-cycle state, as far as the watcher
+    can tell: its start for the state it was first seen in, else the first cycle that saw
+    the new state (late by up to one poll interval, never early)."""
     snapshot: Run
 
 

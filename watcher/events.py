@@ -32,14 +32,19 @@ class EventType(StrEnum):
     """A run the API keeps answering in a shape the watcher cannot read."""
     JOB_UNREADABLE = "job_unreadable"
     """A job whose settings the API keeps answering in a shape the watcher cannot read."""
+    RUN_STUCK = "run_stuck"
+    """A run has waited in QUEUED, PENDING or BLOCKED longer than its stuck threshold (once
+    per run, repair and state); `raw_state` is the state, `observed_seconds` the time in
+    it, `detail` the queue reason when the API gives one."""
     INCIDENT_RESOLVED = "incident_resolved"
     """An incident ended without a recovery of its job: every run that broke a duration
-    rule has ended, or an operator resolved it (`watcher incidents resolve`)."""
+    rule has ended, a stuck run started running or ended, or an operator resolved it
+    (`watcher incidents resolve`)."""
 
 
-IncidentKind = Literal["failure", "duration", "unreadable"]
+IncidentKind = Literal["failure", "duration", "unreadable", "stuck"]
 IncidentState = Literal["open", "resolved"]
-ResolveCause = Literal["recovered", "run_ended", "manual"]
+ResolveCause = Literal["recovered", "run_ended", "manual", "running"]
 
 
 def event_id(
@@ -95,7 +100,8 @@ class IncidentRef(_Frozen):
     duration rule."""
     resolved_at: datetime | None = None
     cause: ResolveCause | None = None
-    """Why it was resolved: the job recovered, the runs over their time ended, an operator."""
+    """Why it was resolved: the job recovered, the runs over their time ended, a stuck run
+    started running (or ended), an operator."""
 
 
 class Streak(_Frozen):

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from watcher.domain import Incident
-from watcher.events import Event, EventType, IncidentKind, IncidentRef
+from watcher.events import Event, EventType, IncidentKind, IncidentRef, ResolveCause
+
+Resolver = Callable[[Incident, ResolveCause], Event]
+"""(incident, cause) -> the `incident_resolved` event that resolves it."""
 
 _NAMESPACE = uuid.UUID("0b7f3c52-5d0e-4a4e-9d55-3f1f0b1e7c21")
 KEY_LIMIT = 255
@@ -26,18 +29,23 @@ _OPENS: dict[EventType, IncidentKind] = {
     EventType.RUN_DURATION_EXCEEDED: "duration",
     EventType.RUN_UNREADABLE: "unreadable",
     EventType.JOB_UNREADABLE: "unreadable",
+    EventType.RUN_STUCK: "stuck",
 }
+_PER_RUN: frozenset[IncidentKind] = frozenset({"duration", "stuck"})
+"""Kinds that track the runs keeping them open."""
 
 
 def incident_key(event: Event, kind: IncidentKind) -> str:
-    """`<workspace>/job/<id>/failed`, `.../duration/<rule>`, `.../unreadable/run/<id>`
-    (`run/<id>` for a run without a job): one open incident per key."""
+    """`<workspace>/job/<id>/failed`, `.../duration/<rule>`, `.../unreadable/run/<id>`,
+    `.../stuck/run/<id>` (`run/<id>` for a run without a job): one open incident per key."""
     job_id = event.job.job_id
     subject = f"job/{job_id}" if job_id is not None else f"run/{event.run.run_id}"
     if kind == "duration":
         what = f"duration/{event.rule.name if event.rule else 'default'}"
     elif kind == "unreadable":
         what = f"unreadable/run/{event.run.run_id}"
+    elif kind == "stuck":
+        what = f"stuck/run/{event.run.run_id}"
     else:
         what = "failed"
     key = f"{event.workspace}/{subject}/{what}"
@@ -91,7 +99,7 @@ def resolve(incident: Incident, event: Event, cause: str) -> Incident:
     )
 
 
-def resolution(incident: Incident, last: Event, *, at: datetime, cause: str) -> Event:
+def resolution(incident: Incident, last: Event, *, at: datetime, cause: ResolveCause) -> Event:
     """The `incident_resolved` event of `incident`, about the job and run of `last` (the
     run that ended last, or the incident's latest event), at `at`. Its `incident` is the
     resolved incident."""
@@ -141,7 +149,7 @@ class IncidentBook:
             return event
         key = incident_key(event, kind)
         existing = self.open.get(key)
-        runs = frozenset({event.run.run_id}) if kind == "duration" else frozenset[int]()
+        runs = frozenset({event.run.run_id}) if kind in _PER_RUN else frozenset[int]()
         if existing is None:
             incident = Incident(
                 workspace=self.workspace,
@@ -166,26 +174,38 @@ class IncidentBook:
         self._put(incident)
         return event.model_copy(update={"incident": incident_ref(incident)})
 
-    def breaching(self, run_id: int) -> bool:
-        """Whether the run keeps a duration incident open (cheap: most ended runs do not)."""
+    def holding(self, run_id: int) -> bool:
+        """Whether the run keeps an incident open (cheap: most runs keep none)."""
         return any(run_id in i.runs for i in self.open.values() if i.runs)
 
-    def run_ended(
-        self, run_id: int, job_id: int | None, make_event: Callable[[Incident], Event]
-    ) -> list[Event]:
-        """A run ended (or vanished): it no longer breaks any duration rule. A duration
+    def run_ended(self, run_id: int, job_id: int | None, make_event: Resolver) -> list[Event]:
+        """A run ended (or vanished): it no longer breaks any duration rule nor waits. An
         incident left with no such run is resolved by the event `make_event` builds."""
+        return self._release(run_id, job_id, _PER_RUN, "run_ended", make_event)
+
+    def run_running(self, run_id: int, job_id: int | None, make_event: Resolver) -> list[Event]:
+        """A run started running: it is no longer stuck."""
+        return self._release(run_id, job_id, frozenset({"stuck"}), "running", make_event)
+
+    def _release(
+        self,
+        run_id: int,
+        job_id: int | None,
+        kinds: frozenset[IncidentKind],
+        cause: ResolveCause,
+        make_event: Resolver,
+    ) -> list[Event]:
         events: list[Event] = []
         for incident in [i for i in self.open.values() if run_id in i.runs]:
-            if incident.kind != "duration" or incident.job_id != job_id:
+            if incident.kind not in kinds or incident.job_id != job_id:
                 continue
             remaining = incident.runs - {run_id}
             if remaining:
                 self._put(incident.model_copy(update={"runs": remaining}))
                 continue
-            event = make_event(incident)
+            event = make_event(incident, cause)
             assert event.incident is not None
-            self._put(resolve(incident, event, "run_ended"))
+            self._put(resolve(incident, event, cause))
             events.append(event)
         return events
 

@@ -28,7 +28,8 @@ from watcher.store.base import JobTimes, OutboxStats
 
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-INCIDENT_KINDS = ("failure", "duration", "unreadable")
+INCIDENT_KINDS = ("failure", "duration", "unreadable", "stuck")
+STUCK_STATES = ("QUEUED", "PENDING", "BLOCKED")
 _RUN_LABELS = ("workspace", "job_id", "result_state")
 _JobKey = tuple[str, str]
 _Stamp = Literal["last_success", "last_finish"]
@@ -97,6 +98,13 @@ class Metrics:
         self.runs_active = Gauge(
             "databricks_runs_active",
             "Active runs by life-cycle state.",
+            ("workspace", "life_cycle_state"),
+            registry=r,
+        )
+        self.runs_stuck = Gauge(
+            "databricks_runs_stuck",
+            "Active runs waiting in QUEUED, PENDING or BLOCKED longer than their stuck "
+            "threshold, by state.",
             ("workspace", "life_cycle_state"),
             registry=r,
         )
@@ -316,6 +324,8 @@ class Metrics:
         for state in self._active_states[ws] - set(report.active_by_state):
             self.runs_active.labels(ws, state).set(0)
         self._active_states[ws] |= set(report.active_by_state)
+        for state in STUCK_STATES:
+            self.runs_stuck.labels(ws, state).set(report.stuck_by_state.get(state, 0))
         for job_id in report.deleted_jobs:
             self._forget_job(ws, str(job_id))
         for key in report.silenced:

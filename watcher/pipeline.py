@@ -5,12 +5,12 @@ the events, and commit records, events, deliveries and the watermark in one tran
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from watcher.clock import Clock
-from watcher.config import HealthRulesConfig, StartupConfig
+from watcher.config import HealthRulesConfig, StartupConfig, StuckConfig
 from watcher.cycle import CyclePlan, plan_cycle
 from watcher.databricks.models import JobSettings
 from watcher.domain import JobRecord, PollResult, Transition
@@ -51,6 +51,8 @@ class CommitReport:
     silenced: Sequence[DeliveryKey] = ()
     """One key per delivery of the new events held back by a silence (the metric labels
     show `str(key)`)."""
+    stuck_by_state: Mapping[str, int] = field(default_factory=dict)
+    """Runs waiting longer than their stuck threshold this cycle, by state."""
 
 
 class Pipeline:
@@ -63,6 +65,7 @@ class Pipeline:
         clock: Clock,
         route: Router | None = None,
         on_commit: Callable[[CommitReport], None] | None = None,
+        stuck: StuckConfig | None = None,
     ) -> None:
         self._store = store
         self._health_rules = health_rules
@@ -70,6 +73,7 @@ class Pipeline:
         self._clock = clock
         self._route = route
         self._on_commit = on_commit
+        self._stuck = stuck or StuckConfig()
 
     async def handle(self, result: PollResult) -> list[Event]:
         """Track, route and commit one poll result; the events newly committed. A commit
@@ -124,6 +128,7 @@ class Pipeline:
                 startup=self._startup,
                 incidents=incidents,
                 known_events=known,
+                stuck=self._stuck,
             )
 
         first = plan(set())
@@ -168,4 +173,5 @@ def _report(
         plan.deleted_jobs,
         plan.active_by_state,
         held,
+        plan.stuck_by_state,
     )

@@ -38,6 +38,8 @@ _ACTIVE_RANK: dict[str, int] = {
     L.TERMINATING: 4,
 }
 TERMINAL_KEY = "terminal"
+STUCK_STATES = frozenset({L.QUEUED, L.PENDING, L.BLOCKED})
+"""States of a run that waits before running: too long in one of them is `run_stuck`."""
 
 
 def classify(run: Run) -> tuple[Category, str | None]:
@@ -148,6 +150,9 @@ class _Due:
     at_ms: int
     rule: RuleRef | None = None
     observed_seconds: float | None = None
+    part: str | None = None
+    """What else names the event in its id (the state of a `run_stuck`)."""
+    detail: str | None = None
 
 
 def evaluate(
@@ -160,6 +165,7 @@ def evaluate(
     now_ms: int,
     history_before_ms: int | None = None,
     alert_on_history: bool = False,
+    stuck_after_s: int = 0,
 ) -> Evaluation:
     """Decide the new record, the events due and the kind of transition for one
     observation of one run.
@@ -168,10 +174,11 @@ def evaluate(
     cycle plan resolves them); `now_ms` is workspace (server) time. A transition before
     `history_before_ms` happened before the watcher was watching: it is recorded without
     paging (unless `alert_on_history`), except a duration breach of a run still active,
-    which is news. Events already emitted for the run's current repair (by key) are never
-    emitted again; a terminal record changes only when the run is repaired (seen active
-    again, a later end, or a longer repair_history), which starts the next repair with
-    events of its own.
+    which is news (and so is a run stuck now). A run waiting in QUEUED, PENDING or BLOCKED
+    for longer than `stuck_after_s` (0: never) is stuck, once per state. Events already
+    emitted for the run's current repair (by key) are never emitted again; a terminal
+    record changes only when the run is repaired (seen active again, a later end, or a
+    longer repair_history), which starts the next repair with events of its own.
     """
     reopened = False
     if previous is not None and previous.terminal:
@@ -183,7 +190,12 @@ def evaluate(
     seen = _see(previous, observed, workspace, now_ms, history_before_ms, alert_on_history)
     finished = seen.category is not Category.ACTIVE
     emitted = previous.emitted if previous else frozenset()
-    due = [*_start_due(seen, emitted), *_breaches_due(seen, rules, emitted)]
+    since = _state_since(previous, seen)
+    due = [
+        *_start_due(seen, emitted),
+        *_breaches_due(seen, rules, emitted),
+        *_stuck_due(seen, since, stuck_after_s, emitted),
+    ]
     outcome: Outcome | None = None
     answered: tuple[int, int] | None = None  # (run_id, repair) of the failure recovered from
     if finished and TERMINAL_KEY not in emitted:
@@ -193,7 +205,7 @@ def evaluate(
     # the terminal key of a finished run, even when its event is suppressed.
     emitted |= {d.key for d in due} | ({TERMINAL_KEY} if finished else set())
     events = _events(seen, due, job, answered)
-    record = _record(seen, previous, emitted)
+    record = _record(seen, previous, emitted, since)
     kind = _kind(previous, reopened, seen.category)
     return Evaluation(record, tuple(events), outcome, kind, seen.category, seen.raw)
 
@@ -272,6 +284,47 @@ def _breaches_due(seen: _Seen, rules: Sequence[RuleRef], emitted: frozenset[str]
     return due
 
 
+def _state_since(previous: RunRecord | None, seen: _Seen) -> int:
+    """When the run entered the state it is in now (see `RunRecord.state_since`)."""
+    state = seen.snapshot.state.life_cycle_state
+    if previous is not None and previous.life_cycle_state == state and previous.state_since:
+        return previous.state_since
+    if previous is None or previous.terminal:
+        # First seen (or a repair seen for the first time): since it started, as far as
+        # anyone can tell; a pending run after a known queue time, since that ended.
+        started = (seen.repair_start if seen.repair else seen.snapshot.start_time) or seen.now_ms
+        if state == L.PENDING and seen.snapshot.queue_duration:
+            started += seen.snapshot.queue_duration
+        return min(started, seen.now_ms)
+    return seen.now_ms
+
+
+def _stuck_due(seen: _Seen, since: int, after_s: int, emitted: frozenset[str]) -> list[_Due]:
+    """run_stuck, for a run waiting in one state longer than `after_s`, once per state."""
+    state = seen.snapshot.state.life_cycle_state
+    if not after_s or seen.category is not Category.ACTIVE or state not in STUCK_STATES:
+        return []
+    key = f"{EventType.RUN_STUCK}:{state}"
+    waited = (seen.now_ms - since) / 1000
+    if key in emitted or waited <= after_s:
+        return []
+    at = since + after_s * 1000
+    detail = queue_reason(seen.snapshot)
+    return [_Due(key, EventType.RUN_STUCK, at, None, waited, part=state, detail=detail)]
+
+
+def queue_reason(run: Run) -> str | None:
+    """Why the API says the run waits: `code: message` of the 2.2 status' queue_details,
+    else the 2.1 state's queue_reason."""
+    details = run.status.queue_details if run.status else None
+    if details:
+        code, message = details.get("code"), details.get("message")
+        text = ": ".join(str(v) for v in (code, message) if v)
+        if text:
+            return text
+    return run.state.queue_reason or None
+
+
 def _terminal_due(
     seen: _Seen, job: JobContext
 ) -> tuple[list[_Due], Outcome | None, tuple[int, int] | None]:
@@ -320,7 +373,8 @@ def _events(
     events: list[Event] = []
     for item in due:
         live_breach = (
-            item.type is EventType.RUN_DURATION_EXCEEDED and seen.category is Category.ACTIVE
+            item.type in (EventType.RUN_DURATION_EXCEEDED, EventType.RUN_STUCK)
+            and seen.category is Category.ACTIVE
         )
         history = seen.history_before_ms is not None and item.at_ms < seen.history_before_ms
         answers_page = item.type is EventType.JOB_RECOVERED
@@ -338,7 +392,7 @@ def _event(
         # first: however late each is found, a failure is recovered from once.
         key = event_id(seen.workspace, answered[0], item.type, None, answered[1])
     else:
-        rule_name = item.rule.name if item.rule else None
+        rule_name = item.rule.name if item.rule else item.part
         key = event_id(seen.workspace, seen.snapshot.run_id, item.type, rule_name, seen.repair)
     return Event(
         id=key,
@@ -351,12 +405,15 @@ def _event(
         observed_seconds=item.observed_seconds,
         attempt_number=seen.snapshot.attempt_number or 0,
         repair=seen.repair,
-        raw_state=seen.raw,
+        raw_state=item.part or seen.raw,
         backfill=history,
+        detail=item.detail,
     )
 
 
-def _record(seen: _Seen, previous: RunRecord | None, emitted: frozenset[str]) -> RunRecord:
+def _record(
+    seen: _Seen, previous: RunRecord | None, emitted: frozenset[str], since: int
+) -> RunRecord:
     snapshot = seen.snapshot
     first_seen = snapshot.end_time or snapshot.start_time or seen.now_ms
     return RunRecord(
@@ -375,6 +432,7 @@ def _record(seen: _Seen, previous: RunRecord | None, emitted: frozenset[str]) ->
         emitted=emitted,
         repair=seen.repair,
         repair_start=seen.repair_start,
+        state_since=since,
         snapshot=snapshot,
     )
 

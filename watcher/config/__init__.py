@@ -25,6 +25,8 @@ from watcher.config.daemon import (
     ServerConfig,
     StartupConfig,
     StoreConfig,
+    StuckConfig,
+    StuckRuleConfig,
 )
 from watcher.config.errors import MAX_ERRORS, ConfigError
 from watcher.config.fields import CaBundle, Host, Secret, SecretUrl, TokenFilePath
@@ -69,6 +71,8 @@ __all__ = [
     "StartupConfig",
     "StoreConfig",
     "StrictModel",
+    "StuckConfig",
+    "StuckRuleConfig",
     "TokenAuthConfig",
     "TokenFilePath",
     "WorkspaceConfig",

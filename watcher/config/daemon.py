@@ -4,6 +4,7 @@ HTTP server, metrics and logging."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,63 @@ class HealthRulesConfig(Section):
         # The name is part of the event id: two rules of one name would share their alerts.
         require_unique([rule.name for rule in value], "rule names")
         return value
+
+
+STUCK_TAG = "watcher.stuck_after"
+"""A job tag that sets the job's stuck threshold: seconds, or a number with s, m, h or d."""
+
+
+class StuckRuleConfig(Section):
+    """A stuck threshold for some jobs, instead of the default."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Rule name (unique).")
+    seconds: int = Field(ge=0, description="Seconds in QUEUED, PENDING or BLOCKED; 0 = never.")
+    match: JobMatch = Field(default_factory=JobMatch, description="Jobs the rule applies to.")
+
+
+class StuckConfig(Section):
+    """When a run that waits before running is stuck: `run_stuck` once per run and state."""
+
+    seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="Seconds a run may stay QUEUED, PENDING or BLOCKED (0 = never stuck).",
+    )
+    rules: list[StuckRuleConfig] = Field(
+        default_factory=list,
+        description=f"Per-job thresholds, the first matching wins (the job tag {STUCK_TAG} "
+        "wins over all).",
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, value: list[StuckRuleConfig]) -> list[StuckRuleConfig]:
+        require_unique([rule.name for rule in value], "rule names")
+        return value
+
+    def threshold(self, job_id: int | None, name: str | None, tags: Mapping[str, str]) -> int:
+        """Seconds before a run of this job is stuck (0: never): the job's tag, else the
+        first matching rule, else the default. An unreadable tag value is ignored."""
+        tagged = parse_seconds(tags.get(STUCK_TAG, ""))
+        if tagged is not None:
+            return tagged
+        for rule in self.rules:
+            if rule.match.matches(job_id, name, tags):
+                return rule.seconds
+        return self.seconds
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_seconds(text: str) -> int | None:
+    """`90`, `90s`, `15m`, `2h`, `1d` as whole seconds; None for anything else."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _UNITS else text
+    if not (number.isascii() and number.isdigit()) or len(number) > 9:
+        return None
+    return int(number) * unit
 
 
 class StartupConfig(Section):

@@ -18,6 +18,7 @@ from watcher.config.daemon import (
     ServerConfig,
     StartupConfig,
     StoreConfig,
+    StuckConfig,
 )
 from watcher.config.routing import RouteConfig, RoutingConfig, SilenceConfig
 from watcher.config.workspace import WorkspaceConfig
@@ -34,6 +35,10 @@ class Config(Section):
     health_rules: HealthRulesConfig = Field(
         default_factory=HealthRulesConfig,
         description="RUN_DURATION_SECONDS rules besides the jobs' own health rules.",
+    )
+    stuck: StuckConfig = Field(
+        default_factory=StuckConfig,
+        description="When a run waiting in QUEUED, PENDING or BLOCKED is stuck (run_stuck).",
     )
     channels: dict[str, ChannelConfig] = Field(
         default_factory=dict, description="Alert channels by name (see docs/alerts.md)."

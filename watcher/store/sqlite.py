@@ -159,6 +159,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX incident_targets_due ON incident_targets (next_repeat_at)
         WHERE next_repeat_at IS NOT NULL;
+    ALTER TABLE runs ADD COLUMN state_since INTEGER;
     ALTER TABLE jobs ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN last_success_ms INTEGER;
     UPDATE jobs SET consecutive_failures = 1 WHERE last_outcome = 'failure';
@@ -344,8 +345,8 @@ class SQLiteStore:
     async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]:
         rows = await self._select_in(
             "SELECT run_id, job_id, life_cycle_state, result_state, start_time, end_time, "
-            "attempt_number, terminal, backfill, emitted, snapshot, repair, repair_start "
-            "FROM runs WHERE workspace = ? AND run_id IN ({})",
+            "attempt_number, terminal, backfill, emitted, snapshot, repair, repair_start, "
+            "state_since FROM runs WHERE workspace = ? AND run_id IN ({})",
             workspace,
             run_ids,
         )
@@ -365,6 +366,7 @@ class SQLiteStore:
                 snapshot=Run.model_validate_json(r[10]),
                 repair=r[11],
                 repair_start=r[12],
+                state_since=r[13],
             )
             for r in rows
         }
@@ -502,14 +504,16 @@ class SQLiteStore:
             await self._db.executemany(
                 "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
                 "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
-                "updated_at, repair, repair_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "updated_at, repair, repair_start, state_since) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, run_id) DO UPDATE SET job_id=excluded.job_id, "
                 "life_cycle_state=excluded.life_cycle_state, result_state=excluded.result_state, "
                 "start_time=excluded.start_time, end_time=excluded.end_time, "
                 "attempt_number=excluded.attempt_number, terminal=excluded.terminal, "
                 "backfill=excluded.backfill, emitted=excluded.emitted, "
                 "snapshot=excluded.snapshot, updated_at=excluded.updated_at, "
-                "repair=excluded.repair, repair_start=excluded.repair_start",
+                "repair=excluded.repair, repair_start=excluded.repair_start, "
+                "state_since=excluded.state_since",
                 [_run_row(r, now) for r in commit.runs],
             )
             await self._db.executemany(
@@ -1098,6 +1102,7 @@ def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
         now,
         record.repair,
         record.repair_start,
+        record.state_since,
     )
 
 
