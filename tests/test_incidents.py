@@ -17,7 +17,7 @@ from tests.notify_fixtures import make_config
 from tests.wiring import config_for
 from watcher.app import Daemon, build, close, run_once
 from watcher.clock import ManualClock
-from watcher.config import Config, HealthRulesConfig, RoutingConfig, StartupConfig
+from watcher.config import Config, HealthRulesConfig, RoutingConfig, StartupConfig, StuckConfig
 from watcher.databricks.models import Run, RunState
 from watcher.domain import Incident, PollResult
 from watcher.events import Event, EventType, JobRef, ResolveCause, RuleRef, event_id
@@ -524,9 +524,9 @@ async def test_a_run_queued_for_hours_is_stuck_once_and_resolves_when_it_runs(
     run_id = ws.start_run(job, queue_s=3 * 3600, setup_s=0, execution_s=600, cleanup_s=0)
     registry = watched.daemon.metrics.registry
     labels = {"workspace": "sim", "life_cycle_state": "QUEUED"}
-    for n in range(10):  # 100 min
+    for n in range(10):  # 100 min, with a restart before the hour
         await watched.cycle(600)
-        if n == 7:
+        if n == 3:
             await watched.restart()
             registry = watched.daemon.metrics.registry
     (stuck,) = watched.of_type(EventType.RUN_STUCK)
@@ -534,7 +534,7 @@ async def test_a_run_queued_for_hours_is_stuck_once_and_resolves_when_it_runs(
     assert stuck.incident is not None
     assert (stuck.incident.kind, stuck.incident.key) == (
         "stuck",
-        f"sim/job/{job}/stuck/run/{run_id}",
+        f"sim/job/{job}/stuck",
     )
     await watched.cycle(600)
     assert registry.get_sample_value("databricks_runs_stuck", labels) == 1
@@ -545,3 +545,67 @@ async def test_a_run_queued_for_hours_is_stuck_once_and_resolves_when_it_runs(
     assert (resolved.incident.id, resolved.incident.cause) == (stuck.incident.id, "running")
     assert registry.get_sample_value("databricks_runs_stuck", labels) == 0
     assert len(watched.of_type(EventType.RUN_STUCK)) == 1
+
+
+async def test_a_stuck_run_deleted_resolves_its_incident_and_leaves_the_gauge(
+    watched: Watched,
+) -> None:
+    ws = watched.sim.workspace
+    job = ws.create_job("q")
+    run_id = ws.start_run(job, queue_s=3 * 3600, setup_s=0, execution_s=600, cleanup_s=0)
+    registry = watched.daemon.metrics.registry
+    labels = {"workspace": "sim", "life_cycle_state": "QUEUED"}
+    for _ in range(8):
+        await watched.cycle(600)
+    assert len(watched.of_type(EventType.RUN_STUCK)) == 1
+    assert registry.get_sample_value("databricks_runs_stuck", labels) == 1
+    ws.delete_run(run_id)
+    await watched.cycle(30)
+    (resolved,) = watched.of_type(EventType.INCIDENT_RESOLVED)
+    assert resolved.incident is not None
+    assert resolved.incident.cause == "run_ended"
+    assert registry.get_sample_value("databricks_runs_stuck", labels) == 0
+
+
+async def test_running_ends_a_stuck_incident_and_leaves_a_duration_one(watched: Watched) -> None:
+    """Queued for 2 h with a 30 min duration rule: the breach stays open while the run
+    runs (queue time counts towards the rule), the stuck incident resolves when it runs."""
+    ws = watched.sim.workspace
+    job = ws.create_job("q", duration_threshold_s=1800)
+    ws.start_run(job, queue_s=2 * 3600, setup_s=0, execution_s=1800, cleanup_s=0)
+    for _ in range(13):
+        await watched.cycle(600)
+    resolved = {e.incident.kind for e in watched.of_type(EventType.INCIDENT_RESOLVED) if e.incident}
+    assert resolved == {"stuck"}
+    for _ in range(3):
+        await watched.cycle(600)
+    resolved = {e.incident.kind for e in watched.of_type(EventType.INCIDENT_RESOLVED) if e.incident}
+    assert resolved == {"stuck", "duration"}
+
+
+async def test_a_backlog_behind_a_hung_run_is_one_stuck_incident(watched: Watched) -> None:
+    ws = watched.sim.workspace
+    job = ws.create_job("behind")
+    for _ in range(5):
+        ws.start_run(job, queue_s=3 * 3600, setup_s=0, execution_s=60, cleanup_s=0)
+        await watched.cycle(600)
+    for _ in range(8):
+        await watched.cycle(600)
+    stuck = watched.of_type(EventType.RUN_STUCK)
+    assert len(stuck) == 5
+    assert len({e.incident.id for e in stuck if e.incident}) == 1
+    assert [e.incident.count for e in stuck if e.incident] == [1, 2, 3, 4, 5]
+
+
+def test_stuck_thresholds_by_tag_rule_and_default() -> None:
+    config = StuckConfig.model_validate(
+        {
+            "seconds": 3600,
+            "rules": [{"name": "tier-1", "seconds": 900, "match": {"tags": {"tier": "1"}}}],
+        }
+    )
+    assert config.threshold(1, "etl", {}) == 3600
+    assert config.threshold(1, "etl", {"tier": "1"}) == 900
+    assert config.threshold(1, "etl", {"tier": "1", "watcher.stuck_after": "2h"}) == 7200
+    assert config.threshold(1, "etl", {"watcher.stuck_after": "0"}) == 0
+    assert config.threshold(1, "etl", {"watcher.stuck_after": "soon"}) == 3600

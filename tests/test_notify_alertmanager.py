@@ -128,3 +128,33 @@ async def test_duration_incident_fires_from_its_opening_and_resolves(alertmanage
 
 def parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_stuck_runs_of_a_job_are_one_alert_resolved_when_they_run(alertmanager: str) -> None:
+    """Stuck runs of one job are one alert (`DatabricksRunStuck`: workspace, job_id) with
+    the duration severity, whichever run each event is about; the incident_resolved of
+    the job's stuck incident (made from another run's snapshot) resolves it."""
+    now = time.time()
+    clock = ManualClock(start=now)
+    am = channel(alertmanager, clock)
+    opened_at = datetime.fromtimestamp(int(now) - 600, UTC)
+    ref = IncidentRef(
+        id="incident-505", key="prod/job/505/stuck", kind="stuck", state="open", opened_at=opened_at
+    )
+    for count, run_id in enumerate((2001, 2002), start=1):
+        stuck = make_event(EventType.RUN_STUCK, job_id=505, run_id=run_id, at=now)
+        update = {"raw_state": "QUEUED", "observed_seconds": 600.0}
+        update["incident"] = ref.model_copy(update={"count": count})
+        assert isinstance(await am.send(stuck.model_copy(update=update)), Sent)
+    (alert,) = active_alerts(alertmanager, job_id="505")
+    assert "run_id" not in alert["labels"]
+    assert alert["labels"]["alertname"] == "DatabricksRunStuck"
+    assert alert["labels"]["severity"] == "warning"
+    assert "is stuck in QUEUED: for 10m 0s" in alert["annotations"]["summary"]
+    resolved = ref.model_copy(
+        update={"state": "resolved", "resolved_at": opened_at, "cause": "running"}
+    )
+    running = make_event(EventType.INCIDENT_RESOLVED, job_id=505, run_id=2001, at=now)
+    assert isinstance(await am.send(running.model_copy(update={"incident": resolved})), Sent)
+    await am.close()
+    assert active_alerts(alertmanager, job_id="505") == []

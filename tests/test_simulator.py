@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import itertools
+from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -11,7 +14,15 @@ import pytest
 
 from tests.conftest import TOKEN
 from watcher.clock import ManualClock
-from watcher.simulator import Fault, RandomWorkload, Simulator, TaskPlan, WorkloadSpec
+from watcher.simulator import (
+    Fault,
+    RandomWorkload,
+    RunPlan,
+    Simulator,
+    TaskPlan,
+    WorkloadSpec,
+    Workspace,
+)
 from watcher.simulator.server import LoggedRequest
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -744,3 +755,394 @@ async def test_control_api_repairs_releases_and_poisons(
     _, run = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=born["run_id"])
     _, got = await _get(http, sim, "/api/2.1/jobs/get", job_id=job)
     assert (run["run_name"], got["job_id"]) == (None, "x")
+
+
+async def _queue_view(
+    http: aiohttp.ClientSession, sim: Simulator, version: str, run_id: int
+) -> tuple[str, Any, Any]:
+    """(life_cycle_state, state.queue_reason, status.queue_details) of runs/get."""
+    _, run = await _get(http, sim, f"/api/{version}/jobs/runs/get", run_id=run_id)
+    status = run.get("status", {})
+    return (
+        run["state"]["life_cycle_state"],
+        run["state"].get("queue_reason"),
+        status.get("queue_details"),
+    )
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
+async def test_a_queued_run_says_why_while_queued(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession, version: str
+) -> None:
+    """A run started with a queue reason shows it while QUEUED only: 2.1 as
+    state.queue_reason (the message), 2.2 as status.queue_details {code, message}, 2.0
+    not at all; runs/list shows it as runs/get does; a run without one shows none."""
+    job = sim.workspace.create_job("j")
+    reason = ("MAX_CONCURRENT_RUNS_REACHED", "Workspace has too many active runs")
+    run_id = sim.workspace.start_run(job, queue_s=30, queue_reason=reason)
+    plain = sim.workspace.start_run(job, queue_s=30)
+    queued = {
+        "2.0": ("QUEUED", None, None),
+        "2.1": ("QUEUED", reason[1], None),
+        "2.2": ("QUEUED", None, {"code": reason[0], "message": reason[1]}),
+    }[version]
+    assert await _queue_view(http, sim, version, run_id) == queued
+    assert await _queue_view(http, sim, version, plain) == ("QUEUED", None, None)
+    _, listed = await _get(http, sim, f"/api/{version}/jobs/runs/list")
+    (listed_run,) = (r for r in listed["runs"] if r["run_id"] == run_id)
+    assert listed_run["state"].get("queue_reason") == queued[1]
+    assert listed_run.get("status", {}).get("queue_details") == queued[2]
+    clock.advance(31)
+    assert await _queue_view(http, sim, version, run_id) == ("PENDING", None, None)
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+async def test_runs_beyond_max_concurrent_runs_queue_until_a_slot_frees(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession, version: str
+) -> None:
+    """With max_concurrent_runs 1, a second run started while the first is active stays
+    QUEUED with ACTIVE_RUNS_LIMIT_REACHED (listed as active) until the first ends, then
+    goes through its plan, the wait being its queue time; a third waits for the second."""
+    job = sim.workspace.create_job("limited", max_concurrent_runs=1)
+    first = sim.workspace.start_run(job, setup_s=10, execution_s=100, cleanup_s=10)
+    clock.advance(20)
+    second = sim.workspace.start_run(job, setup_s=10, execution_s=50, cleanup_s=0)
+    third = sim.workspace.start_run(job, setup_s=10, execution_s=50, cleanup_s=0)
+    limit = ("ACTIVE_RUNS_LIMIT_REACHED", "The job has reached its maximum concurrent runs")
+    waiting = (
+        ("QUEUED", limit[1], None)
+        if version == "2.1"
+        else ("QUEUED", None, {"code": limit[0], "message": limit[1]})
+    )
+    clock.advance(50)
+    assert await _queue_view(http, sim, version, second) == waiting
+    assert await _queue_view(http, sim, version, third) == waiting
+    _, active = await _get(http, sim, f"/api/{version}/jobs/runs/list", active_only="true")
+    assert _ids(active) == [third, second, first]
+    _, run = await _get(http, sim, f"/api/{version}/jobs/runs/get", run_id=second)
+    assert (run["queue_duration"], run["tasks"][0]["state"]["life_cycle_state"]) == (
+        50_000,
+        "QUEUED",
+    )
+    # The first run ends at 120 s: the second gets its slot then (100 s after its start).
+    clock.advance(55)  # 125 s
+    assert (await _queue_view(http, sim, version, second))[0] == "PENDING"
+    assert await _queue_view(http, sim, version, third) == waiting
+    clock.advance(200)  # 325 s: the second ended at 180 s, the third at 240 s
+    _, second_run = await _get(http, sim, f"/api/{version}/jobs/runs/get", run_id=second)
+    _, third_run = await _get(http, sim, f"/api/{version}/jobs/runs/get", run_id=third)
+    start = second_run["start_time"]
+    assert second_run["queue_duration"] == 100_000
+    assert second_run["end_time"] == start + 160_000
+    assert second_run["state"]["result_state"] == "SUCCESS"
+    assert "queue_details" not in second_run["status"]
+    assert third_run["queue_duration"] == 160_000
+    assert third_run["end_time"] == start + 220_000
+    assert sim.workspace.active_runs() == []
+
+
+async def test_max_concurrent_runs_counts_slots_and_spares_other_runs(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """With max_concurrent_runs 2, two runs run side by side and the third queues; a
+    queued run canceled by hand ends at once and frees nobody's turn; a job created
+    without max_concurrent_runs (settings say 1, as always) queues nothing, nor do runs
+    started as history or held."""
+    job = sim.workspace.create_job("pair", max_concurrent_runs=2)
+    _, settings = await _get(http, sim, "/api/2.1/jobs/get", job_id=job)
+    assert settings["settings"]["max_concurrent_runs"] == 2
+    a = sim.workspace.start_run(job, execution_s=100)
+    b = sim.workspace.start_run(job, execution_s=200)
+    c = sim.workspace.start_run(job, execution_s=100, queue_s=5)
+    d = sim.workspace.start_run(job, execution_s=100)
+    clock.advance(30)
+    states = {r: (await _queue_view(http, sim, "2.2", r))[0] for r in (a, b, c, d)}
+    assert states == {a: "RUNNING", b: "RUNNING", c: "QUEUED", d: "QUEUED"}
+    sim.workspace.force(d, "TERMINATED", "CANCELED")
+    _, canceled = await _get(http, sim, "/api/2.2/jobs/runs/get", run_id=d)
+    assert (canceled["queue_duration"], canceled["end_time"] - canceled["start_time"]) == (
+        30_000,
+        30_000,
+    )
+    clock.advance(100)  # a ended at 115 s: c got its slot then
+    _, run = await _get(http, sim, "/api/2.2/jobs/runs/get", run_id=c)
+    assert (run["state"]["life_cycle_state"], run["queue_duration"]) == ("RUNNING", 115_000)
+
+    free = sim.workspace.create_job("free")
+    _, settings = await _get(http, sim, "/api/2.1/jobs/get", job_id=free)
+    assert settings["settings"]["max_concurrent_runs"] == 1
+    now = sim.workspace.now_ms()
+    runs = [
+        sim.workspace.start_run(free),
+        sim.workspace.start_run(free),
+        sim.workspace.start_run(job, start_ms=now - 1000),
+        sim.workspace.start_run(job, hold_state="BLOCKED"),
+    ]
+    states = {r: (await _queue_view(http, sim, "2.2", r))[0] for r in runs}
+    assert states == dict(zip(runs, ["PENDING", "PENDING", "PENDING", "BLOCKED"], strict=True))
+    with pytest.raises(ValueError, match="at least 1"):
+        sim.workspace.create_job("none", max_concurrent_runs=0)
+
+
+async def test_control_api_starts_runs_with_queue_reasons_and_limits(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """/sim/jobs takes max_concurrent_runs, /sim/runs a queue_reason [code, message]."""
+
+    async def post(path: str, body: Any) -> dict[str, Any]:
+        async with http.post(f"{sim.url}{path}", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            answer: dict[str, Any] = await resp.json()
+            return answer
+
+    job = (await post("/sim/jobs", {"name": "ctl", "max_concurrent_runs": 1}))["job_id"]
+    first = await post("/sim/runs", {"job_id": job, "queue_s": 10, "queue_reason": ["A", "b"]})
+    second = await post("/sim/runs", {"job_id": job})
+    assert await _queue_view(http, sim, "2.2", first["run_id"]) == (
+        "QUEUED",
+        None,
+        {"code": "A", "message": "b"},
+    )
+    assert (await _queue_view(http, sim, "2.2", second["run_id"]))[2]["code"] == (
+        "ACTIVE_RUNS_LIMIT_REACHED"
+    )
+
+
+# -- the scheduler: schedules, periodic triggers, continuous jobs ---------------------------
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%m-%d %H:%M:%S")
+
+
+def _starts(sim: Simulator, job: int) -> list[str]:
+    """Start times of the job's runs, oldest first, with the workspace brought up to now."""
+    sim.workspace.settle()
+    return [
+        _utc(r.start_ms)
+        for r in sorted(sim.workspace.runs.values(), key=lambda r: r.sort_key)
+        if r.job_id == job
+    ]
+
+
+async def test_a_schedule_fires_at_its_triggers_unless_paused_or_forgotten(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """18:30 in New York (23:30 UTC in November) starts a PERIODIC run of the job's plan
+    at each trigger, however far the clock jumps; a forgotten trigger starts nothing (and
+    nothing says so), nor does a trigger while PAUSED; jobs/get shows the pause."""
+    ws = sim.workspace  # the clock: 2023-11-14 22:13:20 UTC
+    plan = RunPlan(setup_s=0, execution_s=120, cleanup_s=0, result="FAILED")
+    job = ws.create_job(
+        "nightly", schedule="0 30 18 * * ?", timezone_id="America/New_York", plan=plan
+    )
+    clock.advance(3 * 86_400)
+    _, listed = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job)
+    assert [
+        (_utc(r["start_time"]), r["trigger"], r["state"]["result_state"]) for r in listed["runs"]
+    ] == [(f"11-{day} 23:30:00", "PERIODIC", "FAILED") for day in (16, 15, 14)]
+    assert {r["end_time"] - r["start_time"] for r in listed["runs"]} == {120_000}
+    ws.skip_next_trigger(job)  # the 17th
+    clock.advance(86_400)
+    ws.pause_job(job)  # the 18th
+    _, got = await _get(http, sim, "/api/2.1/jobs/get", job_id=job)
+    assert got["settings"]["schedule"] == {
+        "quartz_cron_expression": "0 30 18 * * ?",
+        "timezone_id": "America/New_York",
+        "pause_status": "PAUSED",
+    }
+    clock.advance(86_400)
+    ws.resume_job(job)  # the 19th fires, not the 18th
+    clock.advance(86_400)
+    _, listed = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job)
+    assert [_utc(r["start_time"]) for r in listed["runs"]] == [
+        f"11-{day} 23:30:00" for day in (19, 16, 15, 14)
+    ]
+    with pytest.raises(ValueError, match="no schedule"):
+        ws.pause_job(ws.create_job("plain"))
+    # An expression Quartz refuses is shown as it is, and never fires.
+    odd = ws.create_job("odd", schedule="0 0 * * *")
+    clock.advance(86_400)
+    assert _starts(sim, odd) == []
+
+
+async def test_scheduled_runs_queue_behind_the_concurrency_limit(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """An hourly job with max_concurrent_runs 1 whose runs last 90 minutes: each trigger
+    still starts a run at its time (start_time), which waits QUEUED behind the one before
+    (ACTIVE_RUNS_LIMIT_REACHED) until it ends."""
+    ws = sim.workspace
+    plan = RunPlan(setup_s=0, execution_s=5400, cleanup_s=0)
+    job = ws.create_job("slow", schedule="0 0 * * * ?", max_concurrent_runs=1, plan=plan)
+    clock.advance(3 * 3600)  # 01:13:20: triggers at 23:00, 00:00, 01:00
+    _, listed = await _get(http, sim, "/api/2.2/jobs/runs/list", job_id=job)
+    runs = [
+        (
+            _utc(r["start_time"]),
+            r["state"]["life_cycle_state"],
+            r["queue_duration"],
+            r["status"].get("queue_details", {}).get("code"),
+        )
+        for r in reversed(listed["runs"])
+    ]
+    assert runs == [
+        ("11-14 23:00:00", "TERMINATED", 0, None),
+        ("11-15 00:00:00", "RUNNING", 1800_000, None),  # its slot: 00:30
+        ("11-15 01:00:00", "QUEUED", 800_000, "ACTIVE_RUNS_LIMIT_REACHED"),  # so far
+    ]
+
+
+def test_triggers_do_not_depend_on_how_the_clock_advances() -> None:
+    """The same jobs advanced six hours at once or a minute at a time start the same runs
+    at the same times, with the same queues and ends."""
+
+    def runs(steps: int) -> list[tuple[int, int, str, int, int | None]]:
+        clock = ManualClock()
+        ws = Workspace(clock=clock)
+        ws.create_job(
+            "hourly", schedule="0 0 * * * ?", plan=RunPlan(execution_s=4000), max_concurrent_runs=1
+        )
+        skipped = ws.create_job("quarter", schedule="0 0/15 * * * ?")
+        ws.skip_next_trigger(skipped)
+        ws.create_job("stream", continuous=True, plan=RunPlan(execution_s=1700))
+        ws.create_job("periodic", periodic=(2, "HOURS"))
+        for _ in range(steps):
+            ws.advance(6 * 3600 / steps)
+        return sorted(
+            (r.job_id, r.start_ms, r.trigger, r.queue_ms, r.end_ms) for r in ws.runs.values()
+        )
+
+    at_once = runs(1)
+    assert at_once == runs(360)
+    by_job = Counter(job for job, *_ in at_once)
+    assert by_job == {1: 6, 2: 23, 3: 13, 4: 3}
+
+
+async def test_a_continuous_job_keeps_one_run_active_until_stopped_or_paused(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """A continuous job runs from its creation, one run after the other (trigger
+    CONTINUOUS), always one active; stopped, its run fails now and none follows while its
+    settings still say UNPAUSED, until started again; paused, its run is canceled."""
+    ws = sim.workspace
+    job = ws.create_job(
+        "stream", continuous=True, plan=RunPlan(setup_s=0, execution_s=3000, cleanup_s=0)
+    )
+    for _ in range(8):
+        clock.advance(1000)
+        _, active = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job, active_only="true")
+        assert len(active["runs"]) == 1
+    _, listed = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job)
+    runs = list(reversed(listed["runs"]))
+    assert [r["trigger"] for r in runs] == ["CONTINUOUS"] * 3
+    assert [b["start_time"] - a["end_time"] for a, b in itertools.pairwise(runs)] == [0, 0]
+    ws.stop_continuous(job)
+    clock.advance(3600)
+    _, active = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job, active_only="true")
+    assert "runs" not in active
+    _, stopped = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=runs[-1]["run_id"])
+    assert stopped["state"]["result_state"] == "FAILED"
+    assert stopped["end_time"] == ws.now_ms() - 3600_000
+    _, got = await _get(http, sim, "/api/2.1/jobs/get", job_id=job)
+    assert got["settings"]["continuous"] == {"pause_status": "UNPAUSED"}
+    ws.start_continuous(job)
+    _, active = await _get(http, sim, "/api/2.1/jobs/runs/list", job_id=job, active_only="true")
+    (restarted,) = active["runs"]
+    assert restarted["start_time"] == ws.now_ms()
+    ws.pause_job(job)
+    _, canceled = await _get(http, sim, "/api/2.1/jobs/runs/get", run_id=restarted["run_id"])
+    assert canceled["state"]["result_state"] == "CANCELED"
+    clock.advance(3600)
+    assert ws.active_runs() == []
+    ws.resume_job(job)
+    assert [r.start_ms for r in ws.active_runs()] == [ws.now_ms()]
+    with pytest.raises(ValueError, match="not continuous"):
+        ws.stop_continuous(ws.create_job("batch"))
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
+async def test_continuous_and_trigger_settings_are_shown_from_2_1(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession, version: str
+) -> None:
+    """settings.continuous and settings.trigger (periodic) came with API 2.1: 2.0 leaves
+    them out of jobs/get and jobs/list; a schedule shows in every version. A periodic
+    trigger fires every interval from the job's creation."""
+    ws = sim.workspace
+    ws.create_job("stream", continuous=True)
+    every_4h = ws.create_job("every-4h", periodic=(4, "HOURS"), pause_status="UNPAUSED")
+    ws.create_job("hourly", schedule="0 0 * * * ?")
+    _, listed = await _get(http, sim, f"/api/{version}/jobs/list")
+    shown = [
+        {k: v for k, v in job["settings"].items() if k in ("continuous", "trigger", "schedule")}
+        for job in listed["jobs"]
+    ]
+    newer = version != "2.0"
+    assert shown == [
+        {"continuous": {"pause_status": "UNPAUSED"}} if newer else {},
+        {"trigger": {"pause_status": "UNPAUSED", "periodic": {"interval": 4, "unit": "HOURS"}}}
+        if newer
+        else {},
+        {
+            "schedule": {
+                "quartz_cron_expression": "0 0 * * * ?",
+                "timezone_id": "UTC",
+                "pause_status": "UNPAUSED",
+            }
+        },
+    ]
+    _, got = await _get(http, sim, f"/api/{version}/jobs/get", job_id=every_4h)
+    assert ("trigger" in got["settings"]) is newer
+    clock.advance(9 * 3600)
+    assert _starts(sim, every_4h) == ["11-15 02:13:20", "11-15 06:13:20"]
+    with pytest.raises(ValueError, match="at most one"):
+        ws.create_job("both", continuous=True, schedule="0 0 * * * ?")
+
+
+async def test_control_api_drives_the_scheduler(
+    sim: Simulator, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """/sim/jobs takes schedule, timezone_id, pause_status, continuous, periodic and a
+    plan; /sim/jobs/{id}/pause, resume, skip_next_trigger, stop_continuous (with the
+    stopped run's result) and start_continuous drive it."""
+
+    async def post(path: str, body: Any = None, expect: int = 200) -> Any:
+        async with http.post(f"{sim.url}{path}", json=body) as resp:
+            assert resp.status == expect, await resp.text()
+            return await resp.json() if expect == 200 else None
+
+    plan = {"setup_s": 0, "execution_s": 30, "cleanup_s": 0, "result": "FAILED"}
+    hourly = (await post("/sim/jobs", {"name": "h", "schedule": "0 0 * * * ?", "plan": plan}))[
+        "job_id"
+    ]
+    stream = (await post("/sim/jobs", {"name": "s", "continuous": True}))["job_id"]
+    periodic = {"name": "p", "periodic": {"interval": 1, "unit": "DAYS"}, "pause_status": "PAUSED"}
+    daily = (await post("/sim/jobs", periodic))["job_id"]
+    await post(f"/sim/jobs/{hourly}/skip_next_trigger")  # 23:00
+    clock.advance(3600)
+    await post(f"/sim/jobs/{hourly}/pause")
+    clock.advance(3600)  # 00:00 paused
+    await post(f"/sim/jobs/{hourly}/resume")
+    clock.advance(3600)  # 01:00 fires
+    assert _starts(sim, hourly) == ["11-15 01:00:00"]
+    assert [r.result for r in sim.workspace.runs.values() if r.job_id == hourly] == ["FAILED"]
+    await post(f"/sim/jobs/{stream}/stop_continuous", {"result": "CANCELED"})
+    (only,) = [r for r in sim.workspace.runs.values() if r.job_id == stream]
+    assert only.result == "CANCELED"
+    await post(f"/sim/jobs/{stream}/start_continuous")
+    assert len([r for r in sim.workspace.active_runs() if r.job_id == stream]) == 1
+    await post(f"/sim/jobs/{stream}/stop_continuous")  # default: the run fails
+    assert [r.result for r in sim.workspace.runs.values() if r.job_id == stream][-1] == "FAILED"
+    assert _starts(sim, daily) == []
+    await post(f"/sim/jobs/{daily}/resume")
+    clock.advance(86_400)
+    assert len(_starts(sim, daily)) == 1
+    await post(f"/sim/jobs/{hourly}/start_continuous", expect=409)
+    await post(f"/sim/jobs/{hourly}/explode", expect=404)
+    await post("/sim/jobs/999/pause", expect=404)
+    await post(
+        "/sim/jobs", {"name": "x", "periodic": {"interval": 1, "unit": "MINUTES"}}, expect=400
+    )
+    await post(
+        "/sim/jobs", {"name": "x", "continuous": True, "schedule": "0 0 * * * ?"}, expect=400
+    )

@@ -727,3 +727,28 @@ def test_stuck_thresholds_and_states(observed: Run, threshold: int, expected: li
     for event in evaluation.events:
         if event.type is EventType.RUN_STUCK and observed.status is not None:
             assert event.detail == "ACTIVE_RUNS_LIMIT_REACHED: Limit"
+
+
+def test_stuck_time_counts_from_the_start_where_nothing_better_is_known() -> None:
+    """A record stored before the watcher kept `state_since`, a repair seen for the first
+    time, and a run the API describes by its `status` object only: time in the state
+    counts from the run's (or the repair's) start, so a run queued for 3 h is stuck now."""
+    first = step(None, run("QUEUED"), now=T0 + 60_000, stuck_after_s=3600)
+    legacy = first.record.model_copy(update={"state_since": None})
+    assert "run_stuck" in types(
+        step(legacy, run("QUEUED"), now=T0 + 3 * 3_600_000, stuck_after_s=3600)
+    )
+    ended = step(None, done("FAILED"), now=T0 + 120_000)
+    repair_at = T0 + 10 * 3_600_000
+    history = [{"type": "ORIGINAL", "start_time": T0}, {"type": "REPAIR", "start_time": repair_at}]
+    repaired = run("QUEUED", end=T0 + 60_000, repair_history=history)
+    seen = step(ended.record, repaired, now=repair_at + 2 * 3_600_000, stuck_after_s=3600)
+    assert seen.record.repair == 1
+    assert seen.record.state_since == repair_at
+    assert "run_stuck" in types(seen)
+    status_only = Run.model_validate(
+        {"run_id": 42, "job_id": 7, "state": {}, "start_time": T0, "status": {"state": "QUEUED"}}
+    )
+    seen = step(None, status_only, now=T0 + 3 * 3_600_000, stuck_after_s=3600)
+    assert seen.record.life_cycle_state == "QUEUED"
+    assert "run_stuck" in types(seen)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from watcher import __version__
 from watcher.aio import guarded_task, sleep_or_stop
 from watcher.clock import Clock, SystemClock
-from watcher.config import Config, OAuthConfig, WorkspaceConfig
+from watcher.config import Config, ExpectationsConfig, OAuthConfig, WorkspaceConfig
 from watcher.databricks import (
     Auth,
     JobsClient,
@@ -210,6 +210,7 @@ def _assemble(
         health_rules=config.health_rules,
         startup=config.startup,
         stuck=config.stuck,
+        expectations=config.expectations,
         clock=clock,
         route=table_router(table, clock=clock, on_failure=metrics.observe_routing_failure),
         on_commit=committed,
@@ -230,12 +231,19 @@ def _assemble(
                 client=client,
                 state=store,
                 clock=clock,
+                jobs_every=_jobs_every(config.expectations),
             )
         )
         metrics.poll_interval.labels(workspace.name).set(workspace.poll_interval)
     return Daemon(
         config, store, metrics, pipeline, pollers, clients, channels, dispatcher, reminders
     )
+
+
+def _jobs_every(expectations: ExpectationsConfig) -> float | None:
+    """How often every job is read for the expectation checks (None: every check off)."""
+    on = expectations.missed_schedules or expectations.not_running_after
+    return expectations.jobs_every if on or expectations.success_within else None
 
 
 async def run_once(daemon: Daemon) -> list[Event]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from watcher.config import HealthRulesConfig, StartupConfig, StuckConfig
+from watcher.config import ExpectationsConfig, HealthRulesConfig, StartupConfig, StuckConfig
 from watcher.databricks.models import Job, JobSettings, Run
 from watcher.domain import (
     Incident,
@@ -23,6 +23,7 @@ from watcher.domain import (
     Unreadable,
 )
 from watcher.events import Event, EventType, JobRef, ResolveCause, RuleRef, Streak, event_id
+from watcher.expectations import ScheduleFacts, check_jobs
 from watcher.incidents import IncidentBook, resolution
 from watcher.tracker import STUCK_STATES, Evaluation, JobContext, evaluate
 
@@ -43,9 +44,11 @@ class CyclePlan:
     """Jobs of observed runs that no longer exist in the workspace."""
     active_by_state: Mapping[str, int]
     incidents: Sequence[Incident] = ()
+    """Every incident the cycle opened, updated or resolved."""
     stuck_by_state: Mapping[str, int] = field(default_factory=dict)
     """Runs waiting longer than their stuck threshold now, by state."""
-    """Every incident the cycle opened, updated or resolved."""
+    schedules: Mapping[int, ScheduleFacts] | None = None
+    """Scheduled watched jobs: paused or not, the next trigger (None: not checked)."""
 
 
 def _run_duration_rules(
@@ -119,6 +122,7 @@ def plan_cycle(
     incidents: Mapping[str, Incident] | None = None,
     known_events: Collection[str] = (),
     stuck: StuckConfig | None = None,
+    expectations: ExpectationsConfig | None = None,
 ) -> CyclePlan:
     """Track every observed run against its stored record, keep each job's last outcome
     (and failing streak) for recovery detection, open, update and resolve incidents
@@ -126,7 +130,9 @@ def plan_cycle(
     close out vanished runs and report unreadable items. Events in `known_events` are
     committed already (an unreadable item is reported every cycle under one id): they
     are left out, and change no incident again. `stuck` says when a waiting run is stuck
-    (default: `StuckConfig()`)."""
+    (default: `StuckConfig()`). With the workspace's watched jobs (`result.watched_jobs`),
+    what Databricks never reports is checked too (`expectations`; stored records of the
+    jobs it applies to must be in `stored_jobs`)."""
     workspace, now_ms = result.workspace, result.server_now_ms
     stuck = stuck or StuckConfig()
     plan = _Planned(IncidentBook.of(workspace, incidents or {}), frozenset(known_events))
@@ -161,6 +167,8 @@ def plan_cycle(
         streak = None
         if record is not None and evaluation.outcome is not None:
             streak = plan.settle(record, run.run_id, evaluation, now_ms)
+        if record is not None:
+            plan.note_activity(record.job_id, evaluation.record, now_ms)
         plan.add_evaluation(before, evaluation, settings, streak)
         if _is_stuck(evaluation.record, stuck_after, now_ms):
             plan.stuck[evaluation.record.life_cycle_state or ""] += 1
@@ -174,6 +182,23 @@ def plan_cycle(
         plan.run_moved_on(transition.record, "ended", ref, [], None, now_ms)
     for item in result.unreadable:
         plan.add_event(_unreadable_event(workspace, item, stored_jobs, now_ms), None)
+    if result.watched_jobs is not None:
+        records = {**stored_jobs, **plan.jobs}
+        checked = check_jobs(
+            workspace,
+            result.watched_jobs,
+            records,
+            plan.book,
+            now_ms=now_ms,
+            news_since_ms=result.news_since_ms,
+            config=expectations or ExpectationsConfig(),
+            known=plan.known,
+        )
+        for event in checked.events:
+            job = result.watched_jobs.get(event.job.job_id or 0)
+            plan.events.append(event)
+            plan.settings_of[event.id] = job.settings if job else None
+        plan.schedules = checked.schedules
     return plan.plan(result, stored_jobs)
 
 
@@ -212,6 +237,7 @@ class _Planned:
     jobs: dict[int, JobRecord] = field(default_factory=dict)
     active: Counter[str] = field(default_factory=Counter)
     stuck: Counter[str] = field(default_factory=Counter)
+    schedules: dict[int, ScheduleFacts] | None = None
     transitions: list[Transition] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     settings_of: dict[str, JobSettings | None] = field(default_factory=dict)
@@ -288,6 +314,17 @@ class _Planned:
             self.events.append(event)
             self.settings_of[event.id] = settings
 
+    def note_activity(self, job_id: int, record: RunRecord, now_ms: int) -> None:
+        """The job's latest run start and latest active run, from one of its runs."""
+        job = self.jobs[job_id]
+        start = max(job.last_start_ms or 0, record.start_time or 0) or None
+        seen = now_ms if not record.terminal else (record.end_time or 0)
+        active = max(job.last_active_ms or 0, seen) or None
+        if (start, active) != (job.last_start_ms, job.last_active_ms):
+            self.jobs[job_id] = job.model_copy(
+                update={"last_start_ms": start, "last_active_ms": active}
+            )
+
     def settle(self, job: JobRecord, run_id: int, evaluation: Evaluation, now_ms: int) -> Streak:
         """Record the job outcome the run settled, unless a later run's outcome is
         already recorded; the failing streak the outcome belongs to."""
@@ -323,6 +360,7 @@ class _Planned:
             active_by_state=dict(self.active),
             incidents=list(self.book.changed.values()),
             stuck_by_state=dict(self.stuck),
+            schedules=self.schedules,
         )
 
 

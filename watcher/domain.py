@@ -96,6 +96,12 @@ class JobRecord(BaseModel):
     """Failures that paged since the job's latest success."""
     last_success_ms: int | None = None
     """end_time (ms) of the job's latest success the watcher has seen."""
+    last_start_ms: int | None = None
+    """start_time (ms) of the job's latest run the watcher has seen (a missed schedule
+    is an expected trigger with no run started after it)."""
+    last_active_ms: int | None = None
+    """When (ms, workspace time) a run of the job was last seen active, or last ended (a
+    continuous job with none for long is not running)."""
 
 
 class Incident(BaseModel):
@@ -114,6 +120,10 @@ class Incident(BaseModel):
     job_id: int | None = None
     rule: str | None = None
     """For a duration incident: the name of the rule its runs broke."""
+    since_ms: int | None = None
+    """For a job's missed trigger, continuous job not running or missing success: the
+    instant the condition counts from (the first missed trigger, the last active run, the
+    last success); a later start, active run or success ends it."""
     opened_at_ms: int
     opened_by: str
     """Id of the event that opened it."""
@@ -184,3 +194,6 @@ class PollResult:
     retries and 2.2 task pages."""
     unreadable: list[Unreadable] = field(default_factory=list)
     """Items unreadable for long enough to be reported (once: the event id is stable)."""
+    watched_jobs: dict[int, Job] | None = None
+    """Every watched job of the workspace, as its latest jobs/list walk read it (None when
+    the checks that need them are off)."""

@@ -36,15 +36,24 @@ class EventType(StrEnum):
     """A run has waited in QUEUED, PENDING or BLOCKED longer than its stuck threshold (once
     per run, repair and state); `raw_state` is the state, `observed_seconds` the time in
     it, `detail` the queue reason when the API gives one."""
+    RUN_MISSED = "run_missed"
+    """A scheduled job did not start a run within `grace` after an expected trigger
+    (`expected_at`); `detail` names the job's latest run start the watcher knows."""
+    JOB_NOT_RUNNING = "job_not_running"
+    """A continuous job (UNPAUSED) has had no active run for longer than its threshold."""
+    JOB_STALE = "job_stale"
+    """A job with an expected-success window has not succeeded within it."""
     INCIDENT_RESOLVED = "incident_resolved"
     """An incident ended without a recovery of its job: every run that broke a duration
     rule has ended, a stuck run started running or ended, or an operator resolved it
     (`watcher incidents resolve`)."""
 
 
-IncidentKind = Literal["failure", "duration", "unreadable", "stuck"]
+IncidentKind = Literal[
+    "failure", "duration", "unreadable", "stuck", "missed", "not_running", "stale"
+]
 IncidentState = Literal["open", "resolved"]
-ResolveCause = Literal["recovered", "run_ended", "manual", "running"]
+ResolveCause = Literal["recovered", "run_ended", "manual", "running", "ran"]
 
 
 def event_id(
@@ -143,6 +152,10 @@ class Event(_Frozen):
     part of one: starts, successes that recover nothing, cancellations, skips)."""
     streak: Streak | None = None
     """On terminal events and recoveries: the job's failing streak."""
+    expected_at: datetime | None = None
+    """For `run_missed`: the trigger time (workspace time) no run started after; for
+    `job_not_running` and `job_stale`: since when (the last active run, the last success,
+    or the watcher's start when it knows of none)."""
     repeat: int = 0
     """0 for the event itself; N for the Nth reminder of an incident still open, sent
     again after the route's `repeat_interval` (and to Alertmanager to keep it firing)."""

@@ -30,6 +30,9 @@ _OPENS: dict[EventType, IncidentKind] = {
     EventType.RUN_UNREADABLE: "unreadable",
     EventType.JOB_UNREADABLE: "unreadable",
     EventType.RUN_STUCK: "stuck",
+    EventType.RUN_MISSED: "missed",
+    EventType.JOB_NOT_RUNNING: "not_running",
+    EventType.JOB_STALE: "stale",
 }
 _PER_RUN: frozenset[IncidentKind] = frozenset({"duration", "stuck"})
 """Kinds that track the runs keeping them open."""
@@ -37,15 +40,16 @@ _PER_RUN: frozenset[IncidentKind] = frozenset({"duration", "stuck"})
 
 def incident_key(event: Event, kind: IncidentKind) -> str:
     """`<workspace>/job/<id>/failed`, `.../duration/<rule>`, `.../unreadable/run/<id>`,
-    `.../stuck/run/<id>` (`run/<id>` for a run without a job): one open incident per key."""
+    `.../stuck`, `.../missed`, `.../not_running`, `.../stale` (`run/<id>` for a run without
+    a job): one open incident per key. A job's queue backlog is one stuck incident."""
     job_id = event.job.job_id
     subject = f"job/{job_id}" if job_id is not None else f"run/{event.run.run_id}"
     if kind == "duration":
         what = f"duration/{event.rule.name if event.rule else 'default'}"
     elif kind == "unreadable":
         what = f"unreadable/run/{event.run.run_id}"
-    elif kind == "stuck":
-        what = f"stuck/run/{event.run.run_id}"
+    elif kind in ("stuck", "missed", "not_running", "stale"):
+        what = kind
     else:
         what = "failed"
     key = f"{event.workspace}/{subject}/{what}"
@@ -158,6 +162,7 @@ class IncidentBook:
                 kind=kind,
                 job_id=event.job.job_id,
                 rule=event.rule.name if kind == "duration" and event.rule else None,
+                since_ms=_ms(event.expected_at) if event.expected_at else None,
                 opened_at_ms=_ms(event.occurred_at),
                 opened_by=event.id,
                 last_event_id=event.id,
@@ -208,6 +213,13 @@ class IncidentBook:
             self._put(resolve(incident, event, cause))
             events.append(event)
         return events
+
+    def resolve_open(self, key: str, make_event: Resolver, cause: ResolveCause) -> Event:
+        """Resolve the open incident `key` by the event `make_event` builds."""
+        incident = self.open[key]
+        event = make_event(incident, cause)
+        self._put(resolve(incident, event, cause))
+        return event
 
     def _recovered(self, event: Event) -> Event:
         key = incident_key(event, "failure")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,13 +22,14 @@ from watcher.databricks.client import ITEM_ENDPOINTS, Attempt
 from watcher.databricks.errors import RejectedItem
 from watcher.domain import Category, Transition, TransitionKind
 from watcher.events import Event
+from watcher.expectations import ScheduleFacts
 from watcher.pipeline import CommitReport
 from watcher.poller import PollStatus
 from watcher.store.base import JobTimes, OutboxStats
 
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-INCIDENT_KINDS = ("failure", "duration", "unreadable", "stuck")
+INCIDENT_KINDS = ("failure", "duration", "unreadable", "stuck", "missed", "not_running", "stale")
 STUCK_STATES = ("QUEUED", "PENDING", "BLOCKED")
 _RUN_LABELS = ("workspace", "job_id", "result_state")
 _JobKey = tuple[str, str]
@@ -66,6 +67,7 @@ class Metrics:
         self._job_names: dict[_JobKey, str] = {}
         self._timestamps: dict[tuple[_Stamp, str, str], float] = {}
         self._active_states: dict[str, set[str]] = defaultdict(set)
+        self._scheduled: dict[str, set[str]] = defaultdict(set)  # job ids with schedule gauges
 
     def _declare_run_metrics(self, r: CollectorRegistry, run_buckets: Sequence[float]) -> None:
         """Runs and jobs of the workspaces: observed from committed transitions."""
@@ -99,6 +101,18 @@ class Metrics:
             "databricks_runs_active",
             "Active runs by life-cycle state.",
             ("workspace", "life_cycle_state"),
+            registry=r,
+        )
+        self.next_expected_run = Gauge(
+            "databricks_job_next_expected_run_timestamp_seconds",
+            "When the job's schedule (or periodic trigger) next expects a run.",
+            ("workspace", "job_id"),
+            registry=r,
+        )
+        self.schedule_paused = Gauge(
+            "databricks_job_schedule_paused",
+            "1 when the job's schedule (or periodic trigger) is PAUSED, else 0.",
+            ("workspace", "job_id"),
             registry=r,
         )
         self.runs_stuck = Gauge(
@@ -326,6 +340,8 @@ class Metrics:
         self._active_states[ws] |= set(report.active_by_state)
         for state in STUCK_STATES:
             self.runs_stuck.labels(ws, state).set(report.stuck_by_state.get(state, 0))
+        if report.schedules is not None:
+            self._set_schedules(ws, report.schedules)
         for job_id in report.deleted_jobs:
             self._forget_job(ws, str(job_id))
         for key in report.silenced:
@@ -344,6 +360,27 @@ class Metrics:
             self.incidents_opened.labels(incident.kind).inc()
 
     # -- internals -------------------------------------------------------------------
+
+    def _set_schedules(self, ws: str, schedules: Mapping[int, ScheduleFacts]) -> None:
+        """The schedule gauges of the jobs the metrics watch; a job no longer scheduled
+        (or watched) loses its series."""
+        shown = {
+            str(job_id): facts
+            for job_id, facts in schedules.items()
+            if self._jobs.allows(job_id, facts.name, facts.tags)
+        }
+        for job_id in self._scheduled[ws] - shown.keys():
+            for gauge in (self.next_expected_run, self.schedule_paused):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(ws, job_id)
+        for job_id, facts in shown.items():
+            self.schedule_paused.labels(ws, job_id).set(1 if facts.paused else 0)
+            if facts.next_expected_ms is not None:
+                self.next_expected_run.labels(ws, job_id).set(facts.next_expected_ms / 1000)
+            else:
+                with contextlib.suppress(KeyError):
+                    self.next_expected_run.remove(ws, job_id)
+        self._scheduled[ws] = set(shown)
 
     def _observe_transition(self, ws: str, transition: Transition) -> None:
         """Count a run started (first seen active, or first seen finished: its start is

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from watcher.clock import Clock
-from watcher.config import HealthRulesConfig, StartupConfig, StuckConfig
+from watcher.config import ExpectationsConfig, HealthRulesConfig, StartupConfig, StuckConfig
 from watcher.cycle import CyclePlan, plan_cycle
 from watcher.databricks.models import JobSettings
 from watcher.domain import JobRecord, PollResult, Transition
 from watcher.events import Event
+from watcher.expectations import ScheduleFacts, checkable
 from watcher.store.base import (
     CycleCommit,
     DeliveryKey,
@@ -53,6 +54,8 @@ class CommitReport:
     show `str(key)`)."""
     stuck_by_state: Mapping[str, int] = field(default_factory=dict)
     """Runs waiting longer than their stuck threshold this cycle, by state."""
+    schedules: Mapping[int, ScheduleFacts] | None = None
+    """Scheduled watched jobs: paused, next trigger (None: not checked this cycle)."""
 
 
 class Pipeline:
@@ -66,6 +69,7 @@ class Pipeline:
         route: Router | None = None,
         on_commit: Callable[[CommitReport], None] | None = None,
         stuck: StuckConfig | None = None,
+        expectations: ExpectationsConfig | None = None,
     ) -> None:
         self._store = store
         self._health_rules = health_rules
@@ -74,6 +78,7 @@ class Pipeline:
         self._route = route
         self._on_commit = on_commit
         self._stuck = stuck or StuckConfig()
+        self._expectations = expectations or ExpectationsConfig()
 
     async def handle(self, result: PollResult) -> list[Event]:
         """Track, route and commit one poll result; the events newly committed. A commit
@@ -116,6 +121,8 @@ class Pipeline:
         job_ids = {r.job_id for r in result.runs if r.job_id is not None}
         previous = await self._store.get_runs(workspace, run_ids)
         job_ids |= {r.job_id for r in previous.values() if r.job_id is not None}
+        watched = result.watched_jobs or {}
+        job_ids |= {j for j, job in watched.items() if checkable(job, self._expectations)}
         stored_jobs = await self._store.get_jobs(workspace, job_ids)
         incidents = await self._store.open_incidents(workspace, job_ids)
 
@@ -129,6 +136,7 @@ class Pipeline:
                 incidents=incidents,
                 known_events=known,
                 stuck=self._stuck,
+                expectations=self._expectations,
             )
 
         first = plan(set())
@@ -174,4 +182,5 @@ def _report(
         plan.active_by_state,
         held,
         plan.stuck_by_state,
+        plan.schedules,
     )

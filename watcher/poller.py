@@ -108,8 +108,14 @@ class Poller:
         client: JobsClient,
         state: StateSource,
         clock: Clock,
+        jobs_every: float | None = None,
     ) -> None:
         self._config = config
+        # Every watched job's settings, read by a jobs/list walk every `jobs_every` seconds
+        # (None: never) for the checks of what Databricks never reports.
+        self._jobs_every = jobs_every
+        self._watched_jobs: dict[int, Job] | None = None
+        self._next_jobs_walk = float("-inf")
         self._startup = startup
         self._client = client
         self._state = state
@@ -228,6 +234,7 @@ class Poller:
             runs.append(run)
             if job is not None:
                 jobs[job.job_id] = job
+        watched_jobs = await self._walk_jobs(rejected)
         in_result = {r.run_id for r in runs}
         self._swept = {r: run for r, run in self._swept.items() if r in in_result}
         found = [r.run_id for r in runs if r.run_id in swept]
@@ -244,7 +251,24 @@ class Poller:
             news_since_ms=news_since,
             requests=client.requests - requests_before,
             unreadable=self._unreadable(rejected),
+            watched_jobs=watched_jobs,
         )
+
+    async def _walk_jobs(self, rejected: list[RejectedItem]) -> dict[int, Job] | None:
+        """Every watched job, from a jobs/list walk every `jobs_every` seconds (the last
+        walk's in between); None when not asked for."""
+        if self._jobs_every is None:
+            return None
+        now = self._clock.monotonic()
+        if self._watched_jobs is None or now >= self._next_jobs_walk:
+            listed, _ = await self._list_all_jobs(rejected)
+            self._watched_jobs = {
+                job_id: job
+                for job_id, job in listed.items()
+                if self._config.jobs.allows(job_id, job.settings.name, job.settings.tags)
+            }
+            self._next_jobs_walk = now + self._jobs_every
+        return self._watched_jobs
 
     def _news_since(self, state: WorkspaceState, now_ms: int, offset: float) -> int:
         """Server time from which transitions are news. A first start: the instant the

@@ -190,7 +190,7 @@ def evaluate(
     seen = _see(previous, observed, workspace, now_ms, history_before_ms, alert_on_history)
     finished = seen.category is not Category.ACTIVE
     emitted = previous.emitted if previous else frozenset()
-    since = _state_since(previous, seen)
+    since = _state_since(previous, seen, reopened)
     due = [
         *_start_due(seen, emitted),
         *_breaches_due(seen, rules, emitted),
@@ -284,24 +284,40 @@ def _breaches_due(seen: _Seen, rules: Sequence[RuleRef], emitted: frozenset[str]
     return due
 
 
-def _state_since(previous: RunRecord | None, seen: _Seen) -> int:
+def _state_since(previous: RunRecord | None, seen: _Seen, reopened: bool) -> int:
     """When the run entered the state it is in now (see `RunRecord.state_since`)."""
-    state = seen.snapshot.state.life_cycle_state
-    if previous is not None and previous.life_cycle_state == state and previous.state_since:
-        return previous.state_since
-    if previous is None or previous.terminal:
-        # First seen (or a repair seen for the first time): since it started, as far as
-        # anyone can tell; a pending run after a known queue time, since that ended.
-        started = (seen.repair_start if seen.repair else seen.snapshot.start_time) or seen.now_ms
+    state = _life(seen)
+    if previous is not None and not reopened and previous.state_since:
+        if previous.life_cycle_state == state:
+            return previous.state_since
         if state == L.PENDING and seen.snapshot.queue_duration:
-            started += seen.snapshot.queue_duration
-        return min(started, seen.now_ms)
-    return seen.now_ms
+            # Out of the queue: the queue time says when.
+            return min(_began(seen) + seen.snapshot.queue_duration, seen.now_ms)
+        return seen.now_ms
+    # First seen, a repair seen for the first time, or a record from before the watcher
+    # kept this: since the run (or repair) started, as far as anyone can tell; a pending
+    # run after a known queue time, since that ended.
+    started = _began(seen)
+    if state == L.PENDING and seen.snapshot.queue_duration:
+        started += seen.snapshot.queue_duration
+    return min(started, seen.now_ms)
+
+
+def _began(seen: _Seen) -> int:
+    return (seen.repair_start if seen.repair else seen.snapshot.start_time) or seen.now_ms
+
+
+def _life(seen: _Seen) -> str | None:
+    """The life-cycle state of the snapshot, from the newer `status` object when the
+    classic `state` has none."""
+    return seen.snapshot.state.life_cycle_state or (
+        seen.raw if seen.category is Category.ACTIVE else None
+    )
 
 
 def _stuck_due(seen: _Seen, since: int, after_s: int, emitted: frozenset[str]) -> list[_Due]:
     """run_stuck, for a run waiting in one state longer than `after_s`, once per state."""
-    state = seen.snapshot.state.life_cycle_state
+    state = _life(seen)
     if not after_s or seen.category is not Category.ACTIVE or state not in STUCK_STATES:
         return []
     key = f"{EventType.RUN_STUCK}:{state}"
@@ -420,7 +436,7 @@ def _record(
         workspace=seen.workspace,
         run_id=snapshot.run_id,
         job_id=snapshot.job_id,
-        life_cycle_state=snapshot.state.life_cycle_state,
+        life_cycle_state=_life(seen),
         result_state=snapshot.state.result_state,
         start_time=snapshot.start_time,
         end_time=snapshot.end_time or None,

@@ -19,6 +19,8 @@ from watcher.config.base import NAME_PATTERN, FieldErrors, Section, StrictModel,
 from watcher.config.channels import ChannelConfig
 from watcher.config.daemon import (
     DurationRuleConfig,
+    ExpectationsConfig,
+    FreshnessRuleConfig,
     HealthRulesConfig,
     LoggingConfig,
     MetricsConfig,
@@ -51,7 +53,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "DurationRuleConfig",
+    "ExpectationsConfig",
     "FieldErrors",
+    "FreshnessRuleConfig",
     "HealthRulesConfig",
     "Host",
     "JobFilter",

@@ -30,15 +30,29 @@ ADDRESS = re.compile(r"^[^\s@<>,;:\"()\[\]\\]+@[^\s@<>,;:\"()\[\]\\]+$")
 """One bare address (no display name, no list, no CR/LF)."""
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An unreadable run may be a failing run nobody would hear of: it pages like a failure.
+# A stuck run pages like a duration breach (the same warning severity).
 _PAGING_EVENTS = [
     EventType.RUN_FAILED,
     EventType.RUN_DURATION_EXCEEDED,
     EventType.RUN_UNREADABLE,
     EventType.JOB_UNREADABLE,
+    EventType.RUN_STUCK,
+    EventType.RUN_MISSED,
+    EventType.JOB_NOT_RUNNING,
+    EventType.JOB_STALE,
 ]
 _RESOLVING_EVENTS = (EventType.JOB_RECOVERED, EventType.INCIDENT_RESOLVED)
 """What ends an incident: channels with incidents of their own (PagerDuty, Alertmanager)
 always take them, whatever they trigger on."""
+_NO_DATABRICKS_NOTIFICATION = (
+    *_RESOLVING_EVENTS,
+    EventType.RUN_STUCK,
+    EventType.RUN_MISSED,
+    EventType.JOB_NOT_RUNNING,
+    EventType.JOB_STALE,
+)
+"""What Databricks' own webhook notifications have no event type for: a recovery (its
+on_success already went out), an incident's end, a run stuck before running."""
 SIGNING_KEY_MIN_BYTES = 24
 """The Standard Webhooks specification asks for random symmetric secrets of at least 24
 bytes (192 bits); a shorter key is guessable offline from one signed delivery."""
@@ -175,9 +189,7 @@ class WebhookChannelConfig(BaseChannelConfig):
         return self
 
     def accepts(self, event_type: EventType) -> bool:
-        # Databricks has no notification for a recovery (its on_success already went out)
-        # nor for an incident's end.
-        return self.format == "watcher" or event_type not in _RESOLVING_EVENTS
+        return self.format == "watcher" or event_type not in _NO_DATABRICKS_NOTIFICATION
 
 
 class SlackChannelConfig(BaseChannelConfig):

@@ -96,6 +96,67 @@ def parse_seconds(text: str) -> int | None:
     return int(number) * unit
 
 
+SUCCESS_TAG = "watcher.expect_success_within"
+"""A job tag that sets how often the job must succeed: seconds, or a number with s, m, h or d."""
+
+
+class FreshnessRuleConfig(Section):
+    """Jobs that must succeed at least this often (job_stale otherwise)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Rule name (unique).")
+    seconds: int = Field(gt=0, description="A success at least every this many seconds.")
+    match: JobMatch = Field(default_factory=JobMatch, description="Jobs the rule applies to.")
+
+
+class ExpectationsConfig(Section):
+    """What Databricks never reports: a scheduled run that never started, a continuous job
+    with no run, a job that has not succeeded for too long."""
+
+    missed_schedules: bool = Field(
+        default=True, description="Report run_missed for scheduled (and periodic) jobs."
+    )
+    grace: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds after an expected trigger before it counts as missed (default: "
+        "10% of the schedule's period, at least 600).",
+    )
+    not_running_after: int = Field(
+        default=900,
+        ge=0,
+        description="Seconds a continuous job may have no active run (0: never reported).",
+    )
+    success_within: list[FreshnessRuleConfig] = Field(
+        default_factory=list,
+        description=f"Jobs that must succeed at least this often (the job tag {SUCCESS_TAG} "
+        "wins); none by default.",
+    )
+    jobs_every: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds between reads of every job's settings (a jobs/list walk: one "
+        "request per 100 jobs) for these checks.",
+    )
+
+    @field_validator("success_within")
+    @classmethod
+    def _unique_names(cls, value: list[FreshnessRuleConfig]) -> list[FreshnessRuleConfig]:
+        require_unique([rule.name for rule in value], "rule names")
+        return value
+
+    def success_window(
+        self, job_id: int | None, name: str | None, tags: Mapping[str, str]
+    ) -> int | None:
+        """Seconds within which the job must succeed, or None."""
+        tagged = parse_seconds(tags.get(SUCCESS_TAG, ""))
+        if tagged:
+            return tagged
+        for rule in self.success_within:
+            if rule.match.matches(job_id, name, tags):
+                return rule.seconds
+        return None
+
+
 class StartupConfig(Section):
     lookback: float = Field(
         default=3600.0, ge=0, description="First start: seconds of finished runs recorded."

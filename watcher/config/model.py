@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from watcher.config.base import NAME_PATTERN, FieldErrors, Section, require_unique
 from watcher.config.channels import ChannelConfig
 from watcher.config.daemon import (
+    ExpectationsConfig,
     HealthRulesConfig,
     LoggingConfig,
     MetricsConfig,
@@ -35,6 +36,10 @@ class Config(Section):
     health_rules: HealthRulesConfig = Field(
         default_factory=HealthRulesConfig,
         description="RUN_DURATION_SECONDS rules besides the jobs' own health rules.",
+    )
+    expectations: ExpectationsConfig = Field(
+        default_factory=ExpectationsConfig,
+        description="Missed schedules, continuous jobs not running, jobs not succeeding.",
     )
     stuck: StuckConfig = Field(
         default_factory=StuckConfig,

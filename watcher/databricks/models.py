@@ -86,6 +86,28 @@ class CronSchedule(_Model):
     pause_status: str | None = None
 
 
+class Continuous(_Model):
+    """A continuous job (2.1+): Databricks keeps one run of it active while UNPAUSED."""
+
+    pause_status: str | None = None
+
+
+class PeriodicTrigger(_Model):
+    interval: int | None = None
+    unit: str | None = None
+    """HOURS, DAYS or WEEKS."""
+
+
+class TriggerSettings(_Model):
+    """A job's trigger (2.1+): periodic (checkable like a schedule), file arrival or table
+    update (events outside Databricks' runs: not checkable)."""
+
+    pause_status: str | None = None
+    periodic: PeriodicTrigger | None = None
+    file_arrival: dict[str, Any] | None = None
+    table_update: dict[str, Any] | None = None
+
+
 class JobsHealthRule(_Model):
     metric: str | None = None
     op: str | None = None
@@ -158,6 +180,8 @@ class JobSettings(_Model):
     min_retry_interval_millis: int | None = None
     retry_on_timeout: bool | None = None
     schedule: CronSchedule | None = None
+    continuous: Continuous | None = None
+    trigger: TriggerSettings | None = None
     max_concurrent_runs: int | None = None
     health: JobsHealthRules | None = None
     tasks: list[JobTaskSettings] = Field(default_factory=list)

@@ -1,8 +1,9 @@
 """Prometheus Alertmanager: alerts pushed to POST /api/v2/alerts.
 
 An alert's identity is its label set, stable per job (`DatabricksJobFailed`), per job and
-rule (`DatabricksRunDurationExceeded`) and per unreadable run (`DatabricksWatcherUnreadable`),
-the same for every event of one watcher incident, so re-sending is idempotent.
+rule (`DatabricksRunDurationExceeded`), per unreadable run (`DatabricksWatcherUnreadable`)
+and per job for stuck runs (`DatabricksRunStuck`: a backlog is one alert), the same for every
+event of one watcher incident, so re-sending is idempotent.
 
 - Firing: `startsAt` is when the incident opened (`event.incident.opened_at`, else the
   event's time), `endsAt` = send time + `resolve_after`. The router re-posts an open
@@ -38,7 +39,24 @@ _ALERTNAMES: dict[str, str] = {
     "failure": "DatabricksJobFailed",
     "duration": "DatabricksRunDurationExceeded",
     "unreadable": "DatabricksWatcherUnreadable",
+    "stuck": "DatabricksRunStuck",
+    "missed": "DatabricksJobRunMissed",
+    "not_running": "DatabricksJobNotRunning",
+    "stale": "DatabricksJobStale",
 }
+_EVENT_KINDS: dict[EventType, IncidentKind] = {
+    EventType.RUN_DURATION_EXCEEDED: "duration",
+    EventType.RUN_UNREADABLE: "unreadable",
+    EventType.JOB_UNREADABLE: "unreadable",
+    EventType.RUN_STUCK: "stuck",
+    EventType.RUN_MISSED: "missed",
+    EventType.JOB_NOT_RUNNING: "not_running",
+    EventType.JOB_STALE: "stale",
+}
+_WARNINGS = ("duration", "stuck")
+"""Kinds labelled with `duration_severity`: a run taking long, not a failure."""
+_RUN_KEYS: dict[str, str] = {"unreadable": "/unreadable/run/"}
+"""Kinds with one alert per run, and where their incident's key names it."""
 
 
 def alertmanager_accepts(status: int, body: str) -> str | None:
@@ -57,11 +75,7 @@ def kind(event: Event) -> IncidentKind:
     """What the alert is about: the incident's kind, else the event's."""
     if event.incident is not None:
         return event.incident.kind
-    if event.type == EventType.RUN_DURATION_EXCEEDED:
-        return "duration"
-    if event.type in (EventType.RUN_UNREADABLE, EventType.JOB_UNREADABLE):
-        return "unreadable"
-    return "failure"
+    return _EVENT_KINDS.get(event.type, "failure")
 
 
 def _rule_name(event: Event) -> str | None:
@@ -73,9 +87,10 @@ def _rule_name(event: Event) -> str | None:
     return None
 
 
-def _unreadable_run(event: Event) -> str:
-    if event.incident is not None and "/unreadable/run/" in event.incident.key:
-        return event.incident.key.rpartition("/unreadable/run/")[2]
+def _keyed_run(event: Event, marker: str) -> str:
+    # The run the incident is about (its key ends with it), else the event's.
+    if event.incident is not None and marker in event.incident.key:
+        return event.incident.key.rpartition(marker)[2]
     return str(event.run.run_id)
 
 
@@ -95,7 +110,7 @@ class AlertmanagerChannel(HttpChannel[AlertmanagerChannelConfig]):
     def labels(self, event: Event) -> dict[str, str]:
         about = kind(event)
         alertname = _ALERTNAMES[about]
-        severity = self._config.duration_severity if about == "duration" else self._config.severity
+        severity = self._config.duration_severity if about in _WARNINGS else self._config.severity
         if event.test:
             alertname, severity = "DatabricksWatcherTest", "none"
         labels = {**self._config.labels, "alertname": alertname, "severity": severity}
@@ -107,8 +122,8 @@ class AlertmanagerChannel(HttpChannel[AlertmanagerChannelConfig]):
         rule = _rule_name(event)
         if about == "duration" and rule is not None:
             labels["rule"] = truncate(one_line(rule), 200)
-        if about == "unreadable":
-            labels["run_id"] = _unreadable_run(event)
+        if about in _RUN_KEYS:
+            labels["run_id"] = _keyed_run(event, _RUN_KEYS[about])
         if event.test:
             # The trigger and the resolve of one test share the incident.
             labels["event_id"] = event.incident.id if event.incident else event.id
@@ -165,6 +180,12 @@ class AlertmanagerChannel(HttpChannel[AlertmanagerChannelConfig]):
         for key in ("result_state", "state_message", "run_page_url", "incident_line"):
             if values[key]:
                 annotations[key] = truncate(str(values[key]), _ANNOTATION_LIMIT)
+        stuck = values["stuck"]
+        if stuck is not None:
+            annotations["stuck_state"] = stuck["state"] or ""
+            annotations["stuck_for"] = stuck["observed"]
+            if stuck["reason"]:
+                annotations["queue_reason"] = stuck["reason"]
         if event.incident is not None:
             annotations["incident_id"] = event.incident.id
             annotations["incident_count"] = str(event.incident.count)

@@ -1,8 +1,9 @@
-"""PagerDuty Events API v2: trigger an incident on a failure or a duration breach, resolve
-it when the watcher's incident ends.
+"""PagerDuty Events API v2: trigger an incident on a failure, a duration breach or a stuck
+run, resolve it when the watcher's incident ends.
 
 The dedup_key is the key of the watcher's incident the event belongs to (`event.incident`:
-`<workspace>/job/<id>/failed`, `<workspace>/job/<id>/duration/<rule>`, ...), so
+`<workspace>/job/<id>/failed`, `<workspace>/job/<id>/duration/<rule>`,
+`<workspace>/job/<id>/stuck`, ...), so
 repeated failures of a job update one PagerDuty incident instead of paging again, a
 reminder (`repeat` > 0) triggers the same incident again, retries of one delivery are
 idempotent, and the event that resolves the watcher's incident (`job_recovered`,
@@ -49,6 +50,8 @@ _DETAILS = (
     "streak",
     "repeat",
 )
+_WARNINGS = (EventType.RUN_DURATION_EXCEEDED, EventType.RUN_STUCK)
+"""Event types that trigger with `duration_severity`: a run taking long, not a failure."""
 
 
 def _bounded(key: str) -> str:
@@ -56,6 +59,14 @@ def _bounded(key: str) -> str:
         return key
     # Long rule names (task keys) are hashed: still stable, still within PagerDuty's limit.
     return key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+_JOB_KINDS = {
+    EventType.RUN_STUCK: "stuck",
+    EventType.RUN_MISSED: "missed",
+    EventType.JOB_NOT_RUNNING: "not_running",
+    EventType.JOB_STALE: "stale",
+}
 
 
 def dedup_key(event: Event) -> str:
@@ -73,6 +84,8 @@ def dedup_key(event: Event) -> str:
     elif event.type in (EventType.RUN_UNREADABLE, EventType.JOB_UNREADABLE):
         # Its own incident: a recovery of the job says nothing about the unreadable item.
         kind = f"unreadable/run/{event.run.run_id}"
+    elif event.type in _JOB_KINDS:
+        kind = _JOB_KINDS[event.type]
     return _bounded(f"{event.workspace}/{subject}/{kind}")
 
 
@@ -119,9 +132,7 @@ class PagerDutyChannel(HttpChannel[PagerDutyChannelConfig]):
     def _trigger(self, event: Event, routing_key: str) -> dict[str, Any]:
         values = context(event)
         severity = (
-            self._config.duration_severity
-            if event.type == EventType.RUN_DURATION_EXCEEDED
-            else self._config.severity
+            self._config.duration_severity if event.type in _WARNINGS else self._config.severity
         )
         body: dict[str, Any] = {
             "routing_key": routing_key,
@@ -139,6 +150,9 @@ class PagerDutyChannel(HttpChannel[PagerDutyChannelConfig]):
                 "custom_details": {name: values[name] for name in _DETAILS},
             },
         }
+        if values["stuck"] is not None:
+            # The state, the time in it and the queue reason (`stuck` of the templates).
+            body["payload"]["custom_details"]["stuck"] = values["stuck"]
         if values["run_page_url"]:
             body["links"] = [{"href": values["run_page_url"], "text": "Databricks run"}]
             body["client_url"] = values["run_page_url"]

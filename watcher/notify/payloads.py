@@ -6,7 +6,7 @@ state, opened_at, count, resolved_at, cause}`), the job's failing streak (`strea
 `{consecutive_failures, last_success_at}`) and `repeat` (0, or N for the Nth reminder). A
 digest is `{"version", "type": "digest", "id", "group", "count", "events": [...]}` with
 every member's payload. Databricks has neither incidents nor digests: its format sends
-nothing for `job_recovered` and `incident_resolved`."""
+nothing for `job_recovered`, `incident_resolved` and `run_stuck`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ DATABRICKS_EVENT_TYPES: dict[EventType, str] = {
     EventType.RUN_CANCELED: "jobs.on_failure",
     EventType.RUN_SKIPPED: "jobs.on_failure",
     EventType.RUN_DURATION_EXCEEDED: "jobs.on_duration_warning_threshold_exceeded",
+    # No run_stuck: Databricks notifies of no run waiting to start.
 }
 
 _AZURE_HOST = re.compile(r"^adb-(\d+)\.\d+\.")
@@ -114,6 +115,7 @@ def watcher_payload(event: Event) -> dict[str, Any]:
             "task_key": rule.task_key,
         },
         "observed_seconds": event.observed_seconds,
+        "expected_at": iso(event.expected_at) if event.expected_at else None,
         "incident": _incident(event.incident),
         "streak": _streak(event.streak),
         "repeat": event.repeat,
@@ -187,7 +189,7 @@ def workspace_id(event: Event, known: Mapping[str, str]) -> str:
 def databricks_payload(event: Event, *, workspace: str) -> dict[str, Any] | None:
     """The body of Databricks' webhook notifications (ids as strings, as Databricks sends
     them); None for events Databricks has no notification for (`job_recovered`,
-    `incident_resolved`, the unreadables)."""
+    `incident_resolved`, `run_stuck`, the unreadables)."""
     event_type = DATABRICKS_EVENT_TYPES.get(event.type)
     if event_type is None:
         return None

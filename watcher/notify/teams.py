@@ -27,6 +27,7 @@ _URL_LIMIT = 500
 _COLOURS: dict[str, str] = {
     EventType.RUN_FAILED: "Attention",
     EventType.RUN_DURATION_EXCEEDED: "Warning",
+    EventType.RUN_STUCK: "Warning",
     EventType.RUN_CANCELED: "Warning",
     EventType.RUN_SKIPPED: "Warning",
     EventType.RUN_SUCCEEDED: "Good",

@@ -48,6 +48,7 @@ Flavour = Literal["text", "html", "slack", "markdown"]
 
 NAME_LIMIT = 200
 MESSAGE_LIMIT = 2000
+QUEUE_REASON_LIMIT = 500
 _MAX_TAGS = 20
 _MAX_TASKS = 10
 
@@ -61,10 +62,34 @@ _VERBS: dict[str, str] = {
     EventType.JOB_RECOVERED: "recovered",
     EventType.RUN_UNREADABLE: "has a run the watcher cannot read",
     EventType.JOB_UNREADABLE: "has settings the watcher cannot read",
+    # Refined by `verb` from the state it is stuck in: `is stuck in QUEUED`.
+    EventType.RUN_STUCK: "is stuck before running",
+    EventType.RUN_MISSED: "missed a scheduled run",
+    EventType.JOB_NOT_RUNNING: "is not running",
+    EventType.JOB_STALE: "has not succeeded in time",
     # Refined by `verb` from the incident: who or what resolved it.
     EventType.INCIDENT_RESOLVED: "alert resolved",
 }
-_KIND_NOUNS = {"failure": "failure alert", "duration": "duration alert"}
+_KIND_NOUNS = {
+    "failure": "failure alert",
+    "duration": "duration alert",
+    "stuck": "stuck alert",
+    "missed": "missed-schedule alert",
+    "not_running": "not-running alert",
+    "stale": "freshness alert",
+}
+_AGAIN = {
+    ("missed", "ran"): "started a run again",
+    ("not_running", "running"): "is running again",
+    ("stale", "recovered"): "succeeded again",
+}
+"""Titles of the resolves of the checks of what Databricks never reports."""
+_DETAIL_LABELS = {
+    EventType.RUN_MISSED: "Detail",
+    EventType.JOB_NOT_RUNNING: "Detail",
+    EventType.JOB_STALE: "Detail",
+}
+"""How messages label an event's `detail` (what could not be read, for the others)."""
 _COUNTED: dict[str, str] = {
     EventType.RUN_STARTED: "started",
     EventType.RUN_SUCCEEDED: "succeeded",
@@ -75,6 +100,10 @@ _COUNTED: dict[str, str] = {
     EventType.JOB_RECOVERED: "recovered",
     EventType.RUN_UNREADABLE: "run unreadable",
     EventType.JOB_UNREADABLE: "settings unreadable",
+    EventType.RUN_STUCK: "stuck",
+    EventType.RUN_MISSED: "missed",
+    EventType.JOB_NOT_RUNNING: "not running",
+    EventType.JOB_STALE: "stale",
     EventType.INCIDENT_RESOLVED: "resolved",
 }
 """How a digest headline counts members of each type: `10 FAILED, 2 running too long`."""
@@ -177,12 +206,20 @@ def _name(text: str | None, limit: int = NAME_LIMIT) -> str | None:
 
 
 def verb(event: Event) -> str:
-    """What happened, after the job's name: `FAILED`, `recovered`, and for a resolved
-    incident who or what resolved it (`is no longer running too long`, `failure alert
-    resolved by an operator`)."""
+    """What happened, after the job's name: `FAILED`, `recovered`, `is stuck in QUEUED`,
+    and for a resolved incident who or what resolved it (`is no longer running too
+    long`, `is no longer stuck`, `failure alert resolved by an operator`)."""
     incident = event.incident
+    if event.type == EventType.RUN_STUCK:
+        state = _name(event.raw_state, 40)
+        return f"is stuck in {state}" if state else _VERBS[EventType.RUN_STUCK]
     if event.type != EventType.INCIDENT_RESOLVED or incident is None:
         return _VERBS.get(event.type, str(event.type))
+    if incident.kind == "stuck" and incident.cause in ("running", "run_ended"):
+        return "is no longer stuck"
+    again = _AGAIN.get((incident.kind, incident.cause or ""))
+    if again is not None:
+        return again
     if incident.cause == "run_ended":
         return "is no longer running too long"
     if incident.cause == "recovered":
@@ -262,10 +299,27 @@ def _elapsed(start: datetime, end: datetime) -> str:
     return human_seconds(max((end - start).total_seconds(), 0.0))
 
 
-_THINGS = {"failure": ("failure", "failures"), "duration": ("breach", "breaches")}
-_STILL = {"failure": "still failing", "duration": "still running too long"}
+_THINGS = {
+    "failure": ("failure", "failures"),
+    "duration": ("breach", "breaches"),
+    "missed": ("missed trigger", "missed triggers"),
+}
+_STILL = {
+    "failure": "still failing",
+    "duration": "still running too long",
+    "missed": "still missing scheduled runs",
+    "not_running": "still not running",
+    "stale": "still without a success",
+}
 _WHY = {
     "run_ended": ": every run over the limit has ended",
+    "manual": " by an operator",
+    "ran": ": a run started",
+    "running": ": a run is active again",
+}
+_STUCK_WHY = {
+    "running": ": the run started running",
+    "run_ended": ": the run ended before it ran",
     "manual": " by an operator",
 }
 
@@ -282,6 +336,8 @@ def incident_line(event: Event) -> str | None:
     since = hm_utc(incident.opened_at, since=event.occurred_at)
     if incident.state == "resolved":
         return _resolved_line(incident, event, since)
+    if incident.kind == "stuck":
+        return _stuck_line(incident, event, since)
     one = _THINGS.get(incident.kind, ("time", "times"))[0]
     still = _STILL.get(incident.kind, "still unreadable")
     if incident.count > 1:
@@ -293,14 +349,46 @@ def incident_line(event: Event) -> str | None:
     return f"reminder {event.repeat}: {line}" if event.repeat else line
 
 
+def _stuck_line(incident: IncidentRef, event: Event, since: str) -> str | None:
+    """`still stuck (PENDING now, since 02:10 UTC)` once the run is stuck in a second
+    state; `reminder 2: still stuck in QUEUED since 02:10 UTC` for a reminder."""
+    state = _name(event.raw_state, 40) if event.type == EventType.RUN_STUCK else None
+    if incident.count > 1:
+        line = (
+            f"still stuck ({state} now, since {since})" if state else f"still stuck since {since}"
+        )
+    elif event.repeat:
+        line = f"still stuck in {state} since {since}" if state else f"still stuck since {since}"
+    else:
+        return None
+    return f"reminder {event.repeat}: {line}" if event.repeat else line
+
+
 def _resolved_line(incident: IncidentRef, event: Event, since: str) -> str:
     after = _elapsed(incident.opened_at, incident.resolved_at or event.occurred_at)
+    if incident.kind == "stuck":
+        # One run: how long it was stuck says it all, unless it was stuck in several states.
+        why = _STUCK_WHY.get(incident.cause or "", "")
+        states = f" (stuck in {incident.count} states since {since})" if incident.count > 1 else ""
+        return f"resolved after {after}{why}{states}"
     why = _WHY.get(incident.cause or "", "")
     one, many = _THINGS.get(incident.kind, ("time", "times"))
     counted = plural(incident.count, one, many)
     if incident.kind not in _THINGS:
         counted = "seen " + counted
     return f"resolved after {after}{why} ({counted} since {since})"
+
+
+def _stuck_context(event: Event) -> dict[str, Any] | None:
+    """For `run_stuck`: the state, the time in it and the queue reason, as plain values."""
+    if event.type != EventType.RUN_STUCK:
+        return None
+    return {
+        "state": _name(event.raw_state, 40),
+        "observed": human_seconds(event.observed_seconds),
+        "seconds": event.observed_seconds,
+        "reason": _name(event.detail, QUEUE_REASON_LIMIT),
+    }
 
 
 def context(event: Event) -> dict[str, Any]:
@@ -335,6 +423,8 @@ def context(event: Event) -> dict[str, Any]:
         "attempt_number": event.attempt_number or run.attempt_number or 0,
         "repair": event.repair,
         "detail": truncate(event.detail or "", MESSAGE_LIMIT) or None,
+        "detail_label": _DETAIL_LABELS.get(event.type, "Unreadable"),
+        "expected_at": iso(event.expected_at, timespec="seconds") if event.expected_at else None,
         "trigger": _name(run.trigger, 40),
         "run_type": _name(run.run_type, 40),
         "life_cycle_state": _name(run.state.life_cycle_state, 40),
@@ -361,6 +451,7 @@ def context(event: Event) -> dict[str, Any]:
         "observed": human_seconds(event.observed_seconds),
         "observed_seconds": event.observed_seconds,
         "failed_tasks": failed_tasks,
+        "stuck": _stuck_context(event),
         "incident": _incident_context(event),
         "streak": _streak_context(event),
         "repeat": event.repeat,
@@ -389,13 +480,18 @@ def sample_event() -> Event:
     )
 
 
+SAMPLE_QUEUE_REASON = "ACTIVE_RUNS_LIMIT_REACHED: The job has reached its maximum concurrent runs"
+
+
 @functools.cache
 def sample_events() -> tuple[Event, ...]:
     """An event of every type, shaped as the tracker makes them (a rule only on duration
-    breaches, failed tasks on failures, a detail on unreadables, an incident and a streak
-    where the cycle sets them), then the other shapes a type comes in (a reminder, a
-    recovery that resolves nothing, an operator's resolve), to render configured templates
-    against: a template that renders all of them renders any event."""
+    breaches, failed tasks on failures, a detail on unreadables, the state, time and queue
+    reason of a stuck run, an incident and a streak where the cycle sets them), then the
+    other shapes a type comes in (a reminder, a recovery that resolves nothing, an
+    operator's resolve, a run stuck in a second state without a queue reason, a stuck run
+    that started running), to render configured templates against: a template that
+    renders all of them renders any event."""
     base = sample_event()
     ended = base.run.model_copy(update={"end_time": 1_704_070_800_000})
     failed = ended.model_copy(
@@ -434,6 +530,10 @@ def sample_events() -> tuple[Event, ...]:
     unreadable = failing.model_copy(
         update={"kind": "unreadable", "count": 1, "key": "example/job/1/unreadable/run/1"}
     )
+    stuck = failing.model_copy(update={"kind": "stuck", "count": 1, "key": "example/job/1/stuck"})
+    queued = base.run.model_copy(
+        update={"state": RunState(life_cycle_state="QUEUED", queue_reason=SAMPLE_QUEUE_REASON)}
+    )
     resolved = {"state": "resolved", "resolved_at": base.occurred_at}
     streak = Streak(consecutive_failures=3, last_success_at=opened - timedelta(days=1))
     plain = {"rule": None, "observed_seconds": None}
@@ -455,8 +555,30 @@ def sample_events() -> tuple[Event, ...]:
         | {"detail": "state.result_state: unknown value", "incident": unreadable},
         EventType.JOB_UNREADABLE: plain
         | {"detail": "settings.tags: not a mapping", "incident": unreadable},
+        EventType.RUN_STUCK: {
+            "rule": None,
+            "run": queued,
+            "raw_state": "QUEUED",
+            "observed_seconds": 3900.0,
+            "detail": SAMPLE_QUEUE_REASON,
+            "incident": stuck,
+        },
         EventType.INCIDENT_RESOLVED: {
             "incident": over.model_copy(update=resolved | {"cause": "run_ended"})
+        },
+        **{
+            kind: plain
+            | {
+                "run": Run(run_id=0, job_id=1),
+                "expected_at": datetime(2023, 12, 31, 22, 15, tzinfo=UTC),
+                "detail": "latest run started: 2023-12-30T22:15:04Z",
+                "incident": failing.model_copy(update={"kind": incident_kind}),
+            }
+            for kind, incident_kind in (
+                (EventType.RUN_MISSED, "missed"),
+                (EventType.JOB_NOT_RUNNING, "not_running"),
+                (EventType.JOB_STALE, "stale"),
+            )
         },
     }
     every = [
@@ -471,6 +593,23 @@ def sample_events() -> tuple[Event, ...]:
                 "rule": None,
                 "observed_seconds": None,
                 "incident": unreadable.model_copy(update=resolved | {"cause": "manual"}),
+            }
+        ),
+        # Stuck in a second state, without a queue reason (the API gives none).
+        by_type[EventType.RUN_STUCK].model_copy(
+            update={
+                "run": base.run.model_copy(update={"state": RunState(life_cycle_state="PENDING")}),
+                "raw_state": "PENDING",
+                "detail": None,
+                "incident": stuck.model_copy(update={"count": 2}),
+            }
+        ),
+        # The stuck run started running.
+        by_type[EventType.INCIDENT_RESOLVED].model_copy(
+            update={
+                "rule": None,
+                "observed_seconds": None,
+                "incident": stuck.model_copy(update=resolved | {"cause": "running"}),
             }
         ),
     ]

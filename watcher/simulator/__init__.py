@@ -4,6 +4,14 @@ cycles, a controllable clock and fault injection. Powers the tests, the demo and
 from watcher.simulator.faults import Fault
 from watcher.simulator.server import Simulator
 from watcher.simulator.workload import RandomWorkload, WorkloadSpec
-from watcher.simulator.workspace import TaskPlan, Workspace
+from watcher.simulator.workspace import RunPlan, TaskPlan, Workspace
 
-__all__ = ["Fault", "RandomWorkload", "Simulator", "TaskPlan", "WorkloadSpec", "Workspace"]
+__all__ = [
+    "Fault",
+    "RandomWorkload",
+    "RunPlan",
+    "Simulator",
+    "TaskPlan",
+    "WorkloadSpec",
+    "Workspace",
+]

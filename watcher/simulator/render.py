@@ -1,4 +1,8 @@
-"""JSON bodies of simulated jobs and runs, as the Jobs API sends them at a given instant."""
+"""JSON bodies of simulated jobs and runs, as the Jobs API sends them at a given instant.
+
+A QUEUED run says why when it has a reason (`SimRun.current_queue_reason`): 2.1 in
+`state.queue_reason` (the message), 2.2 in `status.queue_details` ({code, message}); 2.0
+has neither."""
 
 from __future__ import annotations
 
@@ -152,6 +156,11 @@ def run_json(
         body["run_duration"] = run.run_duration_ms
     if version != "2.0":
         body["status"] = _status_json(life, run.result, ended)
+    reason = run.current_queue_reason if life == L.QUEUED else None
+    if reason is not None and version == "2.1":
+        state["queue_reason"] = reason[1]
+    elif reason is not None and version != "2.0":
+        body["status"]["queue_details"] = {"code": reason[0], "message": reason[1]}
     if with_tasks:
         body["tasks"] = (
             [_task_json(p, run, now, ended, url) for p in run.tasks]
@@ -244,11 +253,18 @@ _TASK_LEVEL = (
 )
 
 
+# Settings that API 2.0 does not know: continuous jobs and triggers came with 2.1.
+_NEWER_SETTINGS = ("continuous", "trigger")
+
+
 def job_json(job: SimJob, version: str) -> dict[str, Any]:
-    """2.0 shows a single-task job flat; 2.1+ always in multi-task format, where retry
-    settings live on each task."""
+    """2.0 shows a single-task job flat (and has no continuous or trigger settings); 2.1+
+    always in multi-task format, where retry settings live on each task."""
     settings = dict(job.settings)
-    if version != "2.0":
+    if version == "2.0":
+        for key in _NEWER_SETTINGS:
+            settings.pop(key, None)
+    else:
         moved = {key: settings.pop(key) for key in _TASK_LEVEL if key in settings}
         tasks = settings.get("tasks") or [{"task_key": "main"}]
         settings["tasks"] = [moved | task for task in tasks]

@@ -24,6 +24,7 @@ from watcher.simulator.render import job_json, poisoned, run_json
 from watcher.simulator.workspace import (
     InProgressError,
     NotFoundError,
+    RunPlan,
     SimRun,
     TaskPlan,
     Workspace,
@@ -105,6 +106,7 @@ class Simulator:
         app.router.add_post("/oidc/v1/token", self._oauth_token)
         app.router.add_post("/sim/jobs", self._ctl_create_job)
         app.router.add_post("/sim/jobs/{job_id}/poison", self._ctl_poison_job)
+        app.router.add_post("/sim/jobs/{job_id}/{action}", self._ctl_job_action)
         app.router.add_post("/sim/runs", self._ctl_start_run)
         app.router.add_post("/sim/runs/{run_id}/force", self._ctl_force)
         app.router.add_post("/sim/runs/{run_id}/release", self._ctl_release)
@@ -487,8 +489,39 @@ class Simulator:
 
     async def _ctl_create_job(self, request: web.Request) -> web.Response:
         spec = await _parse(request, JobSpec)
-        job_id = self.workspace.create_job(**spec.model_dump(exclude_none=True))
+        fields = spec.model_dump(exclude_none=True, exclude={"plan", "periodic"})
+        plan = RunPlan(**spec.plan.model_dump()) if spec.plan else None
+        periodic = (spec.periodic.interval, spec.periodic.unit) if spec.periodic else None
+        try:
+            job_id = self.workspace.create_job(plan=plan, periodic=periodic, **fields)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
         return web.json_response({"job_id": job_id})
+
+    async def _ctl_job_action(self, request: web.Request) -> web.Response:
+        """The scheduler of one job: pause, resume, skip_next_trigger, stop_continuous
+        (body {"result": ...} optional), start_continuous."""
+        ws = self.workspace
+        action = request.match_info["action"]
+        actions: dict[str, Callable[[int], None]] = {
+            "pause": ws.pause_job,
+            "resume": ws.resume_job,
+            "skip_next_trigger": ws.skip_next_trigger,
+            "start_continuous": ws.start_continuous,
+        }
+        if action == "stop_continuous":
+            spec = await _parse(request, StopSpec) if await request.read() else StopSpec()
+            actions[action] = lambda job_id: ws.stop_continuous(job_id, spec.result)
+        act = actions.get(action)
+        if act is None:
+            raise web.HTTPNotFound(text=f"no job action {action!r}")
+        try:
+            act(int(request.match_info["job_id"]))
+        except NotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc.args[0])) from None
+        except ValueError as exc:
+            raise web.HTTPConflict(text=str(exc)) from None
+        return web.json_response({})
 
     async def _ctl_start_run(self, request: web.Request) -> web.Response:
         spec = await _parse(request, RunSpec)
@@ -593,6 +626,19 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PlanSpec(_Spec):
+    queue_s: float = Field(default=0, ge=0)
+    setup_s: float = Field(default=10, ge=0)
+    execution_s: float = Field(default=60, ge=0)
+    cleanup_s: float = Field(default=5, ge=0)
+    result: str | None = "SUCCESS"
+
+
+class PeriodicSpec(_Spec):
+    interval: int = Field(ge=1)
+    unit: Literal["HOURS", "DAYS", "WEEKS"]
+
+
 class JobSpec(_Spec):
     name: str
     tags: dict[str, str] | None = None
@@ -603,6 +649,19 @@ class JobSpec(_Spec):
     email_on_failure: list[str] | None = None
     webhook_on_failure: list[str] | None = None
     notification_settings: dict[str, bool] | None = None
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
+    schedule: str | None = None
+    """A Quartz cron expression the workspace fires the job on."""
+    timezone_id: str = "UTC"
+    pause_status: Literal["PAUSED", "UNPAUSED"] = "UNPAUSED"
+    continuous: bool = False
+    periodic: PeriodicSpec | None = None
+    plan: PlanSpec | None = None
+    """What the runs the workspace starts on its own do."""
+
+
+class StopSpec(_Spec):
+    result: str | None = "FAILED"
 
 
 class TaskSpec(_Spec):
@@ -626,6 +685,8 @@ class RunSpec(_Spec):
     tasks: list[TaskSpec] = Field(default_factory=list)
     retry_results: list[str] | None = None
     hold_state: str | None = None
+    queue_reason: tuple[str, str] | None = None
+    """(code, message) while QUEUED."""
 
 
 class RepairSpec(_Spec):

@@ -162,10 +162,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN state_since INTEGER;
     ALTER TABLE jobs ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN last_success_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN last_start_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN last_active_ms INTEGER;
     UPDATE jobs SET consecutive_failures = 1 WHERE last_outcome = 'failure';
     ALTER TABLE deliveries ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
-    CREATE INDEX deliveries_group ON deliveries (channel, recipient, group_key, status)
-        WHERE group_key != '';
+    ALTER TABLE events ADD COLUMN incident_id TEXT;
+    CREATE INDEX events_incident ON events (incident_id) WHERE incident_id IS NOT NULL;
+    CREATE INDEX events_created ON events (created_at);
     CREATE TABLE delivery_groups (
         channel TEXT NOT NULL,
         recipient TEXT NOT NULL,
@@ -375,8 +378,8 @@ class SQLiteStore:
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]:
         rows = await self._select_in(
             "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
-            "last_outcome_repair, consecutive_failures, last_success_ms "
-            "FROM jobs WHERE workspace = ? AND job_id IN ({})",
+            "last_outcome_repair, consecutive_failures, last_success_ms, last_start_ms, "
+            "last_active_ms FROM jobs WHERE workspace = ? AND job_id IN ({})",
             workspace,
             job_ids,
         )
@@ -392,6 +395,8 @@ class SQLiteStore:
                 last_outcome_repair=r[6],
                 consecutive_failures=r[7],
                 last_success_ms=r[8],
+                last_start_ms=r[9],
+                last_active_ms=r[10],
             )
             for r in rows
         }
@@ -519,14 +524,16 @@ class SQLiteStore:
             await self._db.executemany(
                 "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
                 "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair, "
-                "consecutive_failures, last_success_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                "consecutive_failures, last_success_ms, last_start_ms, last_active_ms) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
                 "tags=excluded.tags, last_outcome=excluded.last_outcome, "
                 "last_outcome_run_id=excluded.last_outcome_run_id, "
                 "last_outcome_end_time=excluded.last_outcome_end_time, "
                 "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair, "
                 "consecutive_failures=excluded.consecutive_failures, "
-                "last_success_ms=excluded.last_success_ms",
+                "last_success_ms=excluded.last_success_ms, "
+                "last_start_ms=excluded.last_start_ms, last_active_ms=excluded.last_active_ms",
                 [
                     (
                         j.workspace,
@@ -540,23 +547,14 @@ class SQLiteStore:
                         j.last_outcome_repair,
                         j.consecutive_failures,
                         j.last_success_ms,
+                        j.last_start_ms,
+                        j.last_active_ms,
                     )
                     for j in commit.jobs
                 ],
             )
             for event in commit.events:
-                cursor = await self._db.execute(
-                    "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, "
-                    "created_at) VALUES (?,?,?,?,?,?)",
-                    (
-                        event.id,
-                        event.workspace,
-                        event.job.job_id,
-                        event.type.value,
-                        event.model_dump_json(exclude_none=True),
-                        now,
-                    ),
-                )
+                cursor = await self._insert_event(event, now)
                 if cursor.rowcount != 1:
                     continue  # committed by an earlier cycle: never twice
                 inserted.append(event)
@@ -575,6 +573,22 @@ class SQLiteStore:
             await self._rollback()
             raise
         return inserted
+
+    async def _insert_event(self, event: Event, now: float) -> aiosqlite.Cursor:
+        """Insert an event unless its id is stored (rowcount 0 then)."""
+        return await self._db.execute(
+            "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, created_at, "
+            "incident_id) VALUES (?,?,?,?,?,?,?)",
+            (
+                event.id,
+                event.workspace,
+                event.job.job_id,
+                event.type.value,
+                event.model_dump_json(exclude_none=True),
+                now,
+                event.incident.id if event.incident else None,
+            ),
+        )
 
     async def _write_incidents(self, incidents: Iterable[Incident], now: float) -> None:
         """Insert new incidents (version 0) and update the others only where the stored
@@ -610,6 +624,12 @@ class SQLiteStore:
             )
             if cursor.rowcount != 1:
                 raise StoreConflict(f"incident {incident.key} was changed by another writer")
+            if not incident.is_open:
+                # No reminder is due for it any more: keep the due-reminder scans short.
+                await self._db.execute(
+                    "UPDATE incident_targets SET next_repeat_at = NULL WHERE incident_id = ?",
+                    (incident.id,),
+                )
 
     async def _add_targets(
         self,
@@ -980,11 +1000,10 @@ class SQLiteStore:
         # waking the loop at once forever and filling the batches of the others.
         async with self._db.execute(
             "SELECT i.record, i.version, t.channel, t.recipient, t.repeat_every, "
-            "t.next_repeat_at, t.repeats, e.payload, EXISTS (SELECT 1 FROM deliveries d "
-            "JOIN events p ON p.id = d.event_id WHERE d.status = 'pending' "
-            "AND d.channel = t.channel AND d.recipient = t.recipient AND CASE WHEN "
-            "json_valid(p.payload) THEN json_extract(p.payload, '$.incident.id') END "
-            "= t.incident_id), t.incident_id "
+            "t.next_repeat_at, t.repeats, e.payload, EXISTS (SELECT 1 FROM events p "
+            "JOIN deliveries d ON d.event_id = p.id WHERE p.incident_id = t.incident_id "
+            "AND d.status = 'pending' AND d.channel = t.channel "
+            "AND d.recipient = t.recipient), t.incident_id "
             "FROM incident_targets t JOIN incidents i ON i.id = t.incident_id "
             "LEFT JOIN events e ON e.id = CASE WHEN json_valid(i.record) "
             "THEN json_extract(i.record, '$.last_event_id') END "
@@ -1043,18 +1062,7 @@ class SQLiteStore:
     async def _add_reminder(self, commit: ReminderCommit, event: Event) -> bool:
         """The reminder event and its one delivery, unless that event is stored already
         (its id is derived from the incident, target and number: never twice)."""
-        cursor = await self._db.execute(
-            "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, created_at) "
-            "VALUES (?,?,?,?,?,?)",
-            (
-                event.id,
-                event.workspace,
-                event.job.job_id,
-                event.type.value,
-                event.model_dump_json(exclude_none=True),
-                commit.committed_at,
-            ),
-        )
+        cursor = await self._insert_event(event, commit.committed_at)
         if cursor.rowcount != 1:
             return False
         await self._add_deliveries(event.id, [commit.key], "pending", commit.committed_at, {})

@@ -1,0 +1,274 @@
+"""What Databricks never reports, checked job by job: a scheduled run that never started
+(`run_missed`), a continuous job with no active run (`job_not_running`), a job that has
+not succeeded for too long (`job_stale`). Pure: the cycle plan hands in every watched
+job's settings (from the poller's periodic jobs/list walk), the jobs' records (latest
+start, latest active run, latest success) and the open incidents; it gets back the
+events (each opening, counting or resolving its incident) and per-job schedule facts
+for the metrics. Semantics: docs/alerts.md, "What Databricks never reports".
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from watcher.config import ExpectationsConfig
+from watcher.databricks.models import Job, Run
+from watcher.domain import Incident, JobRecord
+from watcher.events import Event, EventType, IncidentKind, JobRef, ResolveCause, event_id
+from watcher.incidents import IncidentBook, incident_key, resolution
+from watcher.schedule import InvalidSchedule, Schedule
+
+EARLY_MS = 60_000
+"""A run that started up to a minute before an expected trigger (clock skew between the
+scheduler and the API's times) still counts as that trigger's run."""
+_PERIODIC_UNITS = {"HOURS": 3600, "DAYS": 86_400, "WEEKS": 7 * 86_400}
+_ISSUES: dict[EventType, tuple[IncidentKind, ResolveCause]] = {
+    # event type -> (incident kind, the cause of its resolve)
+    EventType.RUN_MISSED: ("missed", "ran"),
+    EventType.JOB_NOT_RUNNING: ("not_running", "running"),
+    EventType.JOB_STALE: ("stale", "recovered"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFacts:
+    """What the metrics show of one scheduled job."""
+
+    name: str | None
+    tags: Mapping[str, str]
+    paused: bool
+    next_expected_ms: int | None
+    """The next trigger (cron schedules only; None for a periodic trigger before its first
+    run, or a schedule that fires no more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    events: list[Event]
+    schedules: dict[int, ScheduleFacts]
+    unreadable: dict[int, str]
+    """job id -> why its schedule cannot be evaluated (an invalid expression or zone)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _schedule(expression: str, timezone_id: str) -> Schedule:
+    return Schedule.parse(expression, timezone_id)
+
+
+def checkable(job: Job, config: ExpectationsConfig) -> bool:
+    """Whether any check applies to the job (only those need their records read)."""
+    settings = job.settings
+    trigger = settings.trigger
+    return bool(
+        (config.missed_schedules and settings.schedule is not None)
+        or (config.missed_schedules and trigger is not None and trigger.periodic is not None)
+        or (config.not_running_after and settings.continuous is not None)
+        or config.success_window(job.job_id, settings.name, settings.tags)
+    )
+
+
+def check_jobs(
+    workspace: str,
+    jobs: Mapping[int, Job],
+    records: Mapping[int, JobRecord],
+    book: IncidentBook,
+    *,
+    now_ms: int,
+    news_since_ms: int,
+    config: ExpectationsConfig,
+    known: Collection[str] = (),
+) -> Checked:
+    """Check every job of `jobs` (workspace time `now_ms`): report what is overdue (once:
+    the ids name the job and the instant the condition counts from) and resolve the
+    incidents whose condition has ended. Nothing before `news_since_ms` (the watcher's
+    start) or before a job was created is overdue. Events in `known` are committed
+    already: not reported again."""
+    events: list[Event] = []
+    schedules: dict[int, ScheduleFacts] = {}
+    unreadable: dict[int, str] = {}
+    for job_id, job in sorted(jobs.items()):
+        record = records.get(job_id)
+        floor = max(news_since_ms, job.created_time or 0)
+        found: list[tuple[EventType, int, int]] = []  # (type, since, overdue at)
+        if config.missed_schedules:
+            try:
+                facts, missed = _missed(job, record, now_ms, floor, config)
+            except InvalidSchedule as exc:
+                unreadable[job_id] = str(exc)
+                facts, missed = None, None
+            if facts is not None:
+                schedules[job_id] = facts
+            if missed is not None:
+                found.append((EventType.RUN_MISSED, *missed))
+        overdue = _not_running(job, record, now_ms, floor, config.not_running_after)
+        if overdue is not None:
+            found.append((EventType.JOB_NOT_RUNNING, *overdue))
+        window = config.success_window(job_id, job.settings.name, job.settings.tags)
+        if window:
+            since = max(record.last_success_ms or 0 if record else 0, floor)
+            if now_ms - since > window * 1000:
+                found.append((EventType.JOB_STALE, since, since + window * 1000))
+        events.extend(_settle(workspace, job, record, book, found, known))
+    return Checked(events, schedules, unreadable)
+
+
+def _missed(
+    job: Job, record: JobRecord | None, now_ms: int, floor: int, config: ExpectationsConfig
+) -> tuple[ScheduleFacts | None, tuple[int, int] | None]:
+    """The job's schedule facts, and (expected trigger, when it became missed) of its
+    latest trigger past its grace that no run started after, if any."""
+    settings = job.settings
+    last_start = record.last_start_ms if record else None
+    cron = settings.schedule
+    if cron is not None and cron.quartz_cron_expression:
+        schedule = _schedule(cron.quartz_cron_expression, cron.timezone_id or "UTC")
+        now = _moment(now_ms)
+        upcoming = schedule.next_after(now)
+        facts = ScheduleFacts(
+            settings.name,
+            settings.tags,
+            cron.pause_status == "PAUSED",
+            _ms(upcoming) if upcoming else None,
+        )
+        if facts.paused:
+            return facts, None
+        grace = config.grace if config.grace is not None else schedule.default_grace_seconds(now)
+        expected = schedule.latest_at_or_before(_moment(now_ms - int(grace * 1000)))
+        if expected is None:
+            return facts, None
+        expected_ms = _ms(expected)
+        return facts, _if_missed(expected_ms, int(grace * 1000), last_start, floor)
+    trigger = settings.trigger
+    periodic = trigger.periodic if trigger is not None else None
+    if periodic is None or not periodic.interval or periodic.unit not in _PERIODIC_UNITS:
+        return None, None
+    assert trigger is not None
+    period_ms = periodic.interval * _PERIODIC_UNITS[periodic.unit] * 1000
+    paused = trigger.pause_status == "PAUSED"
+    # A periodic trigger has no fixed phase: the next run is due a period after the last.
+    anchor = max(last_start or 0, floor)
+    facts = ScheduleFacts(
+        settings.name, settings.tags, paused, anchor + period_ms if last_start else None
+    )
+    if paused:
+        return facts, None
+    grace_s = config.grace if config.grace is not None else max(600.0, 0.1 * period_ms / 1000)
+    grace_ms = int(grace_s * 1000)
+    expected_ms = anchor + period_ms
+    if now_ms - expected_ms <= grace_ms:
+        return facts, None
+    return facts, _if_missed(expected_ms, grace_ms, last_start, floor)
+
+
+def _if_missed(
+    expected_ms: int, grace_ms: int, last_start: int | None, floor: int
+) -> tuple[int, int] | None:
+    if expected_ms < floor:
+        return None  # before the watcher watched, or before the job existed
+    if last_start is not None and last_start >= expected_ms - EARLY_MS:
+        return None
+    return expected_ms, expected_ms + grace_ms
+
+
+def _not_running(
+    job: Job, record: JobRecord | None, now_ms: int, floor: int, after_s: int
+) -> tuple[int, int] | None:
+    continuous = job.settings.continuous
+    if not after_s or continuous is None or continuous.pause_status == "PAUSED":
+        return None
+    since = max(record.last_active_ms or 0 if record else 0, floor)
+    if now_ms - since <= after_s * 1000:
+        return None
+    return since, since + after_s * 1000
+
+
+def _settle(
+    workspace: str,
+    job: Job,
+    record: JobRecord | None,
+    book: IncidentBook,
+    found: list[tuple[EventType, int, int]],
+    known: Collection[str],
+) -> list[Event]:
+    """The events of what was found overdue, and the resolves of this job's incidents of
+    these kinds whose condition has ended."""
+    ref = JobRef(job_id=job.job_id, name=job.settings.name, tags=dict(job.settings.tags))
+    base = Event(
+        id="",
+        type=EventType.RUN_MISSED,
+        workspace=workspace,
+        occurred_at=_moment(0),
+        job=ref,
+        run=Run(run_id=0, job_id=job.job_id),
+    )
+    events = []
+    for type_, since, at in found:
+        id_ = event_id(workspace, job.job_id, str(type_), str(since))
+        open_ = book.open.get(incident_key(base, _ISSUES[type_][0]))
+        if id_ in known or (open_ is not None and open_.last_event_id == id_):
+            continue  # reported already: the condition is the same one
+        event = base.model_copy(
+            update={
+                "id": id_,
+                "type": type_,
+                "occurred_at": _moment(at),
+                "expected_at": _moment(since),
+                "detail": _detail(type_, record),
+            }
+        )
+        recorded = book.record(event)
+        events.append(recorded)
+    overdue = {type_ for type_, _, _ in found}
+    for type_, (kind, cause) in _ISSUES.items():
+        if type_ in overdue:
+            continue
+        key = incident_key(base.model_copy(update={"type": type_}), kind)
+        incident = book.open.get(key)
+        if incident is not None and _over(incident, record, kind):
+            events.append(book.resolve_open(key, _resolver(base, record), cause))
+    return events
+
+
+def _over(incident: Incident, record: JobRecord | None, kind: str) -> bool:
+    """Whether the condition of a job's incident has ended: a run started after the
+    missed trigger, a run was active again, the job succeeded again."""
+    if record is None or incident.since_ms is None:
+        return False
+    if kind == "missed":
+        return (record.last_start_ms or 0) >= incident.since_ms - EARLY_MS
+    if kind == "not_running":
+        return (record.last_active_ms or 0) > incident.since_ms
+    return (record.last_success_ms or 0) > incident.since_ms
+
+
+def _resolver(base: Event, record: JobRecord | None) -> Callable[[Incident, ResolveCause], Event]:
+    def make(incident: Incident, cause: ResolveCause) -> Event:
+        ended = record.last_start_ms if record and cause == "ran" else None
+        ended = ended or (record.last_active_ms if record else None) or incident.opened_at_ms
+        at = _moment(max(ended, incident.opened_at_ms))
+        return resolution(incident, base, at=at, cause=cause)
+
+    return make
+
+
+def _detail(type_: EventType, record: JobRecord | None) -> str:
+    """The latest run the watcher knows of: a start for a missed trigger, an active run
+    for a continuous job, a success for a stale job."""
+    moments = {
+        EventType.RUN_MISSED: ("latest run started", record.last_start_ms if record else None),
+        EventType.JOB_NOT_RUNNING: ("last seen running", record.last_active_ms if record else None),
+        EventType.JOB_STALE: ("latest success", record.last_success_ms if record else None),
+    }
+    what, ms = moments[type_]
+    return f"{what}: {_moment(ms).isoformat().replace('+00:00', 'Z') if ms else 'none seen'}"
+
+
+def _moment(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
