@@ -199,6 +199,9 @@ def plan_cycle(
             plan.events.append(event)
             plan.settings_of[event.id] = job.settings if job else None
         plan.schedules = checked.schedules
+        for job_id, facts in checked.schedules.items():
+            if facts.paused:
+                plan.saw_paused(workspace, job_id, facts.name, now_ms, records.get(job_id))
     return plan.plan(result, stored_jobs)
 
 
@@ -313,6 +316,13 @@ class _Planned:
         for event in release(record.run_id, record.job_id, make):
             self.events.append(event)
             self.settings_of[event.id] = settings
+
+    def saw_paused(
+        self, workspace: str, job_id: int, name: str | None, now_ms: int, job: JobRecord | None
+    ) -> None:
+        """The job's schedule is paused now: no trigger before now is missed."""
+        job = job or JobRecord(workspace=workspace, job_id=job_id, name=name)
+        self.jobs[job_id] = job.model_copy(update={"paused_seen_ms": now_ms})
 
     def note_activity(self, job_id: int, record: RunRecord, now_ms: int) -> None:
         """The job's latest run start and latest active run, from one of its runs."""

@@ -102,6 +102,9 @@ class JobRecord(BaseModel):
     last_active_ms: int | None = None
     """When (ms, workspace time) a run of the job was last seen active, or last ended (a
     continuous job with none for long is not running)."""
+    paused_seen_ms: int | None = None
+    """When (ms, workspace time) the watcher last saw the job's schedule or trigger
+    PAUSED: a trigger before a resume is no miss."""
 
 
 class Incident(BaseModel):

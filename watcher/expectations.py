@@ -18,7 +18,7 @@ from watcher.config import ExpectationsConfig
 from watcher.databricks.models import Job, Run
 from watcher.domain import Incident, JobRecord
 from watcher.events import Event, EventType, IncidentKind, JobRef, ResolveCause, event_id
-from watcher.incidents import IncidentBook, incident_key, resolution
+from watcher.incidents import IncidentBook, resolution, subject_key
 from watcher.schedule import InvalidSchedule, Schedule
 
 EARLY_MS = 60_000
@@ -58,6 +58,54 @@ def _schedule(expression: str, timezone_id: str) -> Schedule:
     return Schedule.parse(expression, timezone_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _CronTimes:
+    upcoming_ms: int | None
+    """The next trigger after now."""
+    expected_ms: int | None
+    """The latest trigger more than the grace ago."""
+    grace_ms: int
+    computed_at_ms: int
+    valid_until_ms: int
+    """Until when (workspace time) these stay true: the next trigger, or the next one
+    after `expected` passing its grace, whichever comes first."""
+
+
+_CRON_TIMES: dict[tuple[str, str, int | None], _CronTimes] = {}
+_CRON_TIMES_LIMIT = 50_000
+
+
+def _cron_times(expression: str, zone: str, now_ms: int, grace_s: int | None) -> _CronTimes:
+    """The schedule's times as of `now_ms`, kept between cycles while they hold: a cron
+    schedule changes its answer a few times a period, not every cycle (10,000 jobs would
+    otherwise cost hundreds of ms a cycle)."""
+    key = (expression, zone, grace_s)
+    cached = _CRON_TIMES.get(key)
+    if cached is not None and cached.computed_at_ms <= now_ms < cached.valid_until_ms:
+        return cached
+    schedule = _schedule(expression, zone)
+    now = _moment(now_ms)
+    upcoming = schedule.next_after(now)
+    grace = grace_s if grace_s is not None else schedule.default_grace_seconds(now)
+    grace_ms = int(grace * 1000)
+    expected = schedule.latest_at_or_before(_moment(now_ms - grace_ms))
+    after_expected = schedule.next_after(expected) if expected is not None else upcoming
+    bounds = [_ms(t) for t in (upcoming,) if t is not None]
+    if after_expected is not None:
+        bounds.append(_ms(after_expected) + grace_ms)
+    times = _CronTimes(
+        _ms(upcoming) if upcoming else None,
+        _ms(expected) if expected else None,
+        grace_ms,
+        now_ms,
+        min(bounds, default=now_ms + 86_400_000),
+    )
+    if len(_CRON_TIMES) >= _CRON_TIMES_LIMIT:
+        _CRON_TIMES.clear()
+    _CRON_TIMES[key] = times
+    return times
+
+
 def checkable(job: Job, config: ExpectationsConfig) -> bool:
     """Whether any check applies to the job (only those need their records read)."""
     settings = job.settings
@@ -92,10 +140,11 @@ def check_jobs(
     for job_id, job in sorted(jobs.items()):
         record = records.get(job_id)
         floor = max(news_since_ms, job.created_time or 0)
+        paused_seen = (record.paused_seen_ms if record else None) or 0
         found: list[tuple[EventType, int, int]] = []  # (type, since, overdue at)
         if config.missed_schedules:
             try:
-                facts, missed = _missed(job, record, now_ms, floor, config)
+                facts, missed = _missed(job, record, now_ms, max(floor, paused_seen), config)
             except InvalidSchedule as exc:
                 unreadable[job_id] = str(exc)
                 facts, missed = None, None
@@ -124,23 +173,14 @@ def _missed(
     last_start = record.last_start_ms if record else None
     cron = settings.schedule
     if cron is not None and cron.quartz_cron_expression:
-        schedule = _schedule(cron.quartz_cron_expression, cron.timezone_id or "UTC")
-        now = _moment(now_ms)
-        upcoming = schedule.next_after(now)
-        facts = ScheduleFacts(
-            settings.name,
-            settings.tags,
-            cron.pause_status == "PAUSED",
-            _ms(upcoming) if upcoming else None,
+        times = _cron_times(
+            cron.quartz_cron_expression, cron.timezone_id or "UTC", now_ms, config.grace
         )
-        if facts.paused:
+        paused = cron.pause_status == "PAUSED"
+        facts = ScheduleFacts(settings.name, settings.tags, paused, times.upcoming_ms)
+        if paused or times.expected_ms is None:
             return facts, None
-        grace = config.grace if config.grace is not None else schedule.default_grace_seconds(now)
-        expected = schedule.latest_at_or_before(_moment(now_ms - int(grace * 1000)))
-        if expected is None:
-            return facts, None
-        expected_ms = _ms(expected)
-        return facts, _if_missed(expected_ms, int(grace * 1000), last_start, floor)
+        return facts, _if_missed(times.expected_ms, times.grace_ms, last_start, floor)
     trigger = settings.trigger
     periodic = trigger.periodic if trigger is not None else None
     if periodic is None or not periodic.interval or periodic.unit not in _PERIODIC_UNITS:
@@ -195,6 +235,9 @@ def _settle(
 ) -> list[Event]:
     """The events of what was found overdue, and the resolves of this job's incidents of
     these kinds whose condition has ended."""
+    keys = {kind: subject_key(workspace, job.job_id, 0, kind) for kind, _ in _ISSUES.values()}
+    if not found and not any(key in book.open for key in keys.values()):
+        return []  # the common case, for every job every cycle: build nothing
     ref = JobRef(job_id=job.job_id, name=job.settings.name, tags=dict(job.settings.tags))
     base = Event(
         id="",
@@ -207,7 +250,7 @@ def _settle(
     events = []
     for type_, since, at in found:
         id_ = event_id(workspace, job.job_id, str(type_), str(since))
-        open_ = book.open.get(incident_key(base, _ISSUES[type_][0]))
+        open_ = book.open.get(keys[_ISSUES[type_][0]])
         if id_ in known or (open_ is not None and open_.last_event_id == id_):
             continue  # reported already: the condition is the same one
         event = base.model_copy(
@@ -225,7 +268,7 @@ def _settle(
     for type_, (kind, cause) in _ISSUES.items():
         if type_ in overdue:
             continue
-        key = incident_key(base.model_copy(update={"type": type_}), kind)
+        key = keys[kind]
         incident = book.open.get(key)
         if incident is not None and _over(incident, record, kind):
             events.append(book.resolve_open(key, _resolver(base, record), cause))

@@ -43,7 +43,6 @@ def incident_key(event: Event, kind: IncidentKind) -> str:
     `.../stuck`, `.../missed`, `.../not_running`, `.../stale` (`run/<id>` for a run without
     a job): one open incident per key. A job's queue backlog is one stuck incident."""
     job_id = event.job.job_id
-    subject = f"job/{job_id}" if job_id is not None else f"run/{event.run.run_id}"
     if kind == "duration":
         what = f"duration/{event.rule.name if event.rule else 'default'}"
     elif kind == "unreadable":
@@ -52,7 +51,13 @@ def incident_key(event: Event, kind: IncidentKind) -> str:
         what = kind
     else:
         what = "failed"
-    key = f"{event.workspace}/{subject}/{what}"
+    return subject_key(event.workspace, job_id, event.run.run_id, what)
+
+
+def subject_key(workspace: str, job_id: int | None, run_id: int, what: str) -> str:
+    """`<workspace>/job/<id>/<what>` (`run/<id>` without a job), hashed past the limit."""
+    subject = f"job/{job_id}" if job_id is not None else f"run/{run_id}"
+    key = f"{workspace}/{subject}/{what}"
     if len(key) > KEY_LIMIT:
         key = key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
     return key

@@ -164,6 +164,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN last_success_ms INTEGER;
     ALTER TABLE jobs ADD COLUMN last_start_ms INTEGER;
     ALTER TABLE jobs ADD COLUMN last_active_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN paused_seen_ms INTEGER;
     UPDATE jobs SET consecutive_failures = 1 WHERE last_outcome = 'failure';
     ALTER TABLE deliveries ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
     ALTER TABLE events ADD COLUMN incident_id TEXT;
@@ -379,7 +380,7 @@ class SQLiteStore:
         rows = await self._select_in(
             "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
             "last_outcome_repair, consecutive_failures, last_success_ms, last_start_ms, "
-            "last_active_ms FROM jobs WHERE workspace = ? AND job_id IN ({})",
+            "last_active_ms, paused_seen_ms FROM jobs WHERE workspace = ? AND job_id IN ({})",
             workspace,
             job_ids,
         )
@@ -397,6 +398,7 @@ class SQLiteStore:
                 last_success_ms=r[8],
                 last_start_ms=r[9],
                 last_active_ms=r[10],
+                paused_seen_ms=r[11],
             )
             for r in rows
         }
@@ -524,8 +526,8 @@ class SQLiteStore:
             await self._db.executemany(
                 "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
                 "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair, "
-                "consecutive_failures, last_success_ms, last_start_ms, last_active_ms) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "consecutive_failures, last_success_ms, last_start_ms, last_active_ms, "
+                "paused_seen_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
                 "tags=excluded.tags, last_outcome=excluded.last_outcome, "
                 "last_outcome_run_id=excluded.last_outcome_run_id, "
@@ -533,7 +535,8 @@ class SQLiteStore:
                 "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair, "
                 "consecutive_failures=excluded.consecutive_failures, "
                 "last_success_ms=excluded.last_success_ms, "
-                "last_start_ms=excluded.last_start_ms, last_active_ms=excluded.last_active_ms",
+                "last_start_ms=excluded.last_start_ms, last_active_ms=excluded.last_active_ms, "
+                "paused_seen_ms=excluded.paused_seen_ms",
                 [
                     (
                         j.workspace,
@@ -549,6 +552,7 @@ class SQLiteStore:
                         j.last_success_ms,
                         j.last_start_ms,
                         j.last_active_ms,
+                        j.paused_seen_ms,
                     )
                     for j in commit.jobs
                 ],
