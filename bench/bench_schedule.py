@@ -138,9 +138,7 @@ def main() -> None:
         records = {i: JobRecord(workspace="bench", job_id=i, last_start_ms=now_ms) for i in jobs}
         book = IncidentBook.of("bench", {})
         began = time.process_time()
-        checked = check_jobs(
-            "bench", jobs, records, book, now_ms=now_ms, news_since_ms=0, config=config
-        )
+        checked = check_jobs("bench", jobs, records, book, now_ms=now_ms, config=config)
         checks.append((time.process_time() - began) * 1000)
         reported += len(checked.events)
 

@@ -13,7 +13,7 @@ from watcher.config import ExpectationsConfig
 from watcher.databricks.models import Job
 from watcher.domain import JobRecord
 from watcher.events import Event, EventType
-from watcher.expectations import Checked, check_jobs
+from watcher.expectations import Checked, check_jobs, signature
 from watcher.incidents import IncidentBook
 
 WS = "prod"
@@ -42,7 +42,7 @@ def scheduled(expression: str = NIGHTLY, pause: str = "UNPAUSED", **kwargs: Any)
     return job(schedule=cron, **kwargs)
 
 
-def record(**times: int | None) -> JobRecord:
+def record(**times: int | str | None) -> JobRecord:
     return JobRecord(workspace=WS, job_id=1, name="job-1", **times)
 
 
@@ -56,15 +56,17 @@ class Checker:
         self.events: list[Event] = []
 
     def at(self, now: int, jobs: list[Job], records: dict[int, JobRecord] | None = None) -> Checked:
+        """One check at `now`; each job's checked settings as first seen at `since` (the
+        records given keep their times)."""
         self.book = IncidentBook.of(WS, dict(self.book.open))
+        seen = {}
+        for j in jobs:
+            window = self.config.success_window(j.job_id, j.settings.name, j.settings.tags)
+            known = (records or {}).get(j.job_id) or record()
+            update = {"job_id": j.job_id, "expect_sig": signature(j, window)}
+            seen[j.job_id] = known.model_copy(update=update | {"expect_since_ms": self.since})
         checked = check_jobs(
-            WS,
-            {j.job_id: j for j in jobs},
-            records or {},
-            self.book,
-            now_ms=now,
-            news_since_ms=self.since,
-            config=self.config,
+            WS, {j.job_id: j for j in jobs}, seen, self.book, now_ms=now, config=self.config
         )
         self.events.extend(checked.events)
         return checked
@@ -198,3 +200,35 @@ def test_a_job_expected_to_succeed_daily_is_stale_after_26_hours_until_it_succee
     )
     (by_rule,) = Checker(config, since=ms(1, 0)).at(ms(2, 7, 1), [job()], last).events
     assert by_rule.type is EventType.JOB_STALE
+
+
+def test_an_edited_schedule_and_a_newly_watched_job_are_checked_from_then_on() -> None:
+    """A job seen for the first time, or whose schedule changed, is checked from that
+    cycle: yesterday's 23:00 of a schedule moved from 22:15 at noon is no miss, nor is a
+    trigger before a job joined the watch."""
+    nightly = scheduled()
+    book = IncidentBook.of(WS, {})
+    config = ExpectationsConfig()
+    first = check_jobs(WS, {1: nightly}, {}, book, now_ms=T0, config=config)
+    assert first.events == []
+    sig, since = first.since[1]
+    assert since == T0
+    seen = record(expect_sig=sig, expect_since_ms=since, last_start_ms=ms(1, 22, 15))
+    moved = scheduled("0 0 23 * * ?")
+    edited = check_jobs(WS, {1: moved}, {1: seen}, book, now_ms=T0 + H, config=config)
+    assert edited.events == []
+    assert edited.since[1][1] == T0 + H  # the edit restarts the checks
+    # The edited schedule's first trigger (23:00) passes unanswered: that one is missed.
+    again = record(expect_sig=edited.since[1][0], expect_since_ms=T0 + H)
+    (missed,) = check_jobs(WS, {1: moved}, {1: again}, book, now_ms=ms(3, 2), config=config).events
+    assert missed.expected_at == datetime(2026, 3, 2, 23, 0, tzinfo=UTC)
+
+
+def test_pausing_resolves_an_open_missed_incident() -> None:
+    check = Checker(since=ms(1, 0))
+    (missed,) = check.at(ms(3, 6), [scheduled()]).events
+    (resolved,) = check.at(ms(3, 7), [scheduled(pause="PAUSED")]).events
+    assert resolved.incident is not None
+    assert missed.incident is not None
+    assert (resolved.incident.id, resolved.incident.cause) == (missed.incident.id, "paused")
+    assert check.book.open == {}

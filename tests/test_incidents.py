@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -14,10 +13,9 @@ from typing import Any, cast
 import pytest
 
 from tests.notify_fixtures import make_config
-from tests.wiring import config_for
-from watcher.app import Daemon, build, close, run_once
+from tests.wiring import Watched, watching
 from watcher.clock import ManualClock
-from watcher.config import Config, HealthRulesConfig, RoutingConfig, StartupConfig, StuckConfig
+from watcher.config import HealthRulesConfig, RoutingConfig, StartupConfig, StuckConfig
 from watcher.databricks.models import Run, RunState
 from watcher.domain import Incident, PollResult
 from watcher.events import Event, EventType, JobRef, ResolveCause, RuleRef, event_id
@@ -156,39 +154,10 @@ def test_keys_of_runs_without_a_job_and_of_long_rule_names() -> None:
 # -- the daemon: polls, commits, restarts ----------------------------------------------------
 
 
-@dataclass
-class Watched:
-    sim: Simulator
-    clock: ManualClock
-    config: Config
-    daemon: Daemon
-    events: list[Event] = field(default_factory=list)
-
-    async def cycle(self, seconds: float = 30) -> list[Event]:
-        self.clock.advance(seconds)
-        new = await run_once(self.daemon)
-        self.events.extend(new)
-        return new
-
-    async def restart(self) -> None:
-        await close(self.daemon)
-        self.daemon = await build(self.config, clock=self.clock)
-
-    def of_type(self, type_: EventType) -> list[Event]:
-        return [e for e in self.events if e.type is type_]
-
-
 @pytest.fixture
 async def watched(sim: Simulator, clock: ManualClock, tmp_path: Path) -> AsyncIterator[Watched]:
-    channels = {"out": {"type": "console"}}
-    config = config_for(sim, tmp_path / "w.db", top={"channels": channels}, poll_interval=30)
-    daemon = await build(config, clock=clock, console=io.StringIO())
-    watch = Watched(sim, clock, config, daemon)
-    await watch.cycle()  # the first cycle: history
-    try:
+    async with watching(sim, clock, tmp_path) as watch:
         yield watch
-    finally:
-        await close(watch.daemon)
 
 
 async def test_failures_streak_and_count_across_restarts_and_a_recovery_resolves(

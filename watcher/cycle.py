@@ -190,7 +190,6 @@ def plan_cycle(
             records,
             plan.book,
             now_ms=now_ms,
-            news_since_ms=result.news_since_ms,
             config=expectations or ExpectationsConfig(),
             known=plan.known,
         )
@@ -199,9 +198,9 @@ def plan_cycle(
             plan.events.append(event)
             plan.settings_of[event.id] = job.settings if job else None
         plan.schedules = checked.schedules
-        for job_id, facts in checked.schedules.items():
-            if facts.paused:
-                plan.saw_paused(workspace, job_id, facts.name, now_ms, records.get(job_id))
+        for job_id, (sig, since) in checked.since.items():
+            job = result.watched_jobs[job_id]
+            plan.checked_since(workspace, job_id, job.settings.name, sig, since, records)
     return plan.plan(result, stored_jobs)
 
 
@@ -317,12 +316,18 @@ class _Planned:
             self.events.append(event)
             self.settings_of[event.id] = settings
 
-    def saw_paused(
-        self, workspace: str, job_id: int, name: str | None, now_ms: int, job: JobRecord | None
+    def checked_since(
+        self,
+        workspace: str,
+        job_id: int,
+        name: str | None,
+        sig: str,
+        since: int,
+        records: Mapping[int, JobRecord],
     ) -> None:
-        """The job's schedule is paused now: no trigger before now is missed."""
-        job = job or JobRecord(workspace=workspace, job_id=job_id, name=name)
-        self.jobs[job_id] = job.model_copy(update={"paused_seen_ms": now_ms})
+        """The job's checked settings are new or changed: checked from `since` on."""
+        job = records.get(job_id) or JobRecord(workspace=workspace, job_id=job_id, name=name)
+        self.jobs[job_id] = job.model_copy(update={"expect_sig": sig, "expect_since_ms": since})
 
     def note_activity(self, job_id: int, record: RunRecord, now_ms: int) -> None:
         """The job's latest run start and latest active run, from one of its runs."""

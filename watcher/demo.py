@@ -13,7 +13,7 @@ from typing import TextIO
 from watcher.app import Daemon, build, serve
 from watcher.clock import AcceleratedClock
 from watcher.config import Config
-from watcher.simulator import RandomWorkload, Simulator, WorkloadSpec
+from watcher.simulator import RandomWorkload, Simulator, Troubles, WorkloadSpec
 
 TOKEN = "dapi-demo-simulator-token"  # noqa: S105 - the simulator's own, accepts nothing else
 ALERTING = [
@@ -23,6 +23,14 @@ ALERTING = [
     "run_skipped",
     "run_duration_exceeded",
     "job_recovered",
+    # What Databricks never reports: the simulator's `Troubles` cause one of each within
+    # the first simulated hour (stuck at 10 min, missed at 15-20, not running at 35, stale
+    # at 60: about a minute of the demo at its default speed), each resolved by 105 min.
+    "run_stuck",
+    "run_missed",
+    "job_not_running",
+    "job_stale",
+    "incident_resolved",
 ]
 
 
@@ -41,6 +49,10 @@ def demo_config(*, url: str, store: Path, port: int) -> Config:
             "store": {"path": str(store)},
             "server": {"host": "127.0.0.1", "port": port},
             "startup": {"lookback": 0},
+            # Sized for the Troubles: a run queued 10 minutes is stuck, a trigger 5 minutes
+            # late is missed, every job's settings are read each simulated minute.
+            "stuck": {"seconds": 600},
+            "expectations": {"grace": 300, "jobs_every": 60},
             "channels": {"console": {"type": "console"}},
             "routes": [{"match": {"event_types": ALERTING}, "channels": ["console"]}],
         }
@@ -59,6 +71,7 @@ async def run_demo(
     clock = AcceleratedClock(speed=speed)
     sim = Simulator(clock=clock, tokens={TOKEN}, in_run_retries=True)  # as 2.1+ retry tasks
     RandomWorkload(sim.workspace, WorkloadSpec(jobs=jobs, seed=seed))
+    Troubles(sim.workspace)
     url = await sim.start("127.0.0.1", 0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,7 +80,7 @@ async def run_demo(
 
     def banner(daemon: Daemon) -> None:
         assert daemon.server is not None
-        print(f"watcher demo: {jobs} simulated jobs, time x{speed:g}", file=out)
+        print(f"watcher demo: {jobs} simulated jobs and 4 in trouble, time x{speed:g}", file=out)
         print(f"  simulated Databricks workspace  {url}  (token {TOKEN})", file=out)
         print(f"  Prometheus metrics              {daemon.server.url}/metrics", file=out)
         print(f"  status and readiness            {daemon.server.url}/status  /readyz", file=out)

@@ -102,9 +102,13 @@ class JobRecord(BaseModel):
     last_active_ms: int | None = None
     """When (ms, workspace time) a run of the job was last seen active, or last ended (a
     continuous job with none for long is not running)."""
-    paused_seen_ms: int | None = None
-    """When (ms, workspace time) the watcher last saw the job's schedule or trigger
-    PAUSED: a trigger before a resume is no miss."""
+    expect_sig: str | None = None
+    """What the checks of what Databricks never reports last saw of the job: its
+    schedule, time zone, pause status, periodic trigger, continuous setting and success
+    window (`watcher.expectations.signature`)."""
+    expect_since_ms: int | None = None
+    """Since when (ms, workspace time) `expect_sig` holds: nothing before it is overdue (a
+    job newly watched, a schedule edited or resumed is checked from then on)."""
 
 
 class Incident(BaseModel):

@@ -53,7 +53,7 @@ IncidentKind = Literal[
     "failure", "duration", "unreadable", "stuck", "missed", "not_running", "stale"
 ]
 IncidentState = Literal["open", "resolved"]
-ResolveCause = Literal["recovered", "run_ended", "manual", "running", "ran"]
+ResolveCause = Literal["recovered", "run_ended", "manual", "running", "ran", "paused"]
 
 
 def event_id(

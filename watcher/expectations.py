@@ -51,6 +51,29 @@ class Checked:
     schedules: dict[int, ScheduleFacts]
     unreadable: dict[int, str]
     """job id -> why its schedule cannot be evaluated (an invalid expression or zone)."""
+    since: dict[int, tuple[str, int]]
+    """job id -> (signature, since when) for the jobs whose checked settings are new or
+    changed this cycle: to record (`JobRecord.expect_sig`, `expect_since_ms`)."""
+
+
+def signature(job: Job, window: int | None) -> str:
+    """What the checks depend on in a job's settings: a change (an edited or resumed
+    schedule, a job newly watched) restarts the checks from then on."""
+    settings = job.settings
+    cron, trigger, continuous = settings.schedule, settings.trigger, settings.continuous
+    periodic = trigger.periodic if trigger else None
+    return "|".join(
+        str(part)
+        for part in (
+            cron.quartz_cron_expression if cron else None,
+            cron.timezone_id if cron else None,
+            cron.pause_status if cron else None,
+            (periodic.interval, periodic.unit) if periodic else None,
+            trigger.pause_status if trigger else None,
+            continuous.pause_status if continuous else None,
+            window,
+        )
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -125,26 +148,34 @@ def check_jobs(
     book: IncidentBook,
     *,
     now_ms: int,
-    news_since_ms: int,
     config: ExpectationsConfig,
     known: Collection[str] = (),
 ) -> Checked:
     """Check every job of `jobs` (workspace time `now_ms`): report what is overdue (once:
     the ids name the job and the instant the condition counts from) and resolve the
-    incidents whose condition has ended. Nothing before `news_since_ms` (the watcher's
-    start) or before a job was created is overdue. Events in `known` are committed
-    already: not reported again."""
+    incidents whose condition has ended. Nothing is overdue before the job was created,
+    nor before its checked settings were first seen as they are now (the job's
+    `expect_since_ms`; a job seen for the first time or changed is checked from now on).
+    Events in `known` are committed already: not reported again."""
     events: list[Event] = []
     schedules: dict[int, ScheduleFacts] = {}
     unreadable: dict[int, str] = {}
+    changed: dict[int, tuple[str, int]] = {}
     for job_id, job in sorted(jobs.items()):
+        if not checkable(job, config):
+            continue  # nothing to check (and its stored record may not have been read)
         record = records.get(job_id)
-        floor = max(news_since_ms, job.created_time or 0)
-        paused_seen = (record.paused_seen_ms if record else None) or 0
+        window = config.success_window(job_id, job.settings.name, job.settings.tags)
+        sig = signature(job, window)
+        since_ms = record.expect_since_ms if record and record.expect_sig == sig else None
+        if since_ms is None:
+            since_ms = now_ms
+            changed[job_id] = (sig, now_ms)
+        floor = max(since_ms, job.created_time or 0)
         found: list[tuple[EventType, int, int]] = []  # (type, since, overdue at)
         if config.missed_schedules:
             try:
-                facts, missed = _missed(job, record, now_ms, max(floor, paused_seen), config)
+                facts, missed = _missed(job, record, now_ms, floor, config)
             except InvalidSchedule as exc:
                 unreadable[job_id] = str(exc)
                 facts, missed = None, None
@@ -155,13 +186,12 @@ def check_jobs(
         overdue = _not_running(job, record, now_ms, floor, config.not_running_after)
         if overdue is not None:
             found.append((EventType.JOB_NOT_RUNNING, *overdue))
-        window = config.success_window(job_id, job.settings.name, job.settings.tags)
         if window:
             since = max(record.last_success_ms or 0 if record else 0, floor)
             if now_ms - since > window * 1000:
                 found.append((EventType.JOB_STALE, since, since + window * 1000))
         events.extend(_settle(workspace, job, record, book, found, known))
-    return Checked(events, schedules, unreadable)
+    return Checked(events, schedules, unreadable, changed)
 
 
 def _missed(
@@ -265,14 +295,34 @@ def _settle(
         recorded = book.record(event)
         events.append(recorded)
     overdue = {type_ for type_, _, _ in found}
+    paused = _paused(job)
     for type_, (kind, cause) in _ISSUES.items():
         if type_ in overdue:
             continue
         key = keys[kind]
         incident = book.open.get(key)
-        if incident is not None and _over(incident, record, kind):
+        if incident is None:
+            continue
+        if kind in paused:
+            # Paused on purpose: nothing is expected any more, whatever was missed.
+            events.append(book.resolve_open(key, _resolver(base, record), "paused"))
+        elif _over(incident, record, kind):
             events.append(book.resolve_open(key, _resolver(base, record), cause))
     return events
+
+
+def _paused(job: Job) -> set[str]:
+    """The incident kinds whose checks the job's settings pause now."""
+    settings = job.settings
+    kinds = set()
+    trigger = settings.trigger
+    if (settings.schedule and settings.schedule.pause_status == "PAUSED") or (
+        trigger is not None and trigger.periodic is not None and trigger.pause_status == "PAUSED"
+    ):
+        kinds.add("missed")
+    if settings.continuous is not None and settings.continuous.pause_status == "PAUSED":
+        kinds.add("not_running")
+    return kinds
 
 
 def _over(incident: Incident, record: JobRecord | None, kind: str) -> bool:
@@ -289,8 +339,13 @@ def _over(incident: Incident, record: JobRecord | None, kind: str) -> bool:
 
 def _resolver(base: Event, record: JobRecord | None) -> Callable[[Incident, ResolveCause], Event]:
     def make(incident: Incident, cause: ResolveCause) -> Event:
-        ended = record.last_start_ms if record and cause == "ran" else None
-        ended = ended or (record.last_active_ms if record else None) or incident.opened_at_ms
+        # When it ended: the run that started, the run active again, the success.
+        moments = {
+            "ran": record.last_start_ms if record else None,
+            "running": record.last_active_ms if record else None,
+            "recovered": record.last_success_ms if record else None,
+        }
+        ended = moments.get(cause) or incident.opened_at_ms
         at = _moment(max(ended, incident.opened_at_ms))
         return resolution(incident, base, at=at, cause=cause)
 
@@ -306,7 +361,8 @@ def _detail(type_: EventType, record: JobRecord | None) -> str:
         EventType.JOB_STALE: ("latest success", record.last_success_ms if record else None),
     }
     what, ms = moments[type_]
-    return f"{what}: {_moment(ms).isoformat().replace('+00:00', 'Z') if ms else 'none seen'}"
+    shown = _moment(ms).replace(microsecond=0).isoformat().replace("+00:00", "Z") if ms else None
+    return f"{what}: {shown or 'none seen'}"
 
 
 def _moment(ms: int) -> datetime:

@@ -24,7 +24,8 @@ _NAMESPACE = uuid.UUID("0b7f3c52-5d0e-4a4e-9d55-3f1f0b1e7c21")
 KEY_LIMIT = 255
 """PagerDuty's dedup_key limit: longer keys (long task keys in rule names) are hashed."""
 
-_OPENS: dict[EventType, IncidentKind] = {
+OPENS: dict[EventType, IncidentKind] = {
+    # The kind of incident each event type opens (a recovery resolves, it opens nothing).
     EventType.RUN_FAILED: "failure",
     EventType.RUN_DURATION_EXCEEDED: "duration",
     EventType.RUN_UNREADABLE: "unreadable",
@@ -151,7 +152,7 @@ class IncidentBook:
             return event
         if event.type is EventType.JOB_RECOVERED:
             return self._recovered(event)
-        kind = _OPENS.get(event.type)
+        kind = OPENS.get(event.type)
         if kind is None or (kind == "failure" and event.job.job_id is None):
             # A run without a job (a one-time submit) has no later run to recover it: its
             # failure is a one-off alert, not an incident that could never resolve.

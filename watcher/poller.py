@@ -261,7 +261,15 @@ class Poller:
             return None
         now = self._clock.monotonic()
         if self._watched_jobs is None or now >= self._next_jobs_walk:
-            listed, _ = await self._list_all_jobs(rejected)
+            try:
+                listed, _ = await self._list_all_jobs(rejected)
+            except DatabricksError as exc:
+                # The runs of this cycle must not wait for it: the checks go on with the
+                # last walk's jobs (none before the first), and the walk is tried again
+                # after a fifth of its period.
+                log.warning("jobs_walk_failed", workspace=self.workspace, error=str(exc))
+                self._next_jobs_walk = now + self._jobs_every / 5
+                return self._watched_jobs
             self._watched_jobs = {
                 job_id: job
                 for job_id, job in listed.items()

@@ -27,6 +27,7 @@ from typing import Any
 from watcher.clock import Clock
 from watcher.config.channels import AlertmanagerChannelConfig
 from watcher.events import Event, EventType, IncidentKind
+from watcher.incidents import OPENS
 from watcher.notify.base import Digest, Result
 from watcher.notify.http import HttpChannel
 from watcher.notify.pagerduty import resolves
@@ -43,15 +44,6 @@ _ALERTNAMES: dict[str, str] = {
     "missed": "DatabricksJobRunMissed",
     "not_running": "DatabricksJobNotRunning",
     "stale": "DatabricksJobStale",
-}
-_EVENT_KINDS: dict[EventType, IncidentKind] = {
-    EventType.RUN_DURATION_EXCEEDED: "duration",
-    EventType.RUN_UNREADABLE: "unreadable",
-    EventType.JOB_UNREADABLE: "unreadable",
-    EventType.RUN_STUCK: "stuck",
-    EventType.RUN_MISSED: "missed",
-    EventType.JOB_NOT_RUNNING: "not_running",
-    EventType.JOB_STALE: "stale",
 }
 _WARNINGS = ("duration", "stuck")
 """Kinds labelled with `duration_severity`: a run taking long, not a failure."""
@@ -75,7 +67,7 @@ def kind(event: Event) -> IncidentKind:
     """What the alert is about: the incident's kind, else the event's."""
     if event.incident is not None:
         return event.incident.kind
-    return _EVENT_KINDS.get(event.type, "failure")
+    return OPENS.get(event.type, "failure")
 
 
 def _rule_name(event: Event) -> str | None:

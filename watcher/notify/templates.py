@@ -316,6 +316,7 @@ _WHY = {
     "manual": " by an operator",
     "ran": ": a run started",
     "running": ": a run is active again",
+    "paused": ": paused in Databricks",
 }
 _STUCK_WHY = {
     "running": ": the run started running",
@@ -372,6 +373,8 @@ def _resolved_line(incident: IncidentRef, event: Event, since: str) -> str:
         states = f" (stuck in {incident.count} states since {since})" if incident.count > 1 else ""
         return f"resolved after {after}{why}{states}"
     why = _WHY.get(incident.cause or "", "")
+    if incident.kind == "stale" and incident.cause == "recovered":
+        why = ": the job succeeded"
     one, many = _THINGS.get(incident.kind, ("time", "times"))
     counted = plural(incident.count, one, many)
     if incident.kind not in _THINGS:

@@ -3,7 +3,7 @@ cycles, a controllable clock and fault injection. Powers the tests, the demo and
 
 from watcher.simulator.faults import Fault
 from watcher.simulator.server import Simulator
-from watcher.simulator.workload import RandomWorkload, WorkloadSpec
+from watcher.simulator.workload import RandomWorkload, Troubles, WorkloadSpec
 from watcher.simulator.workspace import RunPlan, TaskPlan, Workspace
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "RunPlan",
     "Simulator",
     "TaskPlan",
+    "Troubles",
     "WorkloadSpec",
     "Workspace",
 ]

@@ -1,13 +1,18 @@
 """A random but reproducible workload: jobs that run on a period, some failing, some
-retried, some breaching their duration rule, some multitask. Drives the demo and benchmarks."""
+retried, some breaching their duration rule, some multitask. Drives the demo and benchmarks.
+
+`Troubles` adds to it, for the demo, jobs whose trouble Databricks never reports: a
+forgotten schedule trigger, a run queued behind its job's concurrency limit, a continuous
+job that stops, a job that keeps failing."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from watcher.databricks.models import RunResultState as R
-from watcher.simulator.workspace import TaskPlan, Workspace
+from watcher.simulator.workspace import RunPlan, TaskPlan, Workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,69 @@ class RandomWorkload:
             retry_results=[rng.choice([R.FAILED, R.SUCCESS])] if failed else None,
             start_ms=start_ms,
         )
+
+
+_MINUTE = 60_000
+EVERY_15_MIN = "0 0/15 * * * ?"
+
+
+class Troubles:
+    """Four jobs in trouble, on a timetable from their creation (the demo's start, T):
+
+    * `partner-export`, every 15 minutes: the scheduler forgets its first trigger (no run,
+      nothing in the API); the next one runs.
+    * `warehouse-sync` (max_concurrent_runs 1): a hung backfill holds its only slot from T
+      to T+40 min, and the run started after it waits QUEUED (ACTIVE_RUNS_LIMIT_REACHED)
+      until then.
+    * `clickstream-stream`, continuous: its run fails at T+20 min and Databricks does not
+      restart it (its settings still say UNPAUSED) until T+60 min.
+    * `ledger-close`, every 15 minutes, tagged `watcher.expect_success_within: 1h`: fails
+      every time until T+90 min, then succeeds.
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        tags = {"team": "data-platform", "env": "demo"}
+        ws = workspace
+        self.forgetful = ws.create_job(
+            "partner-export",
+            tags=tags,
+            schedule=EVERY_15_MIN,
+            plan=RunPlan(setup_s=20, execution_s=120, cleanup_s=5),
+        )
+        ws.skip_next_trigger(self.forgetful)
+        self.limited = ws.create_job("warehouse-sync", tags=tags, max_concurrent_runs=1)
+        ws.start_run(self.limited, setup_s=30, execution_s=40 * 60 - 40, trigger="ONE_TIME")
+        ws.start_run(self.limited, setup_s=10, execution_s=240, cleanup_s=5)
+        self.stream = ws.create_job(
+            "clickstream-stream",
+            tags=tags,
+            continuous=True,
+            plan=RunPlan(setup_s=60, execution_s=3 * 3600, cleanup_s=10),
+        )
+        self.fragile = ws.create_job(
+            "ledger-close",
+            tags=tags | {"watcher.expect_success_within": "1h"},
+            schedule=EVERY_15_MIN,
+            plan=RunPlan(setup_s=10, execution_s=90, cleanup_s=5, result=R.FAILED),
+        )
+        start = ws.now_ms()
+        self._timetable: list[tuple[int, Callable[[Workspace], None]]] = [
+            (start + 20 * _MINUTE, lambda w: w.stop_continuous(self.stream)),
+            (start + 60 * _MINUTE, lambda w: w.start_continuous(self.stream)),
+            (start + 90 * _MINUTE, self._recover),
+        ]
+        ws.tickers.append(self.tick)
+
+    def _recover(self, workspace: Workspace) -> None:
+        workspace.jobs[self.fragile].plan = RunPlan(setup_s=10, execution_s=90, cleanup_s=5)
+
+    def tick(self, workspace: Workspace, now: int) -> None:
+        """Do what is due by `now` (taken off the timetable first: an action may bring the
+        workspace up to now again, and so call this again)."""
+        due = [action for at, action in self._timetable if at <= now]
+        self._timetable = [(at, action) for at, action in self._timetable if at > now]
+        for action in due:
+            action(workspace)
 
 
 _NAMES = [

@@ -282,6 +282,7 @@ class Workspace:
         self._unsettled: set[int] = set()  # runs not yet seen ended (active or future end)
         self._retries_due: list[tuple[int, int]] = []  # (due_ms, failed run_id)
         self._waiting: set[int] = set()  # runs QUEUED behind their job's max_concurrent_runs
+        self._self_started: set[int] = set()  # jobs the workspace starts runs of on its own
         self._ids = itertools.count(1001)
         self._job_ids = itertools.count(1)
         self.tickers: list[Callable[[Workspace, int], None]] = []
@@ -388,6 +389,8 @@ class Workspace:
         elif job.period_ms is not None:
             job.next_trigger_ms = now + job.period_ms
         self.jobs[job_id] = job
+        if job.next_trigger_ms is not None or job.continuous:
+            self._self_started.add(job_id)
         if job.continuous:
             self._keep_running(job, now)
         return job_id
@@ -472,7 +475,11 @@ class Workspace:
     def _fire_due(self, now: int) -> None:
         """Start every run the scheduler owes by `now`: each trigger passed (at its time),
         each continuous job's next run (when the previous ended)."""
-        for job in list(self.jobs.values()):
+        for job_id in sorted(self._self_started):
+            job = self.jobs.get(job_id)
+            if job is None:
+                self._self_started.discard(job_id)
+                continue
             while job.next_trigger_ms is not None and job.next_trigger_ms <= now:
                 at = job.next_trigger_ms
                 job.next_trigger_ms = (

@@ -164,7 +164,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN last_success_ms INTEGER;
     ALTER TABLE jobs ADD COLUMN last_start_ms INTEGER;
     ALTER TABLE jobs ADD COLUMN last_active_ms INTEGER;
-    ALTER TABLE jobs ADD COLUMN paused_seen_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN expect_sig TEXT;
+    ALTER TABLE jobs ADD COLUMN expect_since_ms INTEGER;
     UPDATE jobs SET consecutive_failures = 1 WHERE last_outcome = 'failure';
     ALTER TABLE deliveries ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
     ALTER TABLE events ADD COLUMN incident_id TEXT;
@@ -380,7 +381,8 @@ class SQLiteStore:
         rows = await self._select_in(
             "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
             "last_outcome_repair, consecutive_failures, last_success_ms, last_start_ms, "
-            "last_active_ms, paused_seen_ms FROM jobs WHERE workspace = ? AND job_id IN ({})",
+            "last_active_ms, expect_sig, expect_since_ms FROM jobs "
+            "WHERE workspace = ? AND job_id IN ({})",
             workspace,
             job_ids,
         )
@@ -398,7 +400,8 @@ class SQLiteStore:
                 last_success_ms=r[8],
                 last_start_ms=r[9],
                 last_active_ms=r[10],
-                paused_seen_ms=r[11],
+                expect_sig=r[11],
+                expect_since_ms=r[12],
             )
             for r in rows
         }
@@ -527,7 +530,7 @@ class SQLiteStore:
                 "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
                 "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair, "
                 "consecutive_failures, last_success_ms, last_start_ms, last_active_ms, "
-                "paused_seen_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "expect_sig, expect_since_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
                 "tags=excluded.tags, last_outcome=excluded.last_outcome, "
                 "last_outcome_run_id=excluded.last_outcome_run_id, "
@@ -536,7 +539,7 @@ class SQLiteStore:
                 "consecutive_failures=excluded.consecutive_failures, "
                 "last_success_ms=excluded.last_success_ms, "
                 "last_start_ms=excluded.last_start_ms, last_active_ms=excluded.last_active_ms, "
-                "paused_seen_ms=excluded.paused_seen_ms",
+                "expect_sig=excluded.expect_sig, expect_since_ms=excluded.expect_since_ms",
                 [
                     (
                         j.workspace,
@@ -552,7 +555,8 @@ class SQLiteStore:
                         j.last_success_ms,
                         j.last_start_ms,
                         j.last_active_ms,
-                        j.paused_seen_ms,
+                        j.expect_sig,
+                        j.expect_since_ms,
                     )
                     for j in commit.jobs
                 ],
