@@ -15,13 +15,13 @@ resolving the job's failure key as it always did. Test alerts use `watcher-test/
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 from watcher.clock import Clock
 from watcher.config.channels import PagerDutyChannelConfig
 from watcher.events import Event, EventType
+from watcher.incidents import OPENS, incident_key
 from watcher.notify.base import Digest, Result
 from watcher.notify.http import HttpChannel
 from watcher.notify.templates import context
@@ -29,7 +29,6 @@ from watcher.notify.text import iso, one_line, truncate
 
 SUMMARY_LIMIT = 1024
 _FIELD_LIMIT = 255
-_DEDUP_LIMIT = 255
 _DETAILS = (
     "event_id",
     "type",
@@ -54,39 +53,15 @@ _WARNINGS = (EventType.RUN_DURATION_EXCEEDED, EventType.RUN_STUCK)
 """Event types that trigger with `duration_severity`: a run taking long, not a failure."""
 
 
-def _bounded(key: str) -> str:
-    if len(key) <= _DEDUP_LIMIT:
-        return key
-    # Long rule names (task keys) are hashed: still stable, still within PagerDuty's limit.
-    return key[:190] + "#" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-_JOB_KINDS = {
-    EventType.RUN_STUCK: "stuck",
-    EventType.RUN_MISSED: "missed",
-    EventType.JOB_NOT_RUNNING: "not_running",
-    EventType.JOB_STALE: "stale",
-}
-
-
 def dedup_key(event: Event) -> str:
-    """The incident an event belongs to (see the module docstring)."""
+    """The incident an event belongs to (see the module docstring); for an event without
+    one (a recovery of a failure paged before incidents existed), the key its incident
+    would have."""
     if event.incident is not None:
-        return _bounded(event.incident.key)
+        return event.incident.key
     if event.test:
         return f"watcher-test/{event.id}"
-    subject = (
-        f"job/{event.job.job_id}" if event.job.job_id is not None else f"run/{event.run.run_id}"
-    )
-    kind = "failed"
-    if event.type == EventType.RUN_DURATION_EXCEEDED:
-        kind = f"duration/{event.rule.name if event.rule else 'default'}"
-    elif event.type in (EventType.RUN_UNREADABLE, EventType.JOB_UNREADABLE):
-        # Its own incident: a recovery of the job says nothing about the unreadable item.
-        kind = f"unreadable/run/{event.run.run_id}"
-    elif event.type in _JOB_KINDS:
-        kind = _JOB_KINDS[event.type]
-    return _bounded(f"{event.workspace}/{subject}/{kind}")
+    return incident_key(event, OPENS.get(event.type, "failure"))
 
 
 def resolves(event: Event) -> bool:

@@ -341,8 +341,8 @@ class SQLiteStore:
         rows = await self._select_in(
             "SELECT run_id, COALESCE(end_time, 0) FROM runs "
             "WHERE workspace = ? AND terminal = 1 AND run_id IN ({})",
-            workspace,
             run_ids,
+            workspace,
         )
         return {int(r[0]): int(r[1]) for r in rows}
 
@@ -352,8 +352,8 @@ class SQLiteStore:
             "SELECT run_id, job_id, life_cycle_state, result_state, start_time, end_time, "
             "attempt_number, terminal, backfill, emitted, snapshot, repair, repair_start, "
             "state_since FROM runs WHERE workspace = ? AND run_id IN ({})",
-            workspace,
             run_ids,
+            workspace,
         )
         return {
             int(r[0]): RunRecord(
@@ -383,8 +383,8 @@ class SQLiteStore:
             "last_outcome_repair, consecutive_failures, last_success_ms, last_start_ms, "
             "last_active_ms, expect_sig, expect_since_ms FROM jobs "
             "WHERE workspace = ? AND job_id IN ({})",
-            workspace,
             job_ids,
+            workspace,
         )
         return {
             int(r[0]): JobRecord(
@@ -411,8 +411,8 @@ class SQLiteStore:
         rows = await self._select_in(
             "SELECT record, version FROM incidents WHERE workspace = ? AND state = 'open' "
             "AND job_id IN ({})",
-            workspace,
             job_ids,
+            workspace,
         )
         async with self._db.execute(
             "SELECT record, version FROM incidents "
@@ -426,17 +426,13 @@ class SQLiteStore:
     @_locked
     async def incident_targets(self, incident_ids: Collection[str]) -> dict[str, list[DeliveryKey]]:
         targets: dict[str, list[DeliveryKey]] = {}
-        ids = list(incident_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            async with self._db.execute(
-                "SELECT incident_id, channel, recipient FROM incident_targets "  # noqa: S608 - ? placeholders only
-                f"WHERE incident_id IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY channel, recipient",
-                chunk,
-            ) as cursor:
-                for row in await cursor.fetchall():
-                    targets.setdefault(row[0], []).append(DeliveryKey(row[1], row[2]))
+        rows = await self._select_in(
+            "SELECT incident_id, channel, recipient FROM incident_targets "
+            "WHERE incident_id IN ({}) ORDER BY channel, recipient",
+            incident_ids,
+        )
+        for row in rows:
+            targets.setdefault(row[0], []).append(DeliveryKey(row[1], row[2]))
         return targets
 
     @_locked
@@ -460,24 +456,18 @@ class SQLiteStore:
     @_locked
     async def known_events(self, event_ids: Collection[str]) -> set[str]:
         """Those of `event_ids` already stored."""
-        known: set[str] = set()
-        ids = list(event_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            async with self._db.execute(
-                f"SELECT id FROM events WHERE id IN ({','.join('?' * len(chunk))})",  # noqa: S608 - ? placeholders only
-                chunk,
-            ) as cursor:
-                known.update(str(r[0]) for r in await cursor.fetchall())
-        return known
+        rows = await self._select_in("SELECT id FROM events WHERE id IN ({})", event_ids)
+        return {str(r[0]) for r in rows}
 
-    async def _select_in(self, sql: str, workspace: str, ids: Collection[int]) -> list[sqlite3.Row]:
+    async def _select_in(self, sql: str, ids: Collection[Any], *params: Any) -> list[sqlite3.Row]:
+        """`sql` (its `{}` the placeholders of an IN list) over `ids` in chunks, `params`
+        bound before them."""
         rows: list[Any] = []
         ids = list(ids)
         for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
             chunk = ids[start : start + 500]
             query = sql.format(",".join("?" * len(chunk)))
-            async with self._db.execute(query, (workspace, *chunk)) as cursor:
+            async with self._db.execute(query, (*params, *chunk)) as cursor:
                 rows.extend(await cursor.fetchall())
         return rows
 
