@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -283,7 +284,7 @@ def test_min_consecutive_failures_matches_long_streaks_only() -> None:
         ],
     )
 
-    def routed(streak: int | None) -> list[DeliveryKey]:
+    def routed(streak: int | None) -> Sequence[DeliveryKey]:
         event = make_event()
         if streak is not None:
             event = event.model_copy(update={"streak": Streak(consecutive_failures=streak)})

@@ -47,8 +47,8 @@ _ALERTNAMES: dict[str, str] = {
 }
 _WARNINGS = ("duration", "stuck")
 """Kinds labelled with `duration_severity`: a run taking long, not a failure."""
-_RUN_KEYS: dict[str, str] = {"unreadable": "/unreadable/run/"}
-"""Kinds with one alert per run, and where their incident's key names it."""
+_UNREADABLE_RUN = "/unreadable/run/"
+"""Unreadable items are an alert per run: where their incident's key names it."""
 
 
 def alertmanager_accepts(status: int, body: str) -> str | None:
@@ -79,10 +79,10 @@ def _rule_name(event: Event) -> str | None:
     return None
 
 
-def _keyed_run(event: Event, marker: str) -> str:
+def _unreadable_run(event: Event) -> str:
     # The run the incident is about (its key ends with it), else the event's.
-    if event.incident is not None and marker in event.incident.key:
-        return event.incident.key.rpartition(marker)[2]
+    if event.incident is not None and _UNREADABLE_RUN in event.incident.key:
+        return event.incident.key.rpartition(_UNREADABLE_RUN)[2]
     return str(event.run.run_id)
 
 
@@ -114,8 +114,8 @@ class AlertmanagerChannel(HttpChannel[AlertmanagerChannelConfig]):
         rule = _rule_name(event)
         if about == "duration" and rule is not None:
             labels["rule"] = truncate(one_line(rule), 200)
-        if about in _RUN_KEYS:
-            labels["run_id"] = _keyed_run(event, _RUN_KEYS[about])
+        if about == "unreadable":
+            labels["run_id"] = _unreadable_run(event)
         if event.test:
             # The trigger and the resolve of one test share the incident.
             labels["event_id"] = event.incident.id if event.incident else event.id

@@ -59,16 +59,6 @@ _NOT_GROUPED = (PagerDutyChannelConfig, AlertmanagerChannelConfig)
 
 
 @dataclass(frozen=True, slots=True)
-class Routing:
-    """Where to deliver an event, or, when a silence holds it, where it would have gone,
-    and how each delivery is to be sent."""
-
-    channels: list[DeliveryKey] = field(default_factory=list)
-    silenced: list[DeliveryKey] = field(default_factory=list)
-    policies: dict[DeliveryKey, DeliveryPolicy] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class Match:
     """A compiled `RouteMatch`: every criterion given must hold; sets match when any
     element does. The job criteria are a private copy of the configured ones."""
@@ -252,7 +242,7 @@ class RoutingTable:
         job_settings: JobSettings | None,
         now: float,
         follow: Sequence[DeliveryKey] = (),
-    ) -> Routing:
+    ) -> Routed:
         """Routes are tried in order; the first that matches decides, unless it says
         `continue`, in which case later routes may add channels. With
         honour_job_notifications, the job's own webhook destinations (mapped through
@@ -275,9 +265,9 @@ class RoutingTable:
         keys = [k for k in wanted if k not in followed and self._expresses(k, event)]
         policies = self._policies(followed, {}, event)
         if keys and self.silenced(event, now):
-            return Routing(channels=followed, silenced=keys, policies=policies)
+            return Routed(channels=followed, silenced=keys, policies=policies)
         policies |= self._policies(keys, wanted, event)
-        return Routing(channels=[*keys, *followed], policies=policies)
+        return Routed(channels=[*keys, *followed], silenced=[], policies=policies)
 
     def silenced(self, event: Event, now: float) -> bool:
         """Whether a silence active at `now` matches `event` (reminders ask this; raises
@@ -347,7 +337,7 @@ def route(
     job_settings: JobSettings | None,
     now: datetime,
     follow: Sequence[DeliveryKey] = (),
-) -> Routing:
+) -> Routed:
     """`RoutingTable.route` of a configuration at one moment (compiling it each call)."""
     return RoutingTable.compile(config).route(event, job_settings, now.timestamp(), follow)
 
@@ -391,6 +381,6 @@ def table_router(
                 with contextlib.suppress(Exception):
                     on_failure()
             return Routed(channels=channels)
-        return Routed(routing.channels, routing.silenced, routing.policies)
+        return routing
 
     return route_event
