@@ -24,8 +24,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from watcher.clock import Clock
 from watcher.config import Config
+from watcher.config.channels import AlertmanagerChannelConfig, PagerDutyChannelConfig
 from watcher.databricks.models import Run, RunState
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
+from watcher.notify.alertmanager import AlertmanagerChannel
+from watcher.notify.pagerduty import PagerDutyChannel
 
 HOSTILE_NAME = (
     "evil\r\nBcc: victim@example.org\r\n<script>alert(1)</script> <!channel> *bold* "
@@ -403,3 +406,26 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"alertmanager did not start: {log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
+
+
+def pagerduty_channel(receiver: Receiver, clock: Clock, **options: Any) -> PagerDutyChannel:
+    """A PagerDuty channel posting to `receiver`, which answers as the Events API does."""
+    receiver.default = (202, {}, '{"status":"success"}')
+    config = PagerDutyChannelConfig.model_validate(
+        {
+            "type": "pagerduty",
+            "routing_key": "fake-routing-key",
+            "url": f"{receiver.url}/v2/enqueue",
+            **options,
+        }
+    )
+    return PagerDutyChannel("pd", config, clock=clock)
+
+
+def alertmanager_channel(receiver: Receiver, clock: Clock, **options: Any) -> AlertmanagerChannel:
+    """An Alertmanager channel posting to `receiver`, which answers as Alertmanager does."""
+    receiver.default = (200, {}, "")
+    config = AlertmanagerChannelConfig.model_validate(
+        {"type": "alertmanager", "url": receiver.url, **options}
+    )
+    return AlertmanagerChannel("am", config, clock=clock)

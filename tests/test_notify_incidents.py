@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.notify_fixtures import Receiver, SmtpServer, make_event
+from tests.notify_fixtures import (
+    Receiver,
+    SmtpServer,
+    alertmanager_channel,
+    make_event,
+    pagerduty_channel,
+)
 from watcher.clock import ManualClock
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
@@ -23,11 +29,10 @@ from watcher.config.channels import (
     WebhookChannelConfig,
 )
 from watcher.events import Event, EventType, IncidentRef, RuleRef, Streak
-from watcher.notify.alertmanager import RESOLVE_SKEW, AlertmanagerChannel
+from watcher.notify.alertmanager import RESOLVE_SKEW
 from watcher.notify.base import Sent
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.email import EmailChannel
-from watcher.notify.pagerduty import PagerDutyChannel
 from watcher.notify.slack import HEADER_LIMIT, SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.templates import context, headline, incident_line, title
@@ -279,21 +284,13 @@ async def test_teams_escapes_only_what_it_would_interpret(
 # -- PagerDuty ---------------------------------------------------------------------------
 
 
-def pagerduty(receiver: Receiver, clock: ManualClock) -> PagerDutyChannel:
-    receiver.default = (202, {}, '{"status":"success"}')
-    config = PagerDutyChannelConfig(
-        type="pagerduty", routing_key="fake-routing-key", url=f"{receiver.url}/v2/enqueue"
-    )
-    return PagerDutyChannel("pd", config, clock=clock)
-
-
 async def test_pagerduty_duration_incident_triggers_then_resolves(
     receiver: Receiver, clock: ManualClock
 ) -> None:
     """A duration incident triggers on the incident's key, triggers again for a reminder
     (same key, the reminder in the summary), and its incident_resolved resolves that key;
     an incident_resolved without an incident resolves nothing."""
-    pd = pagerduty(receiver, clock)
+    pd = pagerduty_channel(receiver, clock)
     opened = with_incident(breach(), duration_incident())
     events = [
         opened,
@@ -331,7 +328,7 @@ async def test_pagerduty_failure_incident_and_legacy_recovery(
     """A failure triggers on its incident's key with the streak in custom_details; its
     recovery resolves that key; a recovery without incident resolves the job's failure
     key computed from the event, as before incidents."""
-    pd = pagerduty(receiver, clock)
+    pd = pagerduty_channel(receiver, clock)
     other = incident(count=3, key="prod/job/42/failed#custom")
     recovered = make_event(EventType.JOB_RECOVERED, run_id=2)
     for event in (
@@ -374,13 +371,6 @@ def test_incident_resolved_reaches_the_channels_that_can_say_it() -> None:
 # -- Alertmanager ------------------------------------------------------------------------
 
 
-def alertmanager(receiver: Receiver, clock: ManualClock, **options: Any) -> AlertmanagerChannel:
-    config = AlertmanagerChannelConfig.model_validate(
-        {"type": "alertmanager", "url": receiver.url, **options}
-    )
-    return AlertmanagerChannel("am", config, clock=clock)
-
-
 def parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -392,7 +382,7 @@ async def test_alertmanager_times_follow_the_incident(
     resolve: same labels, startsAt the opening, endsAt the resolve time but at least a
     minute in the past, never before startsAt."""
     clock.advance(AT + 30 - clock.time())  # the watcher sends 30 s after the breach
-    am = alertmanager(receiver, clock, resolve_after=1200, resend_interval=600)
+    am = alertmanager_channel(receiver, clock, resolve_after=1200, resend_interval=600)
     opened = with_incident(breach(), duration_incident(count=2))
     await am.send(opened)
     await am.send(run_ended())  # resolved at OCCURRED, 30 s ago: now - 60 s is earlier
@@ -418,7 +408,7 @@ async def test_alertmanager_resolve_of_a_fresh_incident_starts_no_later_than_it_
     be before the opening (Alertmanager would replace the firing alert, start time and
     all), so the alert ends as it opened."""
     clock.advance(AT + 5 - clock.time())
-    am = alertmanager(receiver, clock)
+    am = alertmanager_channel(receiver, clock)
     fresh = duration_incident(resolved="run_ended", opened=OCCURRED - timedelta(seconds=10))
     await am.send(with_incident(make_event(EventType.INCIDENT_RESOLVED), fresh))
     await am.close()

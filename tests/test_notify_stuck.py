@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.notify_fixtures import HOSTILE_NAME, Receiver, SmtpServer, make_event
+from tests.notify_fixtures import (
+    HOSTILE_NAME,
+    Receiver,
+    SmtpServer,
+    alertmanager_channel,
+    make_event,
+    pagerduty_channel,
+)
 from watcher.clock import ManualClock
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
@@ -28,11 +35,9 @@ from watcher.config.channels import (
 )
 from watcher.databricks.models import RunState
 from watcher.events import Event, EventType, IncidentRef
-from watcher.notify.alertmanager import AlertmanagerChannel
 from watcher.notify.base import Sent
 from watcher.notify.console import ConsoleChannel
 from watcher.notify.email import EmailChannel
-from watcher.notify.pagerduty import PagerDutyChannel
 from watcher.notify.slack import SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.templates import (
@@ -347,26 +352,13 @@ async def test_console_line_says_state_time_and_reason() -> None:
 # -- PagerDuty, Alertmanager, webhooks ---------------------------------------------------
 
 
-def pagerduty(receiver: Receiver, clock: ManualClock, **options: Any) -> PagerDutyChannel:
-    receiver.default = (202, {}, '{"status":"success"}')
-    config = PagerDutyChannelConfig.model_validate(
-        {
-            "type": "pagerduty",
-            "routing_key": "fake-routing-key",
-            "url": f"{receiver.url}/v2/enqueue",
-            **options,
-        }
-    )
-    return PagerDutyChannel("pd", config, clock=clock)
-
-
 async def test_pagerduty_pages_a_stuck_run_as_a_warning_and_resolves_it(
     receiver: Receiver, clock: ManualClock
 ) -> None:
     """By default: a trigger on the incident's key with duration_severity, the state, time
     and reason in the summary and in custom_details; a reminder triggers the same key; the
     run starting resolves it."""
-    pd = pagerduty(receiver, clock, duration_severity="info")
+    pd = pagerduty_channel(receiver, clock, duration_severity="info")
     for event in (stuck(), stuck(repeat=1), unstuck()):
         assert isinstance(await pd.send(event), Sent)
     await pd.close()
@@ -394,7 +386,7 @@ async def test_pagerduty_pages_a_stuck_run_as_a_warning_and_resolves_it(
         "event_action": "resolve",
         "dedup_key": KEY,
     }
-    failed = pagerduty(receiver, clock).payload(make_event())
+    failed = pagerduty_channel(receiver, clock).payload(make_event())
     assert failed is not None
     assert "stuck" not in failed["payload"]["custom_details"]
 
@@ -402,7 +394,7 @@ async def test_pagerduty_pages_a_stuck_run_as_a_warning_and_resolves_it(
 async def test_pagerduty_summary_of_a_hostile_reason_is_one_bounded_line(
     receiver: Receiver, clock: ManualClock
 ) -> None:
-    pd = pagerduty(receiver, clock)
+    pd = pagerduty_channel(receiver, clock)
     await pd.send(stuck(reason=HOSTILE_REASON + "x" * 5000))
     await pd.close()
     summary = receiver.requests[0].json()["payload"]["summary"]
@@ -432,14 +424,6 @@ def test_stuck_pages_by_default_and_databricks_hooks_decline_it() -> None:
     assert databricks.accepts(EventType.RUN_FAILED)
 
 
-def alertmanager(receiver: Receiver, clock: ManualClock, **options: Any) -> AlertmanagerChannel:
-    receiver.default = (200, {}, "")
-    config = AlertmanagerChannelConfig.model_validate(
-        {"type": "alertmanager", "url": receiver.url, "labels": {"team": "data"}, **options}
-    )
-    return AlertmanagerChannel("am", config, clock=clock)
-
-
 async def test_alertmanager_labels_are_the_same_on_trigger_reminder_and_resolve(
     receiver: Receiver, clock: ManualClock
 ) -> None:
@@ -447,7 +431,7 @@ async def test_alertmanager_labels_are_the_same_on_trigger_reminder_and_resolve(
     alert, and a resolve made from another run's snapshot still matches) and the warning
     severity; annotations carry the state, time and reason."""
     clock.advance(AT + 30 - clock.time())
-    am = alertmanager(receiver, clock)
+    am = alertmanager_channel(receiver, clock, labels={"team": "data"})
     resolve = unstuck().model_copy(update={"run": make_event(run_id=999).run})
     for event in (stuck(), stuck("PENDING", count=2, repeat=1), resolve):
         assert isinstance(await am.send(event), Sent)
@@ -480,7 +464,7 @@ async def test_alertmanager_labels_of_a_run_without_a_job(
     receiver: Receiver, clock: ManualClock
 ) -> None:
     """A one-time run stuck: the run_id label alone names it, on trigger and resolve."""
-    am = alertmanager(receiver, clock, labels={})
+    am = alertmanager_channel(receiver, clock, labels={})
     await am.send(stuck(job_id=None, name=None))
     await am.send(unstuck(job_id=None, name=None))
     await am.close()
