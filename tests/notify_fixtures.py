@@ -24,10 +24,15 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from watcher.clock import Clock
 from watcher.config import Config
-from watcher.config.channels import AlertmanagerChannelConfig, PagerDutyChannelConfig
+from watcher.config.channels import (
+    AlertmanagerChannelConfig,
+    EmailChannelConfig,
+    PagerDutyChannelConfig,
+)
 from watcher.databricks.models import Run, RunState
 from watcher.events import Event, EventType, JobRef, RuleRef, event_id
 from watcher.notify.alertmanager import AlertmanagerChannel
+from watcher.notify.email import EmailChannel
 from watcher.notify.pagerduty import PagerDutyChannel
 
 HOSTILE_NAME = (
@@ -429,3 +434,16 @@ def alertmanager_channel(receiver: Receiver, clock: Clock, **options: Any) -> Al
         {"type": "alertmanager", "url": receiver.url, **options}
     )
     return AlertmanagerChannel("am", config, clock=clock)
+
+
+def email_channel(smtp: SmtpServer, clock: Clock) -> EmailChannel:
+    """An email channel in clear text to the test's SMTP server, one recipient."""
+    config = EmailChannelConfig(
+        type="email",
+        host="127.0.0.1",
+        port=smtp.port,
+        security="none",
+        sender="watcher@example.com",
+        recipients=["oncall@example.com"],
+    )
+    return EmailChannel("mail", config, clock=clock)

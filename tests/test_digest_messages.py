@@ -21,13 +21,13 @@ from tests.notify_fixtures import (
     HOSTILE_NAME,
     Receiver,
     SmtpServer,
+    email_channel,
     make_event,
 )
 from watcher.clock import ManualClock
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
     ConsoleChannelConfig,
-    EmailChannelConfig,
     PagerDutyChannelConfig,
     SlackChannelConfig,
     TeamsChannelConfig,
@@ -37,7 +37,6 @@ from watcher.events import Event, EventType, IncidentRef, RuleRef
 from watcher.notify.alertmanager import AlertmanagerChannel
 from watcher.notify.base import Digest, Sent
 from watcher.notify.console import ConsoleChannel
-from watcher.notify.email import EmailChannel
 from watcher.notify.pagerduty import PagerDutyChannel
 from watcher.notify.slack import SlackChannel, pack
 from watcher.notify.teams import TeamsChannel, fit
@@ -224,18 +223,6 @@ async def test_teams_digest(receiver: Receiver, clock: ManualClock, n: int) -> N
 # -- email -------------------------------------------------------------------------------
 
 
-def mail(smtp: SmtpServer, clock: ManualClock) -> EmailChannel:
-    config = EmailChannelConfig(
-        type="email",
-        host="127.0.0.1",
-        port=smtp.port,
-        security="none",
-        sender="watcher@example.com",
-        recipients=["oncall@example.com"],
-    )
-    return EmailChannel("mail", config, clock=clock)
-
-
 def received(smtp: SmtpServer) -> EmailMessage:
     raw = smtp.mailbox.envelopes[-1].original_content or b""
     message = email.message_from_bytes(raw, policy=email.policy.default)
@@ -247,7 +234,7 @@ def received(smtp: SmtpServer) -> EmailMessage:
 async def test_email_digest(smtp: SmtpServer, clock: ManualClock, n: int) -> None:
     """One message: the headline as subject, Message-ID from the digest id, text and
     HTML listing up to 50 members then `and N more`."""
-    assert await mail(smtp, clock).send_digest(shape(n)) == Sent()
+    assert await email_channel(smtp, clock).send_digest(shape(n)) == Sent()
     message = received(smtp)
     assert message["Subject"] == COUNTS[n]
     assert message["Message-ID"] == f"<digest-{n}@example.com>"
@@ -387,7 +374,7 @@ async def test_hostile_names_in_digests_stay_text(
     assert re.search(r"(?<!\\)\[link", teams_lines) is None
     assert len(receiver.requests[1].body) < TEAMS_MESSAGE_LIMIT
 
-    await mail(smtp, clock).send_digest(hostile())
+    await email_channel(smtp, clock).send_digest(hostile())
     message = received(smtp)
     assert message["Bcc"] is None
     assert smtp.mailbox.envelopes[0].rcpt_tos == ["oncall@example.com"]

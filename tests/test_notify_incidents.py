@@ -15,6 +15,7 @@ from tests.notify_fixtures import (
     Receiver,
     SmtpServer,
     alertmanager_channel,
+    email_channel,
     make_event,
     pagerduty_channel,
 )
@@ -22,7 +23,6 @@ from watcher.clock import ManualClock
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
     ConsoleChannelConfig,
-    EmailChannelConfig,
     PagerDutyChannelConfig,
     SlackChannelConfig,
     TeamsChannelConfig,
@@ -32,7 +32,6 @@ from watcher.events import Event, EventType, IncidentRef, RuleRef, Streak
 from watcher.notify.alertmanager import RESOLVE_SKEW
 from watcher.notify.base import Sent
 from watcher.notify.console import ConsoleChannel
-from watcher.notify.email import EmailChannel
 from watcher.notify.slack import HEADER_LIMIT, SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.templates import context, headline, incident_line, title
@@ -486,15 +485,7 @@ async def test_email_and_console_say_the_incident_line(
     smtp: SmtpServer, clock: ManualClock
 ) -> None:
     """The email's text and HTML parts and the console line carry the incident line."""
-    config = EmailChannelConfig(
-        type="email",
-        host="127.0.0.1",
-        port=smtp.port,
-        security="none",
-        sender="watcher@example.com",
-        recipients=["oncall@example.com"],
-    )
-    assert await EmailChannel("mail", config, clock=clock).send(failing(3)) == Sent()
+    assert await email_channel(smtp, clock).send(failing(3)) == Sent()
     raw = (smtp.mailbox.envelopes[0].original_content or b"").decode()
     assert "nightly-etl FAILED\r\nstill failing (3rd failure since 21:31 UTC)\r\n" in raw
     assert "<p><strong>still failing (3rd failure since 21:31 UTC)</strong></p>" in raw

@@ -20,6 +20,7 @@ from tests.notify_fixtures import (
     Receiver,
     SmtpServer,
     alertmanager_channel,
+    email_channel,
     make_event,
     pagerduty_channel,
 )
@@ -27,7 +28,6 @@ from watcher.clock import ManualClock
 from watcher.config.channels import (
     AlertmanagerChannelConfig,
     ConsoleChannelConfig,
-    EmailChannelConfig,
     PagerDutyChannelConfig,
     SlackChannelConfig,
     TeamsChannelConfig,
@@ -37,7 +37,6 @@ from watcher.databricks.models import RunState
 from watcher.events import Event, EventType, IncidentRef
 from watcher.notify.base import Sent
 from watcher.notify.console import ConsoleChannel
-from watcher.notify.email import EmailChannel
 from watcher.notify.slack import SlackChannel
 from watcher.notify.teams import TeamsChannel
 from watcher.notify.templates import (
@@ -292,15 +291,7 @@ async def test_teams_says_state_time_and_reason(receiver: Receiver, clock: Manua
 async def test_email_says_state_time_and_reason(smtp: SmtpServer, clock: ManualClock) -> None:
     """Subject, text and HTML name the state, the time and the queue reason; a hostile
     queue message adds no header and is escaped in HTML."""
-    config = EmailChannelConfig(
-        type="email",
-        host="127.0.0.1",
-        port=smtp.port,
-        security="none",
-        sender="watcher@example.com",
-        recipients=["oncall@example.com"],
-    )
-    mail = EmailChannel("mail", config, clock=clock)
+    mail = email_channel(smtp, clock)
     assert await mail.send(stuck(reason=HOSTILE_REASON)) == Sent()
     assert await mail.send(unstuck()) == Sent()
     first, second = smtp.mailbox.envelopes
