@@ -7,7 +7,8 @@ the current time, for what is checked against real time (Standard Webhooks signa
 
 Real time: `live_receiver` stamps requests with the system clock, for the tests that run
 the daemon as a real process (tests/daemon_helpers.py). `smtp` keeps no time at all;
-`store` is the SQLite store in the test's directory."""
+`store` is each store backend in turn (SQLite in the test's directory, PostgreSQL in a
+schema of its own), `sqlite_store` the SQLite one alone."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ import pytest
 from pydantic import SecretStr
 
 from tests.notify_fixtures import Receiver, SmtpServer, start_smtp
+from tests.pg import pg_store
 from watcher.clock import Clock, ManualClock, SystemClock
 from watcher.databricks import JobsClient, RetryPolicy, StaticToken
 from watcher.simulator import Simulator
+from watcher.store.base import Store
 from watcher.store.sqlite import SQLiteStore
 
 TOKEN = "dapi-test-not-a-real-token"
@@ -83,11 +86,26 @@ async def live_receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """The SQLite store in the test's directory, closed at the end."""
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """The SQLite store in the test's directory, closed at the end: for the tests of what
+    only SQLite has (its file, its connection)."""
     db = await SQLiteStore.open(tmp_path / "state" / "watcher.db")
     yield db
     await db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"], ids=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each backend in turn, the test running once on each: the SQLite store in the
+    test's directory, the PostgreSQL store in a schema of its own (tests/pg.py; a server
+    that cannot be reached fails the test). Closed (and the schema dropped) at the end."""
+    if request.param == "sqlite":
+        db = await SQLiteStore.open(tmp_path / "state" / "watcher.db")
+        yield db
+        await db.close()
+        return
+    async with pg_store() as pg:
+        yield pg
 
 
 @pytest.fixture

@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
+from tests import pg
 from tests.notify_fixtures import Receiver, make_event
 from tests.test_notify_dispatcher import Outcomes, dispatcher, ids, webhook
 from watcher.clock import ManualClock
 from watcher.events import Event
 from watcher.incidents import derived_id
 from watcher.notify.dispatcher import Dispatcher
-from watcher.store.base import CycleCommit, DeliveryKey, DeliveryPolicy
+from watcher.store.base import CycleCommit, DeliveryKey, DeliveryPolicy, Store
+from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
 
 GROUP = "route=0\x1fworkspace=prod"
@@ -51,16 +54,23 @@ def messages(receiver: Receiver) -> list[tuple[str, list[str]]]:
     return found
 
 
-def outbox(store: SQLiteStore) -> list[tuple[int, str, float]]:
+async def outbox(store: Store) -> list[tuple[int, str, float]]:
     """(attempts, last error, next attempt) of the pending deliveries, read aside."""
-    conn = sqlite3.connect(store.path)
-    try:
-        rows = conn.execute(
-            "SELECT attempts, last_error, next_attempt_at FROM deliveries "
-            "WHERE status = 'pending' ORDER BY event_id"
-        ).fetchall()
-    finally:
-        conn.close()
+    sql = (
+        "SELECT attempts, last_error, next_attempt_at FROM deliveries "
+        "WHERE status = 'pending' ORDER BY event_id"
+    )
+    rows: list[Any]
+    if isinstance(store, PostgresStore):
+        assert store.schema is not None
+        rows = await pg.fetch(store.schema, sql)
+    else:
+        assert isinstance(store, SQLiteStore)
+        conn = sqlite3.connect(store.path)
+        try:
+            rows = conn.execute(sql).fetchall()
+        finally:
+            conn.close()
     return [(int(a), str(e), float(n)) for a, e, n in rows]
 
 
@@ -170,7 +180,7 @@ async def test_a_failed_digest_is_retried_whole(
     await commit(store, clock, members)
     clock.advance(WAIT)
     await send_due(d)
-    pending = outbox(store)
+    pending = await outbox(store)
     assert [(attempts, error) for attempts, error, _ in pending] == [(1, "HTTP 500: oops")] * 3
     assert len({next_at for _, _, next_at in pending}) == 1
     await d.drain()

@@ -302,15 +302,15 @@ async def test_an_operator_resolves_an_incident_where_it_was_paged(
     await watched.cycle(30)
     (failure,) = watched.of_type(EventType.RUN_FAILED)
     assert failure.incident is not None
-    path = watched.config.store.path
+    store_config = watched.config.store
     routing = watched.config.routing
     out = io.StringIO()
-    assert await incidents_command(path, routing, "list", out) == 0
+    assert await incidents_command(store_config, routing, "list", out) == 0
     assert failure.incident.id in out.getvalue()
     assert out.getvalue().strip().endswith("incidents: 1")
     out = io.StringIO()
     prefix = failure.incident.id[:8]
-    assert await incidents_command(path, routing, "resolve", out, wanted=prefix) == 0
+    assert await incidents_command(store_config, routing, "resolve", out, wanted=prefix) == 0
     assert "resolved ws" not in out.getvalue()  # the workspace is `sim`
     assert f"resolved sim/job/{job}/failed" in out.getvalue()
     stored = await watched.daemon.store.incidents()
@@ -321,7 +321,7 @@ async def test_an_operator_resolves_an_incident_where_it_was_paged(
     targets = await watched.daemon.store.incident_targets([failure.incident.id])
     assert targets == {failure.incident.id: [DeliveryKey("out")]}
     out = io.StringIO()
-    assert await incidents_command(path, routing, "resolve", out, wanted=prefix) == 1
+    assert await incidents_command(store_config, routing, "resolve", out, wanted=prefix) == 1
     assert "no open incident" in out.getvalue()
     # The job fails again: a new incident.
     ws.start_run(job, setup_s=0, execution_s=10, cleanup_s=0, result="FAILED")

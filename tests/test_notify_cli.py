@@ -178,7 +178,7 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
     await store.close()
 
     out = io.StringIO()
-    assert await cli.dead_letters(config.store.path, "list", None, out) == 0
+    assert await cli.dead_letters(config.store, "list", None, out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("EVENT ID")
     assert [line.split()[0] for line in lines[1:3]] == [e.id for e in events]
@@ -186,7 +186,7 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
     assert lines[-1] == "dead letters: 2"
 
     out = io.StringIO()
-    assert await cli.dead_letters(config.store.path, "retry", [events[1].id], out) == 0
+    assert await cli.dead_letters(config.store, "retry", [events[1].id], out) == 0
     assert out.getvalue().startswith("requeued: 1 ")
     store = await SQLiteStore.open(config.store.path)
     try:

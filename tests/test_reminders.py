@@ -316,27 +316,27 @@ async def test_no_reminder_for_a_resolved_incident(store: SQLiteStore) -> None:
     ids=["invalid", "not json"],
 )
 async def test_a_target_whose_incident_cannot_be_read_is_held_and_moves_on(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, corrupt: str
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, corrupt: str
 ) -> None:
     """An open incident whose stored record cannot be read (a field of the wrong type,
     or not even JSON): its due target is still handed out, without the incident, and the
     loop holds it (logged `reminder_held`, reason `no_incident`) and moves it on like any
     hold. So it neither keeps the loop waking (its time stays in the past) nor, filling
     a batch, starves the readable targets due with it."""
-    first, _ = await open_failure(store)
-    second, _ = await open_failure(store, job=8)
+    first, _ = await open_failure(sqlite_store)
+    second, _ = await open_failure(sqlite_store, job=8)
     broken, readable = sorted([first, second], key=lambda i: i.id)  # broken is read first
-    conn = sqlite3.connect(store.path)
+    conn = sqlite3.connect(sqlite_store.path)
     conn.execute(corrupt, (broken.id,))
     conn.commit()
     conn.close()
-    (target, _) = await store.due_reminders(now=600.0, limit=10)
+    (target, _) = await sqlite_store.due_reminders(now=600.0, limit=10)
     assert (target.incident_id, target.incident, target.key) == (broken.id, None, MAIL)
     mail = EmailChannelConfig.model_validate(
         {"type": "email", "host": "127.0.0.1", "sender": "w@example.org"}
     )
     table = RoutingTable(channels={"mail": mail}, routes=())
-    loop = Reminders(store=store, table=table, clock=ManualClock(600.0))
+    loop = Reminders(store=sqlite_store, table=table, clock=ManualClock(600.0))
     monkeypatch.setattr(reminders, "BATCH", 1)
     with structlog.testing.capture_logs() as logs:
         assert await loop.tick() == 0
@@ -345,7 +345,7 @@ async def test_a_target_whose_incident_cannot_be_read_is_held_and_moves_on(
     assert held == [("no_incident", broken.id)]
     queued = [e["incident_id"] for e in logs if e["event"] == "reminder_queued"]
     assert queued == [readable.id]
-    assert await store.next_reminder_at() == 1200.0
+    assert await sqlite_store.next_reminder_at() == 1200.0
 
 
 async def test_a_target_without_reminders_is_never_due(store: SQLiteStore) -> None:

@@ -62,12 +62,12 @@ def commit(*, watermark: int = 5_000, at: float = NOW, **kwargs: object) -> Cycl
     return CycleCommit(workspace="prod", watermark_ms=watermark, committed_at=at, **kwargs)  # type: ignore[arg-type]
 
 
-async def test_fresh_database_is_migrated_and_empty(store: SQLiteStore) -> None:
+async def test_fresh_database_is_migrated_and_empty(sqlite_store: SQLiteStore) -> None:
     """A new file gets the latest schema; no watermark, no active runs."""
-    assert await store.schema_version() == len(MIGRATIONS)
-    state = await store.workspace_state("prod")
+    assert await sqlite_store.schema_version() == len(MIGRATIONS)
+    state = await sqlite_store.workspace_state("prod")
     assert (state.watermark_ms, state.active_run_ids) == (None, frozenset())
-    conn = sqlite3.connect(store.path)
+    conn = sqlite3.connect(sqlite_store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -210,12 +210,14 @@ async def test_pruning_keeps_runs_that_are_still_active(store: SQLiteStore) -> N
     assert (await store.workspace_state("prod")).active_run_ids == {1}
 
 
-async def test_an_unreadable_payload_is_dead_lettered_not_blocking(store: SQLiteStore) -> None:
+async def test_an_unreadable_payload_is_dead_lettered_not_blocking(
+    sqlite_store: SQLiteStore,
+) -> None:
     """A stored event that cannot be decoded is dead-lettered; every other alert still
     comes due. Fields a newer release added are simply ignored."""
     events = [event(1, job_id=7), event(2, job_id=8), event(3, job_id=9)]
-    await store.commit_cycle(commit(events=events, channels={e.id: [OPS] for e in events}))
-    conn = sqlite3.connect(store.path)
+    await sqlite_store.commit_cycle(commit(events=events, channels={e.id: [OPS] for e in events}))
+    conn = sqlite3.connect(sqlite_store.path)
     conn.execute("UPDATE events SET payload = '{\"id\": 1}' WHERE id = ?", (event(1).id,))
     newer = event(3).model_dump() | {"added_by_a_newer_release": True}
     conn.execute(
@@ -223,9 +225,9 @@ async def test_an_unreadable_payload_is_dead_lettered_not_blocking(store: SQLite
     )
     conn.commit()
     conn.close()
-    due = await store.due_deliveries(now=NOW, limit=10)
+    due = await sqlite_store.due_deliveries(now=NOW, limit=10)
     assert sorted(d.event.run.run_id for d in due) == [2, 3]
-    assert (await store.outbox_stats()).dead == 1
+    assert (await sqlite_store.outbox_stats()).dead == 1
 
 
 async def test_reopening_keeps_everything(tmp_path: Path) -> None:

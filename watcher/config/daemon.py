@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from watcher.config.base import NAME_PATTERN, Section, require_unique
-from watcher.config.fields import Host
+from watcher.config.fields import Host, Secret
 from watcher.config.jobs import JobFilter, JobMatch
 
 
@@ -169,11 +169,85 @@ class StartupConfig(Section):
     )
 
 
+_DEFAULT_DB = Path("data/watcher.db")
+
+
+class SQLiteConfig(Section):
+    """The embedded default: one file, one replica."""
+
+    path: Path = Field(default=_DEFAULT_DB, description="SQLite database file.")
+
+
+class PostgresPoolConfig(Section):
+    min_size: int = Field(default=1, ge=0, description="Connections kept open.")
+    max_size: int = Field(default=10, ge=1, description="Connections at most.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PostgresPoolConfig:
+        if self.min_size > self.max_size:
+            raise ValueError("min_size must not exceed max_size")
+        return self
+
+
+class PostgresConfig(Section):
+    """PostgreSQL, shared by several replicas (deploy/overlays/ha-postgres)."""
+
+    dsn: Secret = Field(
+        description="libpq URI `postgresql://user:password@host:5432/db?sslmode=verify-full`; "
+        "prefer `${ENV}` or dsn_file (a mounted Secret)."
+    )
+    schema_: str | None = Field(
+        default=None,
+        alias="schema",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Schema of the watcher's tables, created if missing (default: the "
+        "user's search_path).",
+    )
+    pool: PostgresPoolConfig = Field(
+        default_factory=PostgresPoolConfig, description="Connection pool per replica."
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to connect before the store is unavailable."
+    )
+
+
 class StoreConfig(Section):
-    path: Path = Field(default=Path("data/watcher.db"), description="SQLite database file.")
+    path: Path = Field(
+        default=_DEFAULT_DB, description="SQLite database file (same as sqlite.path)."
+    )
+    sqlite: SQLiteConfig | None = Field(default=None, description="SQLite (the default).")
+    postgres: PostgresConfig | None = Field(
+        default=None, description="PostgreSQL instead of SQLite: several replicas share it."
+    )
     run_retention_days: float = Field(default=60.0, gt=0, description="Days run records are kept.")
     event_retention_days: float = Field(
         default=14.0, gt=0, description="Days delivered events are kept."
+    )
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StoreConfig:
+        chosen = [k for k in ("path", "sqlite", "postgres") if k in self.model_fields_set]
+        if len(chosen) > 1:
+            raise ValueError(f"set one of path, sqlite or postgres, not {' and '.join(chosen)}")
+        return self
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (of `sqlite.path` or `path`); meaningless with `postgres`."""
+        return self.sqlite.path if self.sqlite is not None else self.path
+
+
+class HAConfig(Section):
+    """Several replicas on one PostgreSQL store: each workspace is polled by the replica
+    holding its lease (docs/deploy.md). With SQLite there is one replica, which holds
+    every lease."""
+
+    lease_seconds: float = Field(
+        default=30.0,
+        ge=3,
+        le=600,
+        description="A workspace's lease: renewed every third of it; a replica that dies or "
+        "stalls is replaced after at most this long.",
     )
 
 

@@ -13,6 +13,7 @@ from watcher.config.base import NAME_PATTERN, FieldErrors, Section, require_uniq
 from watcher.config.channels import ChannelConfig
 from watcher.config.daemon import (
     ExpectationsConfig,
+    HAConfig,
     HealthRulesConfig,
     LoggingConfig,
     MetricsConfig,
@@ -30,6 +31,9 @@ class Config(Section):
         min_length=1, description="The Databricks workspaces to watch, each polled on its own."
     )
     store: StoreConfig = Field(default_factory=StoreConfig, description="Durable state.")
+    ha: HAConfig = Field(
+        default_factory=HAConfig, description="Several replicas sharing the workspaces."
+    )
     server: ServerConfig = Field(
         default_factory=ServerConfig, description="/metrics, /healthz, /readyz, /status."
     )

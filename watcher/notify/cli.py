@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TextIO
 
 from watcher.clock import SystemClock
-from watcher.config import RoutingConfig
+from watcher.config import RoutingConfig, StoreConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
 from watcher.notify.incidents import IncidentNotFound, incident_rows, resolve_manually
 from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import Store
+from watcher.store.opening import open_store
 
-StoreOpener = Callable[[Path], Awaitable[Store]]
+StoreOpener = Callable[[StoreConfig], Awaitable[Store]]
 
 
-async def _open_sqlite(path: Path) -> Store:
-    from watcher.store.sqlite import SQLiteStore
-
+async def _open_existing(config: StoreConfig) -> Store:
     # A mistyped store.path must not create an empty database and report "0 dead letters".
-    return await SQLiteStore.open(path, create=False)
+    return await open_store(config, create=False)
 
 
 async def test_alert(
@@ -48,18 +46,18 @@ async def test_alert(
 
 
 async def dead_letters(
-    store_path: Path,
+    store_config: StoreConfig,
     action: str,
     event_ids: Sequence[str] | None,
     out: TextIO,
     *,
-    open_store: StoreOpener = _open_sqlite,
+    opener: StoreOpener = _open_existing,
 ) -> int:
     """`list` prints the dead letters, `retry` requeues them: all, or those of the given
-    events, in the store at `store_path`. Exit code 1 when given events have no dead letter
+    events, in the configured store. Exit code 1 when given events have no dead letter
     (a mistyped id says so)."""
     wanted = list(event_ids) if event_ids else None
-    store = await open_store(store_path)
+    store = await opener(store_config)
     try:
         if action == "list":
             lines = await list_dead_letters(store, event_ids=wanted)
@@ -78,18 +76,18 @@ async def dead_letters(
 
 
 async def incidents(
-    store_path: Path,
+    store_config: StoreConfig,
     config: RoutingConfig,
     action: str,
     out: TextIO,
     *,
     wanted: str | None = None,
     show_all: bool = False,
-    open_store: StoreOpener = _open_sqlite,
+    opener: StoreOpener = _open_existing,
 ) -> int:
     """`list` prints the incidents (open ones, or all); `resolve` resolves the open
     incident `wanted`. Exit code 1 when no open incident has that id."""
-    store = await open_store(store_path)
+    store = await opener(store_config)
     try:
         if action == "list":
             found = await store.incidents(open_only=not show_all)

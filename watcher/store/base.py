@@ -1,5 +1,8 @@
-"""The Store protocol and the records it keeps. SQLite is the embedded default; any other
-backend (PostgreSQL, for several replicas) implements the same protocol, so nothing outside
+"""The store's protocols and the records they carry. Each user asks for the narrow part it
+needs: the cycle (`CycleStore`), the dispatcher (`Outbox`), the reminder loop
+(`ReminderStore`), the lease keeper (`LeaseStore`) and housekeeping and the CLI
+(`Maintenance`). `Store` is all of them: SQLite is the embedded default for one replica,
+PostgreSQL serves several; both pass the same contract suite, and nothing outside
 `watcher/store/` knows which one runs."""
 
 from __future__ import annotations
@@ -21,6 +24,24 @@ class StoreError(Exception):
 class StoreConflict(StoreError):
     """A commit was decided on data another writer changed meanwhile (an incident an
     operator resolved while a cycle ran): nothing was written; decide again."""
+
+
+class StoreFenced(StoreError):
+    """A cycle commit fenced off: the workspace's lease has moved to another epoch (this
+    replica stalled or was partitioned past its lease, and another one took the
+    workspace). Nothing was written, and this replica no longer owns the workspace."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who polls a workspace: one replica at a time, until `expires_at` unless renewed.
+    `epoch` goes up by one at every change of hands: it is the fencing token each cycle
+    commit of the owner carries. `owner` is "" once released."""
+
+    workspace: str
+    owner: str
+    epoch: int
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +126,10 @@ class CycleCommit:
     """event id -> where it would have gone, held back by a silence."""
     news_since_ms: int | None = None
     """Raise the workspace's news horizon to this (it never moves back)."""
+    epoch: int | None = None
+    """The lease epoch the cycle ran under: the commit is refused (StoreFenced) unless the
+    workspace's lease is still at this epoch. None: not fenced (one-shot commands, an
+    operator's resolve)."""
     incidents: Sequence[Incident] = ()
     """Incidents opened, updated or resolved; each written only if its stored version is
     still the one it was read at (else StoreConflict)."""
@@ -199,7 +224,9 @@ class ReminderCommit:
     event: Event | None = None
 
 
-class Store(Protocol):
+class CycleStore(Protocol):
+    """What one workspace cycle reads and commits (the poller and the pipeline)."""
+
     async def workspace_state(self, workspace: str) -> WorkspaceState: ...
 
     async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]: ...
@@ -215,46 +242,67 @@ class Store(Protocol):
     async def incident_targets(self, incident_ids: Collection[str]) -> dict[str, list[DeliveryKey]]:
         """incident id -> where its events were to be delivered (not held by a silence)."""
 
-    async def incidents(self, *, open_only: bool = False, limit: int = 1000) -> list[Incident]:
-        """The latest incidents first."""
-
-    async def get_event(self, event_id: str) -> Event | None: ...
-
     async def known_events(self, event_ids: Collection[str]) -> set[str]:
         """Those of `event_ids` already stored."""
 
-    async def job_times(self) -> list[JobTimes]: ...
-
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
         """Write records, events, deliveries and the watermark atomically. Events whose id
-        is already stored are skipped; the events actually inserted are returned."""
+        is already stored are skipped; the events actually inserted are returned. A
+        commit with an `epoch` is refused with StoreFenced unless the workspace's lease
+        is at that epoch (checked under the lease row's lock, so a takeover waits for
+        the commit or the commit for the takeover)."""
+
+
+class Outbox(Protocol):
+    """The deliveries the dispatcher sends. Several dispatchers (one per replica) share
+    it: a delivery is claimed before it is sent, and a claimed delivery is handed to no
+    other dispatcher until it is settled or its claim expires."""
 
     async def due_deliveries(
         self, *, now: float, limit: int, channels: Collection[str] | None = None
     ) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest event first: of ungrouped
-        ones at most one per (key, workspace, job), the oldest pending delivery of that
-        job to that key (grouped or not), so that a job's alerts reach a recipient in
-        order; of grouped ones at most one per (key, group key), the group's oldest
-        pending member, standing for its group's next digest (`take_group`), whatever
-        else its job has pending. `channels` limits them to those channels (every
-        recipient of each)."""
+        """Pending deliveries whose next attempt is due and that no unexpired claim holds,
+        oldest event first: of ungrouped ones at most one per (key, workspace, job), the
+        oldest pending delivery of that job to that key (grouped or not, claimed or
+        not), so that a job's alerts reach a recipient in order; of grouped ones at most
+        one per (key, group key), the group's oldest pending member, standing for its
+        group's next digest (`take_group`), whatever else its job has pending.
+        `channels` limits them to those channels (every recipient of each)."""
 
-    async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None: ...
+    async def claim(
+        self, event_id: str, key: DeliveryKey, *, now: float, until: float, owner: str
+    ) -> bool:
+        """Claim a pending delivery for one attempt, until `until`, unless another claim
+        holds it at `now`: whether it is now `owner`'s to send."""
+
+    async def release_claims(self, owner: str) -> int:
+        """Drop every claim `owner` holds (its attempts were cancelled, or belonged to a
+        former life of this replica): those deliveries are due again at once. How many."""
+
+    async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
+        """Record a pending delivery delivered (and its claim settled)."""
 
     async def mark_failed(
         self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
     ) -> None:
-        """Count a failed attempt; `next_attempt_at=None` dead-letters the delivery."""
-
-    # -- digests (watcher.notify.dispatcher) -------------------------------------------
+        """Count a failed attempt of a pending delivery (its claim settled);
+        `next_attempt_at=None` dead-letters it. A delivery settled meanwhile (delivered
+        by another replica after this one's claim expired) is left as it is."""
 
     async def take_group(
-        self, key: DeliveryKey, group_key: str, *, now: float, limit: int
+        self,
+        key: DeliveryKey,
+        group_key: str,
+        *,
+        now: float,
+        limit: int,
+        claim_until: float | None = None,
+        owner: str = "",
     ) -> list[Delivery]:
         """What the group's next digest to `key` carries: its pending members due at
-        `now`, oldest event first, at most `limit` (the rest go in the next one). Unless
-        there are none, `now` is recorded as the group's last digest, in the same
+        `now` that no other claim holds, oldest event first, at most `limit` (the rest go
+        in the next one). With `claim_until` they are claimed by `owner` until then.
+        Unless there are none, `now` is recorded as the group's last digest, in the same
         transaction: members arriving from then on wait for the next digest."""
 
     async def mark_group_delivered(
@@ -274,18 +322,11 @@ class Store(Protocol):
         """`mark_failed` of each of a digest's members, in one transaction: one failed
         attempt each, all with the same next attempt (None: all dead-lettered)."""
 
-    async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]: ...
-
-    async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
-        """Make dead deliveries (all, or those of `event_ids`) pending again; their count."""
-
     async def outbox_stats(self) -> OutboxStats: ...
 
-    async def prune(
-        self, *, now: float, run_retention_days: float, event_retention_days: float
-    ) -> PruneResult: ...
 
-    # -- reminders (watcher.notify.reminders) -------------------------------------------
+class ReminderStore(Protocol):
+    """Reminders of open incidents (watcher.notify.reminders)."""
 
     async def due_reminders(self, *, now: float, limit: int) -> list[DueReminder]:
         """Targets of open incidents whose next reminder is due at `now`, earliest first;
@@ -300,7 +341,71 @@ class Store(Protocol):
         was read; whether a new reminder delivery was queued. A reminder event already
         stored (same id) is not queued again."""
 
+
+class LeaseStore(Protocol):
+    """Per-workspace leases shared by the replicas (watcher.leases). Times are the
+    replicas' wall clocks (epoch seconds): they decide only when a lease may change
+    hands; the epoch check of every commit keeps a late writer out whatever the clocks
+    say."""
+
+    async def heartbeat(self, replica: str, *, now: float, ttl: float) -> list[str]:
+        """Record `replica` alive until `now + ttl`; the replicas alive at `now`
+        (itself included), sorted."""
+
+    async def leases(self) -> list[Lease]:
+        """Every workspace's lease, held or expired."""
+
+    async def acquire(
+        self, workspace: str, replica: str, *, now: float, ttl: float
+    ) -> Lease | None:
+        """Take the workspace's lease until `now + ttl` if nobody holds it at `now` (never
+        leased, expired or released) or `replica` does (a former life of it, restarted
+        under its name): its epoch goes up by one either way, so nothing the former
+        owner still has in flight can commit. None: another replica holds it."""
+
+    async def renew(
+        self, replica: str, epochs: Mapping[str, int], *, now: float, ttl: float
+    ) -> set[str]:
+        """Extend to `now + ttl` each lease (workspace -> epoch) that `replica` holds at
+        that epoch, expired or not (nobody took it meanwhile); the workspaces renewed."""
+
+    async def release(self, workspace: str, replica: str, epoch: int, *, now: float) -> None:
+        """Give up a lease still held at `epoch`: it expires at `now` with no owner (""),
+        free to take (unlike a lease whose owner died holding it, which it expired)."""
+
+    async def retire(self, replica: str, *, now: float) -> None:
+        """A replica leaving: release all its leases and forget its heartbeat."""
+
+
+class Maintenance(Protocol):
+    """Housekeeping, readiness and what the operator's commands read and change."""
+
+    async def incidents(self, *, open_only: bool = False, limit: int = 1000) -> list[Incident]:
+        """The latest incidents first."""
+
+    async def get_event(self, event_id: str) -> Event | None: ...
+
+    async def job_times(self) -> list[JobTimes]: ...
+
+    async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]: ...
+
+    async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
+        """Make dead deliveries (all, or those of `event_ids`) pending again; their count."""
+
+    async def outbox_stats(self) -> OutboxStats: ...
+
+    async def prune(
+        self, *, now: float, run_retention_days: float, event_retention_days: float
+    ) -> PruneResult:
+        """Drop finished runs older than the run retention, settled events older than the
+        event retention (undelivered and dead-lettered ones are kept) and what goes with
+        them. Safe on several replicas at once."""
+
     async def ping(self) -> None:
         """Raise StoreError unless the store can take a write now (readiness)."""
 
     async def close(self) -> None: ...
+
+
+class Store(CycleStore, Outbox, ReminderStore, LeaseStore, Maintenance, Protocol):
+    """Every part: what a backend implements."""

@@ -25,11 +25,13 @@ from watcher.store.base import (
     DeliveryStatus,
     DueReminder,
     JobTimes,
+    Lease,
     OutboxStats,
     PruneResult,
     ReminderCommit,
     StoreConflict,
     StoreError,
+    StoreFenced,
     WorkspaceState,
 )
 
@@ -179,6 +181,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (channel, recipient, group_key)
     );
     """,
+    # Replicas share workspaces by leases (the epoch fences a stalled owner's commits) and
+    # the outbox by claims (one dispatcher sends a delivery at a time).
+    """
+    CREATE TABLE leases (
+        workspace TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE replicas (
+        replica TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;
+    ALTER TABLE deliveries ADD COLUMN claimed_until REAL;
+    """,
 ]
 
 _P = ParamSpec("_P")
@@ -201,6 +219,19 @@ _DELIVERY_COLUMNS = (
     "d.next_attempt_at, d.last_error, d.event_id, d.group_key"
 )
 _NO_POLICY = DeliveryPolicy()
+# Settling an attempt: only a delivery still pending (another replica may have settled it
+# after this one's claim expired), and its claim with it.
+_MARK_DELIVERED = (
+    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, "
+    "last_error = NULL, claimed_by = NULL, claimed_until = NULL "
+    "WHERE event_id = ? AND channel = ? AND recipient = ? AND status = 'pending'"
+)
+_MARK_FAILED = (
+    "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
+    "next_attempt_at = COALESCE(?, next_attempt_at), claimed_by = NULL, claimed_until = NULL "
+    "WHERE event_id = ? AND channel = ? AND recipient = ? AND status = 'pending'"
+)
+_UNCLAIMED = "(d.claimed_until IS NULL OR d.claimed_until <= ?)"
 
 
 class SQLiteStore:
@@ -500,6 +531,8 @@ class SQLiteStore:
         inserted: list[Event] = []
         await self._db.execute("BEGIN IMMEDIATE")
         try:
+            if commit.epoch is not None:
+                await self._check_epoch(commit.workspace, commit.epoch)
             await self._write_incidents(commit.incidents, now)
             await self._db.executemany(
                 "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
@@ -571,6 +604,20 @@ class SQLiteStore:
             await self._rollback()
             raise
         return inserted
+
+    async def _check_epoch(self, workspace: str, epoch: int) -> None:
+        """StoreFenced unless the workspace's lease is still at `epoch` (BEGIN IMMEDIATE
+        holds the write lock: no takeover lands between this check and the commit)."""
+        async with self._db.execute(
+            "SELECT epoch FROM leases WHERE workspace = ?", (workspace,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None or int(row[0]) != epoch:
+            held = "no lease" if row is None else f"epoch {row[0]}"
+            raise StoreFenced(
+                f"workspace {workspace}: the cycle ran under lease epoch {epoch}, the lease "
+                f"is now at {held}: another replica owns it"
+            )
 
     async def _insert_event(self, event: Event, now: float) -> aiosqlite.Cursor:
         """Insert an event unless its id is stored (rowcount 0 then)."""
@@ -753,7 +800,8 @@ class SQLiteStore:
             params.extend(channels)
         sql = (
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and ? placeholders only
-            f"WHERE d.status = 'pending' {channel_filter} AND d.next_attempt_at <= ? AND ("
+            f"WHERE d.status = 'pending' {channel_filter} AND d.next_attempt_at <= ? "
+            "AND (d.claimed_until IS NULL OR d.claimed_until <= ?) AND ("
             "  (d.group_key = '' AND e.seq = ("
             "    SELECT MIN(e2.seq) FROM deliveries d2 JOIN events e2 ON e2.id = d2.event_id"
             "    WHERE d2.channel = d.channel AND d2.recipient = d.recipient"
@@ -766,7 +814,7 @@ class SQLiteStore:
             "    AND d2.status = 'pending'))"
             ") ORDER BY e.seq LIMIT ?"
         )
-        params.extend([now, limit])
+        params.extend([now, now, limit])
         async with self._db.execute(sql, params) as cursor:
             rows = await cursor.fetchall()
         return await self._readable(rows)
@@ -794,9 +842,7 @@ class SQLiteStore:
     @_locked
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
         await self._db.execute(
-            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, "
-            "delivered_at = ?, last_error = NULL "
-            "WHERE event_id = ? AND channel = ? AND recipient = ?",
+            _MARK_DELIVERED,
             (at, event_id, key.channel, key.recipient),
         )
 
@@ -806,17 +852,43 @@ class SQLiteStore:
     ) -> None:
         status = "dead" if next_attempt_at is None else "pending"
         await self._db.execute(
-            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
-            "next_attempt_at = COALESCE(?, next_attempt_at) "
-            "WHERE event_id = ? AND channel = ? AND recipient = ?",
+            _MARK_FAILED,
             (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient),
         )
+
+    @_locked
+    async def claim(
+        self, event_id: str, key: DeliveryKey, *, now: float, until: float, owner: str
+    ) -> bool:
+        cursor = await self._db.execute(
+            "UPDATE deliveries SET claimed_by = ?, claimed_until = ? "
+            "WHERE event_id = ? AND channel = ? AND recipient = ? AND status = 'pending' "
+            "AND (claimed_until IS NULL OR claimed_until <= ?)",
+            (owner, until, event_id, key.channel, key.recipient, now),
+        )
+        return cursor.rowcount == 1
+
+    @_locked
+    async def release_claims(self, owner: str) -> int:
+        cursor = await self._db.execute(
+            "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL "
+            "WHERE claimed_by = ? AND status = 'pending'",
+            (owner,),
+        )
+        return cursor.rowcount
 
     # -- digests (watcher.notify.dispatcher) -------------------------------------------
 
     @_locked
     async def take_group(
-        self, key: DeliveryKey, group_key: str, *, now: float, limit: int
+        self,
+        key: DeliveryKey,
+        group_key: str,
+        *,
+        now: float,
+        limit: int,
+        claim_until: float | None = None,
+        owner: str = "",
     ) -> list[Delivery]:
         # Only the members due: those arriving once the digest is taken wait for the
         # next (see _group_due), so a digest re-sent after a crash is the same digest.
@@ -826,13 +898,19 @@ class SQLiteStore:
                 f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d "  # noqa: S608 - constants and ? placeholders only
                 "JOIN events e ON e.id = d.event_id WHERE d.channel = ? AND d.recipient = ? "
                 "AND d.group_key = ? AND d.group_key != '' AND d.status = 'pending' "
-                "AND d.next_attempt_at <= ? ORDER BY e.seq LIMIT ?",
-                (key.channel, key.recipient, group_key, now, limit),
+                f"AND d.next_attempt_at <= ? AND {_UNCLAIMED} ORDER BY e.seq LIMIT ?",
+                (key.channel, key.recipient, group_key, now, now, limit),
             ) as cursor:
                 rows = await cursor.fetchall()
             members = await self._readable(rows)
             if members:
                 await self._group_sent(key, group_key, now)
+            if members and claim_until is not None:
+                await self._db.executemany(
+                    "UPDATE deliveries SET claimed_by = ?, claimed_until = ? "
+                    "WHERE event_id = ? AND channel = ? AND recipient = ?",
+                    [(owner, claim_until, m.event.id, key.channel, key.recipient) for m in members],
+                )
             await self._db.execute("COMMIT")
         except BaseException:
             await self._rollback()
@@ -855,9 +933,7 @@ class SQLiteStore:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany(
-                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, "
-                "delivered_at = ?, last_error = NULL "
-                "WHERE event_id = ? AND channel = ? AND recipient = ?",
+                _MARK_DELIVERED,
                 [(at, event_id, key.channel, key.recipient) for event_id in event_ids],
             )
             await self._group_sent(key, group_key, at)
@@ -879,9 +955,7 @@ class SQLiteStore:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
-                "next_attempt_at = COALESCE(?, next_attempt_at) "
-                "WHERE event_id = ? AND channel = ? AND recipient = ?",
+                _MARK_FAILED,
                 [
                     (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient)
                     for event_id in event_ids
@@ -987,6 +1061,100 @@ class SQLiteStore:
             await self._rollback()
             raise
         return PruneResult(runs=runs.rowcount, events=events.rowcount)
+
+    # -- leases (watcher.leases) ----------------------------------------------------------
+
+    @_locked
+    async def heartbeat(self, replica: str, *, now: float, ttl: float) -> list[str]:
+        await self._db.execute(
+            "INSERT INTO replicas (replica, expires_at) VALUES (?, ?) "
+            "ON CONFLICT (replica) DO UPDATE SET expires_at = excluded.expires_at",
+            (replica, now + ttl),
+        )
+        async with self._db.execute(
+            "SELECT replica FROM replicas WHERE expires_at > ? ORDER BY replica", (now,)
+        ) as cursor:
+            return [str(r[0]) for r in await cursor.fetchall()]
+
+    @_locked
+    async def leases(self) -> list[Lease]:
+        async with self._db.execute(
+            "SELECT workspace, owner, epoch, expires_at FROM leases ORDER BY workspace"
+        ) as cursor:
+            return [Lease(r[0], r[1], int(r[2]), float(r[3])) for r in await cursor.fetchall()]
+
+    @_locked
+    async def acquire(
+        self, workspace: str, replica: str, *, now: float, ttl: float
+    ) -> Lease | None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(
+                "INSERT INTO leases (workspace, owner, epoch, expires_at) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT (workspace) DO NOTHING",
+                (workspace, replica, now),
+            )
+            # A replica restarted under its old name takes its old lease at once, but
+            # with a new epoch: its former life's cycle must not commit.
+            await self._db.execute(
+                "UPDATE leases SET owner = ?, epoch = epoch + 1, expires_at = ? "
+                "WHERE workspace = ? AND (expires_at <= ? OR owner = ?)",
+                (replica, now + ttl, workspace, now, replica),
+            )
+            async with self._db.execute(
+                "SELECT owner, epoch, expires_at FROM leases WHERE workspace = ?", (workspace,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        if row is None or row[0] != replica:
+            return None
+        return Lease(workspace, replica, int(row[1]), float(row[2]))
+
+    @_locked
+    async def renew(
+        self, replica: str, epochs: Mapping[str, int], *, now: float, ttl: float
+    ) -> set[str]:
+        renewed: set[str] = set()
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for workspace, epoch in epochs.items():
+                cursor = await self._db.execute(
+                    "UPDATE leases SET expires_at = ? "
+                    "WHERE workspace = ? AND owner = ? AND epoch = ?",
+                    (now + ttl, workspace, replica, epoch),
+                )
+                if cursor.rowcount == 1:
+                    renewed.add(workspace)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        return renewed
+
+    @_locked
+    async def release(self, workspace: str, replica: str, epoch: int, *, now: float) -> None:
+        await self._db.execute(
+            "UPDATE leases SET owner = '', expires_at = MIN(expires_at, ?) "
+            "WHERE workspace = ? AND owner = ? AND epoch = ?",
+            (now, workspace, replica, epoch),
+        )
+
+    @_locked
+    async def retire(self, replica: str, *, now: float) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(
+                "UPDATE leases SET owner = '', expires_at = MIN(expires_at, ?) WHERE owner = ?",
+                (now, replica),
+            )
+            await self._db.execute("DELETE FROM replicas WHERE replica = ?", (replica,))
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
 
     # -- reminders (watcher.notify.reminders) -------------------------------------------
 
