@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.notify_fixtures import free_port
+from watcher.store.sqlite import SQLiteStore
 
 
 def watcher(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -129,3 +130,23 @@ def test_doctor_exits_non_zero_on_any_failed_check(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "✗ workspace prod" in result.stdout
     assert "✔ channel out" in result.stdout
+
+
+async def test_once_leaves_a_workspace_whose_lease_a_running_watcher_holds(
+    tmp_path: Path,
+) -> None:
+    """`once` polls only under a workspace's lease: one held by a running watcher is left
+    to it, saying so, without a request to the workspace or a write to its state."""
+    config = write_config(tmp_path, host="http://127.0.0.1:1")
+    store = await SQLiteStore.open(tmp_path / "state.db")
+    try:
+        lease = await store.acquire("prod", "pod-a", now=time.time(), ttl=600)
+        assert lease is not None
+        result = watcher("once", "-c", str(config), timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "workspace prod: skipped, another watcher holds its lease" in result.stderr
+        assert result.stdout == ""
+        assert await store.leases() == [lease]
+        assert (await store.workspace_state("prod")).watermark_ms is None
+    finally:
+        await store.close()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import TOKEN
 from tests.notify_fixtures import Receiver, free_port
+from tests.pg import DSN, pg_schema
 from watcher.clock import ManualClock
 from watcher.config import Config
-from watcher.doctor import Check, diagnose, render
+from watcher.doctor import Check, _store, diagnose, render
 from watcher.simulator import Simulator
 
 
@@ -46,7 +48,7 @@ async def test_a_healthy_setup_passes_every_check(
         "clock",
     ]
     assert all(c.ok for c in checks), render(checks)
-    assert render(checks).endswith("8 checks, 0 failed")
+    assert render(checks).endswith("9 checks, 0 failed")
 
 
 async def test_a_bad_token_an_unreachable_host_and_a_dead_webhook_each_fail(
@@ -59,8 +61,9 @@ async def test_a_bad_token_an_unreachable_host_and_a_dead_webhook_each_fail(
     assert table(refused) == {
         ("workspace prod", "resolve"): True,
         ("workspace prod", "runs/list active"): False,
+        ("store", "sqlite"): True,
     }
-    assert "403" in refused[-1].detail
+    assert "403" in refused[-2].detail
     unreachable = await diagnose(
         config(dead, TOKEN, {"hook": {"type": "webhook", "url": f"{dead}/hook"}}), clock=clock
     )
@@ -68,6 +71,35 @@ async def test_a_bad_token_an_unreachable_host_and_a_dead_webhook_each_fail(
         ("workspace prod", "resolve"): True,
         ("workspace prod", "runs/list active"): False,
         ("channel hook", "reach"): False,
+        ("store", "sqlite"): True,
     }
     assert all(c.detail for c in unreachable)
     assert "✗ channel hook" in render(unreachable)
+
+
+async def test_the_store_check_opens_postgres_and_never_creates_a_sqlite_file(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """PostgreSQL is opened (migrated, as a first start would) and written; an
+    unreachable one fails without its password in the reason. A SQLite file that does
+    not exist yet is not created by the doctor, only its directory checked."""
+    workspaces = [
+        {"name": "prod", "host": "http://127.0.0.1:1", "auth": {"type": "pat", "token": TOKEN}}
+    ]
+    async with pg_schema() as schema:
+        good = Config.model_validate(
+            {"workspaces": workspaces, "store": {"postgres": {"dsn": DSN, "schema": schema}}}
+        )
+        assert await _store(good) == Check("store", "postgres", True, "opens and takes a write")
+    bad_dsn = f"postgresql://watcher:not-a-real-password@127.0.0.1:{free_port()}/x"
+    bad = Config.model_validate(
+        {"workspaces": workspaces, "store": {"postgres": {"dsn": bad_dsn, "connect_timeout": 2}}}
+    )
+    failed = await _store(bad)
+    assert not failed.ok
+    assert "not-a-real-password" not in failed.detail
+    assert "127.0.0.1" in failed.detail
+    db = tmp_path / "state" / "watcher.db"
+    lite = Config.model_validate({"workspaces": workspaces, "store": {"path": str(db)}})
+    assert (await _store(lite)).ok
+    assert not db.parent.exists()

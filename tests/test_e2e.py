@@ -105,7 +105,7 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
             {"channels": ["hook"]},
         ],
     )
-    env = daemon_env(HOOK_SECRET=FAKE_SECRET)
+    env = daemon_env(HOOK_SECRET=FAKE_SECRET, WATCHER_REPLICA="e2e")
     daemon = await WatcherProcess.start("run", "-c", str(config), env=env, logs=tmp_path)
     async with daemon:
         metrics_url = await daemon.metrics_url()
@@ -150,6 +150,10 @@ async def test_scripted_workload_produces_exactly_the_expected_alerts_and_metric
     assert [i for i, n in Counter(hook_ids).items() if n > 1] == []
     assert [i for i, n in Counter(mail_ids).items() if n > 1] == []
     assert state["dead_letters"] == 0
+    # One replica on SQLite holds its workspace's lease from its first tick.
+    assert state["replica"] == "e2e"
+    assert [(w["polled_here"], w["lease_epoch"]) for w in state["workspaces"]] == [(True, 1)]  # type: ignore[attr-defined]
+    assert samples.sum("watcher_workspace_leases", replica="e2e") == 1
     # flaky's failure was resolved by its recovery, the slow run's breach when it ended;
     # retried's last attempt failed and nothing has recovered it.
     assert state["incidents_open"] == {"failure": 1}

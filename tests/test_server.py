@@ -17,6 +17,7 @@ from watcher.app import Daemon, build, close, run_once, serve
 from watcher.clock import ManualClock
 from watcher.config import Config
 from watcher.databricks import ApiError, RetryBudgetExceeded
+from watcher.leases import LeaseKeeper
 from watcher.poller import run_poll_loop
 from watcher.server import STUCK_AFTER_CYCLES, Probes, StatusServer
 from watcher.simulator import Fault, Simulator
@@ -42,7 +43,10 @@ async def daemon(sim: Simulator, clock: ManualClock, tmp_path: Path) -> AsyncIte
     built.server = StatusServer(
         registry=built.metrics.registry,
         probes=Probes(
-            workspaces=built.workspace_health, ping_store=built.store.ping, status=built.status
+            workspaces=built.workspace_health,
+            ping_store=built.store.ping,
+            status=built.status,
+            leases=built.lease_problem,
         ),
         clock=clock,
         ready_after_missed_polls=3,
@@ -106,6 +110,35 @@ async def test_readiness_follows_polls_and_the_store(daemon: Daemon, clock: Manu
     assert status == 503
     assert "cannot be written" in body
     assert (await _get(daemon, "/healthz"))[0] == 200
+
+
+async def test_readiness_follows_the_leases(daemon: Daemon, clock: ManualClock) -> None:
+    """Serving under leases: not ready until the lease keeper has reached the store, and
+    again once it has not for a lease period; missed polls count only for the workspaces
+    this replica holds, from when it took each (a replica holding none stands by, ready)."""
+    daemon.keeper = LeaseKeeper(
+        store=daemon.store,
+        replica="r1",
+        workspaces=[],  # holds nothing: another replica polls `prod`
+        ttl=30,
+        clock=clock,
+        on_gained=lambda lease: None,
+        on_lost=lambda workspace, why: None,
+    )
+    status, _, body = await _get(daemon, "/readyz")
+    assert status == 503
+    assert "replica" in body
+    assert "leases could not be renewed" in body
+    await daemon.keeper.tick_once()
+    clock.advance(4 * 30)  # `prod` never polled here: not this replica's to poll
+    await daemon.keeper.tick_once()
+    assert await _get(daemon, "/readyz") == (
+        200,
+        "application/json; charset=utf-8",
+        '{"ready": true, "problems": []}',
+    )
+    clock.advance(31)  # the keeper has not reached the store for a lease period
+    assert (await _get(daemon, "/readyz"))[0] == 503
 
 
 async def test_status_reports_workspaces_and_outbox(daemon: Daemon, sim: Simulator) -> None:

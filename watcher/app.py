@@ -26,7 +26,9 @@ from watcher.databricks import (
     TokenFile,
 )
 from watcher.databricks.client import ClientHooks
+from watcher.domain import PollResult
 from watcher.events import Event
+from watcher.leases import LeaseKeeper, replica_name
 from watcher.metrics import Metrics
 from watcher.notify.base import Channel
 from watcher.notify.channels import build_channels, close_channels
@@ -37,8 +39,15 @@ from watcher.notify.router import RoutingTable, table_router
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
 from watcher.server import Probes, StatusServer, WorkspaceHealth
-from watcher.store.base import CycleCommit, ReminderCommit, Store, StoreError
-from watcher.store.sqlite import SQLiteStore
+from watcher.store.base import (
+    CycleCommit,
+    Lease,
+    ReminderCommit,
+    Store,
+    StoreError,
+    StoreFenced,
+)
+from watcher.store.opening import open_store
 
 log = structlog.get_logger(__name__)
 
@@ -95,19 +104,46 @@ class Daemon:
     channels: dict[str, Channel]
     dispatcher: Dispatcher
     reminders: Reminders
+    replica: str = field(default_factory=replica_name)
     server: StatusServer | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    keeper: LeaseKeeper | None = None
+    """While serving: the leases this replica holds (None: every workspace is polled)."""
+    loops: dict[str, _Loop] = field(default_factory=dict)
+    """While serving: the poll loops of the workspaces this replica holds."""
+    poll_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """Every poll loop not yet ended, stopped ones included."""
+
+    def polled(self) -> list[Poller]:
+        """The pollers this replica runs: all, or those whose lease it holds."""
+        if self.keeper is None:
+            return self.pollers
+        return [p for p in self.pollers if p.workspace in self.keeper.held]
+
+    def lease_problem(self) -> str | None:
+        """Why this replica can neither hold nor take work (readiness), if so."""
+        if self.keeper is None or self.keeper.ready():
+            return None
+        return f"replica {self.replica}: its leases could not be renewed or taken lately"
 
     def workspace_health(self) -> list[WorkspaceHealth]:
-        return [_health(p.status, p.interval) for p in self.pollers]
+        return [
+            _health(p.status, p.interval, self.loops[p.workspace].since if self.loops else None)
+            for p in self.polled()
+        ]
 
     async def status(self) -> dict[str, Any]:
         stats = await self.store.outbox_stats()
+        held = self.keeper.held if self.keeper is not None else {}
         return {
             "version": __version__,
+            "replica": self.replica,
             "workspaces": [
                 {
                     "name": p.workspace,
+                    # Whether this replica polls it (its lease epoch), with several.
+                    "polled_here": self.keeper is None or p.workspace in held,
+                    "lease_epoch": held[p.workspace].epoch if p.workspace in held else None,
                     "last_success_at": p.status.last_success_at,
                     "consecutive_failures": p.status.consecutive_failures,
                     "last_error": p.status.last_error,
@@ -129,7 +165,7 @@ class Daemon:
         }
 
 
-def _health(status: PollStatus, interval: float) -> WorkspaceHealth:
+def _health(status: PollStatus, interval: float, since: float | None) -> WorkspaceHealth:
     return WorkspaceHealth(
         name=status.workspace,
         poll_interval=interval,
@@ -137,7 +173,18 @@ def _health(status: PollStatus, interval: float) -> WorkspaceHealth:
         consecutive_failures=status.consecutive_failures,
         last_error=status.last_error,
         consecutive_internal_failures=status.consecutive_internal_failures,
+        polled_since=since,
     )
+
+
+@dataclass
+class _Loop:
+    """A workspace's poll loop under one lease."""
+
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+    since: float
+    """Local clock time the loop started (readiness counts missed polls from here)."""
 
 
 async def build(
@@ -169,7 +216,7 @@ async def build(
         stream=console,
         workspace_ids=workspace_ids(config.workspaces),
     )
-    store = store or await SQLiteStore.open(config.store.path, accept_new_state=accept_new_state)
+    store = store or await open_store(config.store, accept_new_state=accept_new_state)
     try:
         metrics.restore(await store.job_times())
         return _assemble(config, store, metrics, channels, clock, dry_run, retry_budget)
@@ -192,8 +239,13 @@ def _assemble(
     """The daemon's parts around an open store and built channels."""
     if dry_run:
         store = cast(Store, _DryRun(store))
+    replica = replica_name()
     dispatcher = Dispatcher(
-        store=store, channels=channels, clock=clock, on_result=metrics.observe_delivery
+        store=store,
+        channels=channels,
+        clock=clock,
+        on_result=metrics.observe_delivery,
+        owner=replica,
     )
     # One compiled table: the pipeline routes with it, reminders ask its silences.
     table = RoutingTable.compile(config.routing)
@@ -236,7 +288,16 @@ def _assemble(
         )
         metrics.poll_interval.labels(workspace.name).set(workspace.poll_interval)
     return Daemon(
-        config, store, metrics, pipeline, pollers, clients, channels, dispatcher, reminders
+        config,
+        store,
+        metrics,
+        pipeline,
+        pollers,
+        clients,
+        channels,
+        dispatcher,
+        reminders,
+        replica,
     )
 
 
@@ -277,6 +338,7 @@ async def serve(
             workspaces=daemon.workspace_health,
             ping_store=daemon.store.ping,
             status=daemon.status,
+            leases=daemon.lease_problem,
         ),
         clock=clock,
         ready_after_missed_polls=config.server.ready_after_missed_polls,
@@ -291,31 +353,21 @@ async def serve(
         raise StartupError(f"cannot serve on {where}: {err.strerror or err}") from None
     inner_stop = asyncio.Event()
 
+    keeper = _keeper(daemon, clock)
     # Guarded: each task logs its own death, also while shutting down (past the wait below).
-    loops = [
-        guarded_task(
-            run_poll_loop(
-                poller=p,
-                handle=daemon.pipeline.handle,
-                clock=clock,
-                stop=inner_stop,
-                on_cycle=daemon.metrics.observe_cycle,
-            ),
-            name=f"poll:{p.workspace}",
-        )
-        for p in daemon.pollers
-    ]
     housekeeping = guarded_task(_housekeeping(daemon, clock, inner_stop), name="housekeeping")
     others = [
+        guarded_task(keeper.run(stop=inner_stop), name="leases"),
         guarded_task(
             daemon.dispatcher.run(stop=inner_stop, grace=shutdown_grace), name="dispatcher"
         ),
         guarded_task(daemon.reminders.run(stop=inner_stop), name="reminders"),
     ]
-    daemon.tasks = [*loops, housekeeping, *others]
+    daemon.tasks = [housekeeping, *others]
     log.info(
         "watcher_started",
         version=__version__,
+        replica=daemon.replica,
         workspaces=[w.name for w in config.workspaces],
         metrics_url=f"{daemon.server.url}/metrics",
     )
@@ -337,13 +389,104 @@ async def serve(
         log.info("watcher_stopping", reason="signal" if code == 0 else "failure")
         # The loops finish a commit in progress; the dispatcher gives in-flight sends its
         # own grace and leaves the rest pending in the store.
-        _, pending = await asyncio.wait(daemon.tasks, timeout=shutdown_grace + 2)
+        for loop in daemon.loops.values():
+            loop.stop.set()
+        every = [*daemon.tasks, *daemon.poll_tasks]
+        _, pending = await asyncio.wait(every, timeout=shutdown_grace + 2)
         for task in [*pending, stopper]:
             task.cancel()
-        await asyncio.gather(*daemon.tasks, stopper, return_exceptions=True)
+        await asyncio.gather(*every, stopper, return_exceptions=True)
+        # Only now that no loop can commit: the others take the workspaces at once.
+        await keeper.retire()
         await close(daemon)
         log.info("watcher_stopped", exit_code=code)
     return code
+
+
+def _keeper(daemon: Daemon, clock: Clock) -> LeaseKeeper:
+    """The lease keeper, which starts a workspace's poll loop when this replica takes its
+    lease and stops it when the lease goes. The per-job series of a workspace are
+    exported by the replica polling it alone."""
+    metrics = daemon.metrics
+    workspaces = [p.workspace for p in daemon.pollers]
+    for workspace in workspaces:
+        metrics.forget_workspace(workspace)  # build() restored them all
+    pollers = {p.workspace: p for p in daemon.pollers}
+
+    def gained(lease: Lease) -> None:
+        stop = asyncio.Event()
+        task = guarded_task(
+            _poll_under(daemon, pollers[lease.workspace], lease, clock, stop),
+            name=f"poll:{lease.workspace}",
+        )
+        daemon.loops[lease.workspace] = _Loop(task, stop, clock.time())
+        metrics.poll_interval.labels(lease.workspace).set(pollers[lease.workspace].interval)
+        # Kept until done, also once the lease is gone: shutdown waits for its commit.
+        daemon.poll_tasks.add(task)
+        task.add_done_callback(daemon.poll_tasks.discard)
+        metrics.workspace_leases.labels(daemon.replica).set(len(keeper.held))
+        if lease.epoch > 1:
+            metrics.lease_takeovers.labels(lease.workspace).inc()
+
+    def lost(workspace: str, why: str) -> None:
+        loop = daemon.loops.pop(workspace, None)
+        if loop is not None:
+            loop.stop.set()
+        metrics.workspace_leases.labels(daemon.replica).set(len(keeper.held))
+        metrics.forget_workspace(workspace)
+
+    keeper = LeaseKeeper(
+        store=daemon.store,
+        replica=daemon.replica,
+        workspaces=workspaces,
+        ttl=daemon.config.ha.lease_seconds,
+        clock=clock,
+        on_gained=gained,
+        on_lost=lost,
+    )
+    metrics.workspace_leases.labels(daemon.replica).set(0)
+    daemon.keeper = keeper
+    return keeper
+
+
+async def _poll_under(
+    daemon: Daemon, poller: Poller, lease: Lease, clock: Clock, stop: asyncio.Event
+) -> None:
+    """Poll a workspace while this replica holds its lease, every commit fenced by the
+    lease's epoch: a commit refused (the lease moved on while this replica stalled)
+    stops the loop at once."""
+    workspace = lease.workspace
+    keeper = daemon.keeper
+    # Beside the first cycle, not before it: a takeover polls at once.
+    restoring = asyncio.create_task(_restore(daemon, workspace))
+
+    async def handle(result: PollResult) -> list[Event]:
+        try:
+            return await daemon.pipeline.handle(result, epoch=lease.epoch)
+        except StoreFenced as exc:
+            daemon.metrics.fenced_commits.labels(workspace).inc()
+            log.warning("commit_fenced", workspace=workspace, epoch=lease.epoch, error=str(exc))
+            if keeper is not None:
+                keeper.lose(workspace, "fenced")
+            return []
+
+    await run_poll_loop(
+        poller=poller,
+        handle=handle,
+        clock=clock,
+        stop=stop,
+        on_cycle=daemon.metrics.observe_cycle,
+        before_cycle=None if keeper is None else lambda: keeper.renew(workspace),
+    )
+    await restoring
+
+
+async def _restore(daemon: Daemon, workspace: str) -> None:
+    """The workspace's per-job timestamps and names, as this replica starts exporting them."""
+    try:
+        daemon.metrics.restore(await daemon.store.job_times(), workspace)
+    except Exception as exc:  # the next commits set them again
+        log.warning("metrics_not_restored", workspace=workspace, error=str(exc))
 
 
 async def close(daemon: Daemon) -> None:

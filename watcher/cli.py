@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -178,17 +179,38 @@ ONCE_RETRY_BUDGET = 10.0
 
 async def _once(config: Config, dry_run: bool) -> int:
     from watcher.app import build, close
+    from watcher.leases import replica_name
 
     daemon = await build(config, dry_run=dry_run, retry_budget=ONCE_RETRY_BUDGET)
+    # Like a replica, `once` polls a workspace only under its lease (a dry run writes
+    # nothing, so needs none): a running watcher's workspaces are left to it.
+    replica = f"once:{replica_name()}:{os.getpid()}"
     code = 0
     try:
         for poller in daemon.pollers:
+            ws = poller.workspace
+            lease = None
+            if not dry_run:
+                ttl = config.ha.lease_seconds
+                lease = await daemon.store.acquire(ws, replica, now=time.time(), ttl=ttl)
+                if lease is None:
+                    print(
+                        f"watcher: workspace {ws}: skipped, another watcher holds its lease",
+                        file=sys.stderr,
+                    )
+                    continue
             try:
-                events = await daemon.pipeline.handle(await poller.poll())
+                result = await poller.poll()
+                events = await daemon.pipeline.handle(
+                    result, epoch=None if lease is None else lease.epoch
+                )
             except DatabricksError as exc:
-                print(f"watcher: workspace {poller.workspace}: {exc}", file=sys.stderr)
+                print(f"watcher: workspace {ws}: {exc}", file=sys.stderr)
                 code = 1
                 continue
+            finally:
+                if lease is not None:
+                    await daemon.store.release(ws, replica, lease.epoch, now=time.time())
             for event in events:
                 print(event.model_dump_json(exclude_none=True), flush=True)
     finally:
@@ -295,7 +317,7 @@ def _command(args: argparse.Namespace, config: Config) -> int:
 
         return asyncio.run(
             incidents(
-                config.store.path,
+                config.store,
                 config.routing,
                 args.action,
                 sys.stdout,
@@ -308,7 +330,7 @@ def _command(args: argparse.Namespace, config: Config) -> int:
     if args.action == "retry" and not (args.event or args.all):
         print("watcher: alerts retry needs --event ID (repeatable) or --all", file=sys.stderr)
         return 2
-    return asyncio.run(dead_letters(config.store.path, args.action, args.event, sys.stdout))
+    return asyncio.run(dead_letters(config.store, args.action, args.event, sys.stdout))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ per channel, whether its server can be reached (and, with `--send`, takes a test
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from watcher.config import Config, WorkspaceConfig
 from watcher.config.channels import ChannelConfig, ConsoleChannelConfig, EmailChannelConfig
 from watcher.databricks import JobsClient, RetryPolicy, Timeouts
 from watcher.databricks.errors import ApiError, DatabricksError
+from watcher.store.base import StoreError
+from watcher.store.opening import open_store
 
 # A doctor answers in seconds: no retry budget, short timeouts.
 TIMEOUT = 5.0
@@ -48,7 +51,31 @@ async def diagnose(
         checks += await _workspace(workspace, clock, patience)
     for name, channel in config.channels.items():
         checks += await _channel(config, name, channel, send=send, out=out, patience=patience)
+    checks.append(await _store(config))
     return checks
+
+
+async def _store(config: Config) -> Check:
+    """The store opens and takes a write, as `watcher run` will need. PostgreSQL is
+    migrated as the first start would; a SQLite file that does not exist yet is not
+    created, only its directory checked."""
+    if config.store.postgres is None:
+        path = config.store.sqlite_path
+        if not path.exists():
+            parent = next(p for p in path.absolute().parents if p.exists())
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return Check("store", "sqlite", False, f"{parent} is not writable: {path}")
+            return Check("store", "sqlite", True, f"{path} will be created at the first start")
+    backend = "sqlite" if config.store.postgres is None else "postgres"
+    try:
+        store = await open_store(config.store, create=False)
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+    except StoreError as exc:
+        return Check("store", backend, False, str(exc))
+    return Check("store", backend, True, "opens and takes a write")
 
 
 def render(checks: list[Check]) -> str:

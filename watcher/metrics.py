@@ -211,6 +211,25 @@ class Metrics:
             ("workspace",),
             registry=r,
         )
+        self.workspace_leases = Gauge(
+            "watcher_workspace_leases",
+            "Workspaces whose lease this replica holds (it polls them).",
+            ("replica",),
+            registry=r,
+        )
+        self.lease_takeovers = Counter(
+            "watcher_lease_takeovers",
+            "Leases this replica took over from another replica or an earlier life of its own.",
+            ("workspace",),
+            registry=r,
+        )
+        self.fenced_commits = Counter(
+            "watcher_fenced_commits",
+            "Cycle commits refused because the workspace's lease had moved on (this replica "
+            "stalled past its lease).",
+            ("workspace",),
+            registry=r,
+        )
 
     def _declare_alert_metrics(self, r: CollectorRegistry) -> None:
         """Alert routing, delivery and the outbox."""
@@ -300,10 +319,13 @@ class Metrics:
         for kind in INCIDENT_KINDS:
             self.incidents_open.labels(kind).set(stats.incidents_open.get(kind, 0))
 
-    def restore(self, jobs: Sequence[JobTimes]) -> None:
-        """Per-job timestamps and names from the store, at start: a job that has not
-        succeeded since the restart still shows when it last did."""
+    def restore(self, jobs: Sequence[JobTimes], workspace: str | None = None) -> None:
+        """Per-job timestamps and names from the store (of one workspace, or all), when
+        this replica starts polling: a job that has not succeeded since the restart
+        still shows when it last did."""
         for job in jobs:
+            if workspace is not None and job.workspace != workspace:
+                continue
             if not self._jobs.allows(job.job_id, job.name, job.tags):
                 continue
             ws, job_id = job.workspace, str(job.job_id)
@@ -434,6 +456,26 @@ class Metrics:
             self._series[key].discard((self.job_info, (ws, job_id, old)))
         self._job_names[key] = name
         self._labels(self.job_info, ws, job_id, (ws, job_id, name)).set(1)
+
+    def forget_workspace(self, ws: str) -> None:
+        """Drop the per-job, per-state and poll series of a workspace this replica no
+        longer polls: only the replica that owns a workspace exports them."""
+        for job_ws, job_id in [k for k in self._series if k[0] == ws]:
+            self._forget_job(job_ws, job_id)
+        for state in self._active_states.pop(ws, set()):
+            with contextlib.suppress(KeyError):
+                self.runs_active.remove(ws, state)
+        for state in STUCK_STATES:
+            with contextlib.suppress(KeyError):
+                self.runs_stuck.remove(ws, state)
+        for job_id in self._scheduled.pop(ws, set()):
+            for gauge in (self.next_expected_run, self.schedule_paused):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(ws, job_id)
+        # The staleness alert compares these per replica: only the poller has them.
+        for gauge in (self.poll_interval, self.last_poll):
+            with contextlib.suppress(KeyError):
+                gauge.remove(ws)
 
     def _forget_job(self, ws: str, job_id: str) -> None:
         for metric, labels in self._series.pop((ws, job_id), set()):

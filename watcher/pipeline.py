@@ -18,9 +18,9 @@ from watcher.events import Event
 from watcher.expectations import ScheduleFacts, checkable
 from watcher.store.base import (
     CycleCommit,
+    CycleStore,
     DeliveryKey,
     Routed,
-    Store,
     StoreConflict,
 )
 
@@ -62,7 +62,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        store: Store,
+        store: CycleStore,
         health_rules: HealthRulesConfig,
         startup: StartupConfig,
         clock: Clock,
@@ -80,19 +80,21 @@ class Pipeline:
         self._stuck = stuck or StuckConfig()
         self._expectations = expectations or ExpectationsConfig()
 
-    async def handle(self, result: PollResult) -> list[Event]:
+    async def handle(self, result: PollResult, *, epoch: int | None = None) -> list[Event]:
         """Track, route and commit one poll result; the events newly committed. A commit
-        that finds an incident changed by another writer is planned again."""
+        that finds an incident changed by another writer is planned again. With `epoch`
+        (the lease the poll ran under) the commit is fenced: StoreFenced when the
+        workspace's lease has moved on."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                return await self._handle(result)
+                return await self._handle(result, epoch)
             except StoreConflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
                 log.warning("cycle_conflict", workspace=result.workspace, error=str(exc))
         raise AssertionError("unreachable")
 
-    async def _handle(self, result: PollResult) -> list[Event]:
+    async def _handle(self, result: PollResult, epoch: int | None) -> list[Event]:
         plan = await self._plan(result)
         routed = await self._route_all(plan)
         inserted = await self._store.commit_cycle(
@@ -106,6 +108,7 @@ class Pipeline:
                 channels={i: r.channels for i, r in routed.items()},
                 silenced={i: r.silenced for i, r in routed.items()},
                 news_since_ms=result.news_since_ms,
+                epoch=epoch,
                 incidents=plan.incidents,
                 policies={i: r.policies for i, r in routed.items()},
             )

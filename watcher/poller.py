@@ -594,6 +594,7 @@ async def run_poll_loop(
     jitter: float = 0.1,
     rng: random.Random | None = None,
     on_cycle: Callable[[PollStatus, bool], None] | None = None,
+    before_cycle: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Poll one workspace every poll_interval (plus up to `jitter` of it, so workspaces
     drift apart) until `stop` is set, handing each result to `handle` (tracker and commit).
@@ -602,12 +603,15 @@ async def run_poll_loop(
     up to MAX_BACKOFF_INTERVALS intervals; the next good cycle covers the gap, since the
     watermark only moves when `handle` commits. `stop` interrupts a poll or a wait at once;
     a `handle` in progress is left to finish, so a commit is never cut short by it.
-    `on_cycle(status, ok)` is told of every finished cycle (metrics).
+    `on_cycle(status, ok)` is told of every finished cycle (metrics). `before_cycle()`
+    is asked before each cycle (renewing the workspace's lease): False ends the loop.
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     status = poller.status
     interval = poller.interval
     while not stop.is_set():
+        if before_cycle is not None and not await before_cycle():
+            return
         began = clock.monotonic()
         try:
             result = await aio.unless_stopped(poller.poll(), stop)

@@ -29,6 +29,9 @@ class WorkspaceHealth:
     last_error: str | None
     consecutive_internal_failures: int = 0
     """Failed cycles in a row that were not an API outage: the loop cannot progress."""
+    polled_since: float | None = None
+    """When this replica began to poll it (it took the workspace's lease), if later than
+    the start: missed polls count from then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,8 @@ class Probes:
     workspaces: Callable[[], list[WorkspaceHealth]]
     ping_store: Callable[[], Awaitable[None]]
     status: Callable[[], Awaitable[dict[str, Any]]]
+    leases: Callable[[], str | None] = lambda: None
+    """Why this replica can neither hold nor take a workspace's lease, if so."""
 
 
 class StatusServer:
@@ -118,9 +123,13 @@ class StatusServer:
             await self._probes.ping_store()
         except StoreError as exc:
             problems.append(str(exc))
+        if (lease_problem := self._probes.leases()) is not None:
+            problems.append(lease_problem)
         now = self._clock.time()
         for ws in self._probes.workspaces():
-            since = ws.last_success_at if ws.last_success_at is not None else self._started_at
+            since = max(
+                t for t in (ws.last_success_at, ws.polled_since, self._started_at) if t is not None
+            )
             if now - since > self._missed * ws.poll_interval:
                 when = "never" if ws.last_success_at is None else f"{now - since:.0f}s ago"
                 detail = f": {ws.last_error}" if ws.last_error else ""

@@ -47,7 +47,7 @@ from watcher.incidents import derived_id
 from watcher.notify.base import Channel, Digest, Failed, Result, Retry, Sent, Unconfirmed
 from watcher.notify.ratelimit import TokenBucket
 from watcher.notify.router import group_labels, serves
-from watcher.store.base import Delivery, DeliveryKey, Store
+from watcher.store.base import Delivery, DeliveryKey, Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,11 @@ attempt: one call, whatever the number of its members."""
 DIGEST_LIMIT = 500
 """Members of one digest at most. The rest are due already and go in the next digest at
 once: a backlog drains at the channel's rate, not one digest per group_interval."""
+
+CLAIM_MARGIN = 30.0
+"""Seconds a claim outlives the attempt's timeout: a replica that dies mid-attempt holds
+its deliveries this much longer than the attempt could have taken, then another replica
+sends them."""
 
 _Slot = tuple[str, str, DeliveryKey]
 """What a lane has in flight: ("event", event id, key) or ("group", group key, key)."""
@@ -128,7 +133,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Outbox,
         channels: Mapping[str, Channel],
         clock: Clock,
         rng: random.Random | None = None,
@@ -137,8 +142,10 @@ class Dispatcher:
         max_consecutive_errors: int = 30,
         on_result: ResultObserver | None = None,
         digest_limit: int = DIGEST_LIMIT,
+        owner: str = "watcher",
     ) -> None:
         self._store = store
+        self._owner = owner  # the replica: whose claims these are
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._poll_interval = poll_interval
@@ -173,6 +180,7 @@ class Dispatcher:
         fails the process instead of silently idling. Cancelling `run` cancels attempts
         in flight at once."""
         errors = 0
+        await self._release_claims()  # a former life's, killed mid-attempt
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -190,6 +198,7 @@ class Dispatcher:
                 await asyncio.wait(pending, timeout=grace)
         finally:
             await self._cancel_inflight()
+            await self._release_claims()  # what was cancelled is due again, here or elsewhere
 
     async def drain(self, *, max_wait: float = 7 * 86_400.0) -> None:
         """Deliver until no delivery is pending (each delivered or dead), waiting on the
@@ -260,6 +269,12 @@ class Dispatcher:
             log.error("alert_dead", channel=shown, event_id=delivery.event.id, error=error)
             self._observe(delivery.channel, "dead", 0.0, None)
 
+    async def _release_claims(self) -> None:
+        try:
+            await self._store.release_claims(self._owner)
+        except Exception as exc:  # they expire by themselves
+            log.warning("claims_not_released", owner=self._owner, error=str(exc))
+
     def _tasks(self) -> set[asyncio.Task[None]]:
         return {task for lane in self._lanes.values() for task in lane.inflight.values()}
 
@@ -284,9 +299,15 @@ class Dispatcher:
         name = head.channel
         try:
             await lane.bucket.acquire()
-            batch = await self._batch(head)
+            claim_until = self._clock.time() + lane.channel.config.timeout + CLAIM_MARGIN
+            batch = await self._batch(head, claim_until)
             if batch is None:
-                return  # the group's members were settled meanwhile
+                return  # settled meanwhile, or another replica's dispatcher sends it
+            if self._clock.time() >= claim_until:
+                # This process stalled (SIGSTOP, a long GC pause) since it claimed: the
+                # claim may be another replica's by now, and sending could double it.
+                log.warning("claim_expired_before_send", **batch.fields())
+                return
             started = self._clock.monotonic()
             result = await self._send(lane, batch)
             await self._settle(name, lane, batch, result, self._clock.monotonic() - started)
@@ -297,13 +318,23 @@ class Dispatcher:
         finally:
             lane.inflight.pop(_slot(head), None)
 
-    async def _batch(self, head: Delivery) -> _Batch | None:
+    async def _batch(self, head: Delivery, claim_until: float) -> _Batch | None:
         """`head` alone, or its group's members due now (taken after the token, so that
-        the digest carries what arrived while it waited); None if none is left."""
+        the digest carries what arrived while it waited), claimed until `claim_until`;
+        None if none is left or another dispatcher holds them."""
+        now = self._clock.time()
         if not head.group_key:
-            return _Batch(head.key, "", [head])
+            claimed = await self._store.claim(
+                head.event.id, head.key, now=now, until=claim_until, owner=self._owner
+            )
+            return _Batch(head.key, "", [head]) if claimed else None
         members = await self._store.take_group(
-            head.key, head.group_key, now=self._clock.time(), limit=self._digest_limit
+            head.key,
+            head.group_key,
+            now=now,
+            limit=self._digest_limit,
+            claim_until=claim_until,
+            owner=self._owner,
         )
         if not members:
             return None

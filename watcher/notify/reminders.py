@@ -39,7 +39,7 @@ from watcher.events import Event
 from watcher.incidents import derived_id, incident_ref
 from watcher.notify.base import excerpt
 from watcher.notify.router import RoutingTable, serves
-from watcher.store.base import DeliveryKey, DueReminder, ReminderCommit, Store
+from watcher.store.base import DeliveryKey, DueReminder, ReminderCommit, ReminderStore
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +138,7 @@ class Reminders:
     def __init__(
         self,
         *,
-        store: Store,
+        store: ReminderStore,
         table: RoutingTable,
         clock: Clock,
         on_queued: Callable[[], None] | None = None,

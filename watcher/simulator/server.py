@@ -10,8 +10,9 @@ import binascii
 import json
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Literal, TypeVar
 
@@ -58,6 +59,9 @@ class LoggedRequest:
     params: dict[str, str]
     status: int
     method: str = "GET"
+    received_at: float = field(default=0.0, compare=False)
+    """Real monotonic seconds when it arrived (whatever the simulator's clock): the
+    gaps between a workspace's polls, measured from outside the watcher."""
 
 
 class Simulator:
@@ -193,7 +197,9 @@ class Simulator:
             response.headers.popall("Date", None)
 
     def _log(self, version: str, endpoint: str, request: web.Request, status: int) -> None:
-        logged = LoggedRequest(version, endpoint, dict(request.query), status, request.method)
+        logged = LoggedRequest(
+            version, endpoint, dict(request.query), status, request.method, time.monotonic()
+        )
         self.requests.append(logged)
         if self.on_request is not None:
             self.on_request(logged)
