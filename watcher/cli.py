@@ -85,6 +85,29 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(resolving)
     resolving.add_argument("incident", help="incident id (or a prefix of 8+ characters)")
 
+    routes = commands.add_parser(
+        "routes",
+        help="where an event would go, without sending",
+        description="Routing dry-runs (like amtool config routes test).",
+    )
+    tests = routes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dry_run = tests.add_parser(
+        "test",
+        help="print the matching routes, the channels, the silences and each channel's "
+        "message for a sample event; nothing is sent",
+    )
+    _config_option(dry_run)
+    dry_run.add_argument("--event", required=True, help="event type, e.g. run_failed")
+    dry_run.add_argument("--workspace", required=True, help="workspace name")
+    dry_run.add_argument("--job", required=True, help="job name")
+    dry_run.add_argument("--job-id", type=int, default=1, help="job id (default: 1)")
+    dry_run.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="a job tag (repeatable)"
+    )
+    dry_run.add_argument(
+        "--failures", type=int, default=1, help="consecutive failures so far (default: 1)"
+    )
+
     demo = commands.add_parser(
         "demo",
         help="the whole system on a simulated workspace: no account, no config needed",
@@ -218,6 +241,23 @@ async def _once(config: Config, dry_run: bool) -> int:
     return code
 
 
+def _routes_test(config: Config, args: argparse.Namespace) -> int:
+    from watcher.clock import SystemClock
+    from watcher.events import EventType
+    from watcher.notify.routestest import Sample, explain
+
+    try:
+        event_type = EventType(args.event)
+    except ValueError:
+        known = ", ".join(t.value for t in EventType)
+        print(f"watcher: --event {args.event!r} is no event type ({known})", file=sys.stderr)
+        return 2
+    tags = dict(t.partition("=")[::2] for t in args.tag)
+    sample = Sample(event_type, args.workspace, args.job, args.job_id, tags, args.failures)
+    print(asyncio.run(explain(config.routing, sample, clock=SystemClock())))
+    return 0
+
+
 async def _doctor(config: Config, send: bool) -> int:
     from watcher.doctor import diagnose, render
 
@@ -312,6 +352,8 @@ def _command(args: argparse.Namespace, config: Config) -> int:
                 workspace_ids=workspace_ids(config.workspaces),
             )
         )
+    if command == "routes":
+        return _routes_test(config, args)
     if command == "incidents":
         from watcher.notify.cli import incidents
 
