@@ -385,4 +385,10 @@ async def test_demo_shows_alerts_and_serves_metrics(tmp_path: Path) -> None:
         assert code == 0, demo.tail()
     alerts = [line for line in demo.stdout.splitlines() if ALERT_LINE.match(line)]
     assert alerts, demo.tail()
+    assert "the clock is simulated" in demo.stdout
+    # The closing summary counts what the demo's metrics counted.
+    last = demo.stdout.strip().splitlines()[-1]
+    assert last.startswith("watcher demo: done after "), demo.tail()
+    finished = int(samples.sum("databricks_runs_finished_total"))
+    assert int(last.split(" runs finished")[0].rsplit(" ", 1)[1]) >= finished
     assert all(" demo job=" in line for line in alerts), alerts

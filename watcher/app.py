@@ -433,7 +433,8 @@ def _keeper(daemon: Daemon, clock: Clock) -> LeaseKeeper:
         if loop is not None:
             loop.stop.set()
         metrics.workspace_leases.labels(daemon.replica).set(len(keeper.held))
-        metrics.forget_workspace(workspace)
+        if why != "stopped":  # at shutdown the series go with the process
+            metrics.forget_workspace(workspace)
 
     keeper = LeaseKeeper(
         store=daemon.store,

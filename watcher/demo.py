@@ -59,6 +59,30 @@ def demo_config(*, url: str, store: Path, port: int) -> Config:
     )
 
 
+def summary(daemon: Daemon, simulated: float) -> str:
+    """What the demo saw, from its metrics (the store is closed by then)."""
+    registry = daemon.metrics.registry
+
+    def total(name: str, label: str | None = None) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == name:
+                    key = sample.labels.get(label, "") if label else ""
+                    sums[key] = sums.get(key, 0.0) + sample.value
+        return sums
+
+    finished = total("databricks_runs_finished_total", "result_state")
+    results = ", ".join(f"{int(n)} {state}" for state, n in sorted(finished.items()) if n)
+    alerts = int(sum(total("watcher_alerts_sent_total").values()))
+    incidents = int(sum(total("watcher_incidents_opened_total").values()))
+    return (
+        f"watcher demo: done after {simulated / 60:.0f} simulated minutes: "
+        f"{int(sum(finished.values()))} runs finished ({results or 'none'}), "
+        f"{alerts} alerts sent, {incidents} incidents opened"
+    )
+
+
 async def run_demo(
     *,
     duration: float | None,
@@ -81,6 +105,11 @@ async def run_demo(
     def banner(daemon: Daemon) -> None:
         assert daemon.server is not None
         print(f"watcher demo: {jobs} simulated jobs and 4 in trouble, time x{speed:g}", file=out)
+        print(
+            f"  the clock is simulated: each real second is {speed:g} simulated seconds, "
+            "and alert times are simulated times",
+            file=out,
+        )
         print(f"  simulated Databricks workspace  {url}  (token {TOKEN})", file=out)
         print(f"  Prometheus metrics              {daemon.server.url}/metrics", file=out)
         print(f"  status and readiness            {daemon.server.url}/status  /readyz", file=out)
@@ -98,7 +127,10 @@ async def run_demo(
         with tempfile.TemporaryDirectory(prefix="watcher-demo-") as tmp:
             config = demo_config(url=url, store=Path(tmp) / "demo.db", port=port)
             daemon = await build(config, clock=clock, console=out)
-            return await serve(daemon, stop=stop, clock=clock, on_ready=banner, shutdown_grace=2)
+            began = clock.time()
+            code = await serve(daemon, stop=stop, clock=clock, on_ready=banner, shutdown_grace=2)
+            print(summary(daemon, clock.time() - began), file=out, flush=True)
+            return code
     finally:
         timer.cancel()
         await sim.stop()
