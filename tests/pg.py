@@ -1,14 +1,18 @@
 """PostgreSQL for the tests: each test gets a schema of its own in the database at
 `WATCHER_TEST_PG_DSN` (default: the local server's `test` database), dropped afterwards.
 A server that cannot be reached fails the test, naming it: the PostgreSQL store is never
-skipped silently."""
+skipped silently. `pg_proxy` stands between a store and the server, to hang it, break its
+connections or take it down."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -86,3 +90,118 @@ async def fetch(schema: str, sql: str, *args: object) -> list[asyncpg.Record]:
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+class PgProxy:
+    """A TCP proxy in front of the test server, for a store to be opened on (`dsn`): what
+    it sees of a server that hangs (`blackhole`: connections stay open, nothing goes
+    through, new ones are accepted and never answered), that drops its connections
+    (`reset`), whose backends are killed (`terminate_backends`) or that is down
+    (`down`: the port refuses). `resume` forwards again."""
+
+    def __init__(self) -> None:
+        parts = urlsplit(DSN)
+        if parts.hostname is None:
+            pytest.fail(f"the proxy needs a host and port in WATCHER_TEST_PG_DSN: {DSN}")
+        self._upstream = (parts.hostname, parts.port or 5432)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._client_ports: set[int] = set()
+        self.forwarding = True
+        self.port = 0
+
+    @property
+    def dsn(self) -> str:
+        """DSN, to the proxy."""
+        parts = urlsplit(DSN)
+        user, at, _ = parts.netloc.rpartition("@")
+        return urlunsplit(parts._replace(netloc=f"{user}{at}127.0.0.1:{self.port}"))
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def blackhole(self) -> None:
+        """Stop forwarding, both ways: what is sent is swallowed, nothing is answered."""
+        self.forwarding = False
+
+    def resume(self) -> None:
+        self.forwarding = True
+
+    def reset(self) -> None:
+        """Break every connection through the proxy, both sides (a reset)."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def down(self) -> None:
+        """The server gone: every connection broken, and the port refuses new ones."""
+        if self._server is not None:
+            self._server.close()
+        self.reset()
+
+    async def terminate_backends(self) -> int:
+        """Kill the server processes of the connections through the proxy (an operator's
+        pg_terminate_backend, a server restart); how many."""
+        conn = await asyncpg.connect(DSN)
+        try:
+            killed = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE client_port = ANY($1::int[])",
+                sorted(self._client_ports),
+            )
+        finally:
+            await conn.close()
+        return sum(1 for row in killed if row[0])
+
+    async def close(self) -> None:
+        self.down()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if not self.forwarding:  # hung: accepts, and never answers
+            self._spawn(self._pipe(reader, None))
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        self._client_ports.add(up_writer.get_extra_info("sockname")[1])
+        self._spawn(self._pipe(reader, up_writer))
+        self._spawn(self._pipe(up_reader, writer))
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self.forwarding and writer is not None:
+                    writer.write(data)
+                    await writer.drain()
+        except OSError:
+            pass
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+@asynccontextmanager
+async def pg_proxy() -> AsyncIterator[PgProxy]:
+    """A started PgProxy, closed at the end."""
+    proxy = PgProxy()
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

@@ -53,7 +53,7 @@ def keeper(store: Store, name: str, clock: ManualClock) -> LeaseKeeper:
         workspaces=["sim"],
         ttl=TTL,
         clock=clock,
-        on_gained=lambda lease: None,
+        on_gained=lambda lease, taken_over: None,
         on_lost=lambda workspace, why: None,
     )
 

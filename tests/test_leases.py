@@ -104,7 +104,7 @@ class Replica:
             workspaces=WORKSPACES,
             ttl=TTL,
             clock=clock,
-            on_gained=self.gained.append,
+            on_gained=lambda lease, taken_over: self.gained.append(lease),
             on_lost=lambda ws, why: self.lost.append((ws, why)),
         )
 
@@ -144,11 +144,10 @@ async def test_replicas_share_evenly_and_rebalance_on_join_and_leave(
     # A replica leaving gives its leases up: the others take them at their next tick.
     leaving = max((a, b, c, d), key=lambda r: len(r.held))
     await leaving.keeper.retire()
-    for workspace in list(leaving.keeper.held):
-        leaving.keeper.lose(workspace, "stopped")
+    for lease in list(leaving.keeper.held.values()):
+        leaving.keeper.lose(lease, "stopped")
     rest = [r for r in (a, b, c, d) if r is not leaving]
-    clock.advance(TTL + 1)  # its heartbeat is gone too once it expires
-    await settle(rest, clock)
+    await settle(rest, clock, ticks=1)  # released: taken at once, within the share
     assert_partition(rest)
 
 
@@ -215,3 +214,27 @@ async def test_a_replica_restarted_under_its_name_takes_its_leases_back_at_once(
     await again.keeper.tick_once()
     assert again.held == set(WORKSPACES)
     assert {lease.epoch for lease in again.keeper.held.values()} == {2}
+
+
+async def test_a_stale_loop_never_drops_the_newer_lease_of_its_workspace(
+    store: Store, clock: ManualClock
+) -> None:
+    """A loop still running under an old lease (stuck in a commit while the keeper lost
+    and re-took the workspace) is refused and cannot drop the new lease: neither its
+    refused commit (`lose`) nor its next renewal acts on the lease that replaced it."""
+    flaky = Unreachable(store)
+    a = Replica(cast(Store, flaky), "a", clock)
+    await a.keeper.tick_once()
+    old = a.keeper.held["ws0"]
+    flaky.down = True
+    clock.advance(TTL)
+    await a.keeper.tick_once()  # its leases ran out by its own clock
+    assert a.held == set()
+    flaky.down = False
+    await a.keeper.tick_once()  # taken again, with new epochs
+    new = a.keeper.held["ws0"]
+    assert new.epoch == old.epoch + 1
+    a.keeper.lose(old, "fenced")
+    assert await a.keeper.renew(old) is False
+    assert a.keeper.held["ws0"] is new
+    assert await a.keeper.renew(new) is True

@@ -18,7 +18,7 @@ from watcher.config.channels import EmailChannelConfig, WebhookChannelConfig
 from watcher.events import Event
 from watcher.notify.base import Channel, Digest, Sent, Unconfirmed
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
-from watcher.notify.dispatcher import CLAIM_MARGIN, Dispatcher, Outcome
+from watcher.notify.dispatcher import CLAIM_MARGIN, UNKNOWN_CHANNEL_GRACE, Dispatcher, Outcome
 from watcher.notify.email import EmailChannel
 from watcher.notify.ratelimit import TokenBucket
 from watcher.notify.webhook import WebhookChannel
@@ -458,3 +458,58 @@ async def test_a_dispatcher_that_cannot_read_the_outbox_fails_loudly(
     with structlog.testing.capture_logs() as logs, pytest.raises(StoreError):
         await d.run(stop=asyncio.Event())
     assert [e["event"] for e in logs] == ["dispatch_failed"] * 3
+
+
+class StallsAfterClaiming:
+    """The store, but the process freezes for `stall` clock seconds right after each
+    claim (SIGSTOP, a long GC pause), as seen by the dispatcher's clock."""
+
+    def __init__(self, store: SQLiteStore, clock: ManualClock, stall: float) -> None:
+        self._store = store
+        self._clock = clock
+        self._stall = stall
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> bool:
+        claimed: bool = await self._store.claim(*args, **kwargs)
+        self._clock.advance(self._stall)
+        return claimed
+
+
+async def test_a_claim_too_short_for_the_attempt_is_not_used(
+    store: SQLiteStore, clock: ManualClock, receiver: Receiver
+) -> None:
+    """A dispatcher frozen after claiming, so that less than one timeout of its claim is
+    left, does not send: the claim could run out mid-send and another replica send the
+    same alert too. Once the claim has run out, the delivery goes out (once)."""
+    await enqueue(store, clock, [make_event()], ["hook"])
+    frozen = StallsAfterClaiming(store, clock, stall=CLAIM_MARGIN + 1)
+    d = dispatcher(frozen, clock, [webhook(receiver, clock)])  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        await d.dispatch_due()
+        await d.settle()
+    assert receiver.requests == []
+    assert "claim_too_short_to_send" in [e["event"] for e in logs]
+    clock.advance(5)  # the rest of the claim (timeout 5 + margin, less the stall)
+    await dispatcher(store, clock, [webhook(receiver, clock)]).drain()
+    assert len(receiver.requests) == 1
+
+
+async def test_a_channel_this_replica_does_not_know_waits_before_dead_lettering(
+    store: SQLiteStore, clock: ManualClock, receiver: Receiver
+) -> None:
+    """During a rolling update a replica on the old configuration meets deliveries of a
+    channel the new one added: they stay pending for UNKNOWN_CHANNEL_GRACE (a replica
+    that knows the channel sends them), and only then become dead letters."""
+    await enqueue(store, clock, [make_event()], ["oncall"])
+    d = dispatcher(store, clock, [webhook(receiver, clock)])
+    await d.dispatch_due()
+    clock.advance(UNKNOWN_CHANNEL_GRACE - 1)
+    await d.dispatch_due()
+    assert (await store.outbox_stats()).pending == 1
+    clock.advance(1)
+    await d.dispatch_due()
+    (dead,) = await store.dead_letters()
+    assert dead.last_error == "channel 'oncall' is not configured"

@@ -1,11 +1,12 @@
 """The store contract: every backend (the `store` fixture: SQLite, then PostgreSQL) keeps
 the same promises, test by test. Cycle commits (records, events once, the watermark and
 news horizon never moving back, incidents' version checks, the lease epoch's fence), the
-leases, the outbox (head of line, claims, digests, dead letters), reminders, pruning. At
-the end, what only PostgreSQL is asked for: replicas claiming, taking leases and
-migrating at once, a replica frozen mid-commit holding up no takeover, one pruning at a
-time, a schema newer than the code refused, and a DSN's password kept out of every
-message."""
+leases, the outbox (head of line, claims, late settlements, digests, dead letters),
+reminders, pruning, job times. At the end, what only PostgreSQL is asked for: replicas
+claiming, taking leases and migrating at once, a replica frozen mid-commit holding up no
+takeover, one pruning at a time, a schema newer than the code refused, and a DSN's
+password kept out of every message (tests/test_store_postgres.py: a server that hangs,
+breaks off or is gone, and how the store is opened)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from watcher.store.base import (
     StoreConflict,
     StoreError,
     StoreFenced,
+    StoreUnavailable,
 )
 from watcher.store.postgres import _PRUNE_LOCK, MIGRATIONS, PostgresStore, redacted
 from watcher.store.sqlite import SQLiteStore
@@ -441,6 +443,40 @@ async def test_dead_letters_are_listed_and_requeued(store: Backend) -> None:
     assert await store.dead_letters() == []
 
 
+async def test_recent_events_come_newest_first_with_every_delivery(store: Backend) -> None:
+    """The latest events, newest first, each with its deliveries by key in every status
+    (pending, delivered, dead, silenced) and their attempts; an event without deliveries
+    is listed too, an unreadable one left out, and `limit` counts events, not deliveries."""
+    first, second, quiet, broken = failed(1), failed(2, job_id=8), failed(3, job_id=9), failed(4)
+    await send(store, [first], keys=[OPS, MAIL])
+    await send(store, [second], keys=[HOOK], at=NOW + 10, silenced={second.id: [MAIL]})
+    await send(store, [quiet], keys=[], at=NOW + 20)
+    await send(store, [broken], at=NOW + 30)
+    await write_aside(store, "UPDATE events SET payload = ? WHERE id = ?", "{not json", broken.id)
+    await store.mark_delivered(first.id, OPS, at=NOW + 1)
+    await store.mark_failed(first.id, MAIL, error="550 no such user", next_attempt_at=None)
+    recent = await store.recent_events(limit=10)
+    assert [(r.event.id, r.committed_at) for r in recent] == [
+        (quiet.id, NOW + 20),
+        (second.id, NOW + 10),
+        (first.id, NOW),
+    ]
+    shown = [
+        [(d.event.id, d.key, d.status, d.attempts, d.last_error) for d in r.deliveries]
+        for r in recent
+    ]
+    assert shown == [
+        [],
+        [(second.id, HOOK, "pending", 0, None), (second.id, MAIL, "silenced", 0, None)],
+        [
+            (first.id, MAIL, "dead", 1, "550 no such user"),
+            (first.id, OPS, "delivered", 1, None),
+        ],
+    ]
+    assert [r.event.id for r in await store.recent_events(limit=3)] == [quiet.id, second.id]
+    assert await store.recent_events(limit=0) == []
+
+
 async def test_an_unreadable_event_is_dead_lettered_not_blocking(store: Backend) -> None:
     """A stored event that cannot be read is dead-lettered when it comes due (alone or in
     a digest); every other alert still goes out. Fields a newer release added are
@@ -539,6 +575,50 @@ async def test_settling_touches_only_a_pending_delivery(store: Backend) -> None:
     await store.mark_group_delivered(OPS, GROUP, [second.id], at=NOW + 33)
     assert ids(await store.dead_letters()) == [second.id]
     assert (await store.outbox_stats()).pending == 0
+
+
+async def test_a_late_failure_leaves_another_replicas_claim_alone(store: Backend) -> None:
+    """A replica whose claim expired and was taken by another one settles its failure
+    late, with its name: it neither resets nor dead-letters what the other one is now
+    sending (alone or in a digest). The claimant's own failure counts, as does one of a
+    claim that expired untaken; without an owner, a failure counts whoever claims."""
+    first, second = failed(1), failed(2, job_id=8)
+    await send(store, [first, second])
+    assert await store.claim(first.id, OPS, now=NOW, until=NOW + 30, owner="a")
+    assert await store.claim(first.id, OPS, now=NOW + 30, until=NOW + 60, owner="b")
+    await store.mark_failed(first.id, OPS, error="late", next_attempt_at=None, owner="a")
+    await store.mark_failed(first.id, OPS, error="late", next_attempt_at=NOW + 31, owner="a")
+    assert (await store.outbox_stats()).dead == 0
+    assert ids(await store.due_deliveries(now=NOW + 59, limit=10)) == [second.id]  # b's
+    await store.mark_failed(first.id, OPS, error="HTTP 500", next_attempt_at=NOW + 90, owner="b")
+    (retry,) = await store.due_deliveries(now=NOW + 90, limit=1)
+    assert (retry.event.id, retry.attempts, retry.last_error) == (first.id, 1, "HTTP 500")
+    # Its own claim, expired and taken by nobody: the failure counts.
+    assert await store.claim(second.id, OPS, now=NOW, until=NOW + 30, owner="c")
+    await store.mark_failed(second.id, OPS, error="HTTP 400", next_attempt_at=None, owner="c")
+    assert ids(await store.dead_letters()) == [second.id]
+    # No owner: as before, whoever claims it.
+    assert await store.claim(first.id, OPS, now=NOW + 90, until=NOW + 120, owner="b")
+    await store.mark_failed(first.id, OPS, error="gone", next_attempt_at=None)
+    assert ids(await store.dead_letters()) == [first.id, second.id]
+
+    members = [failed(i, job_id=i) for i in (10, 11)]
+    await send(store, members, keys=[HOOK], policy=DeliveryPolicy(group_key=GROUP))
+    taken = await store.take_group(HOOK, GROUP, now=NOW, limit=10, claim_until=NOW + 30, owner="a")
+    member_ids = [m.id for m in members]
+    assert ids(taken) == member_ids
+    # a's claims expire; b takes the first member, the second stays a's (expired, untaken).
+    assert await store.claim(members[0].id, HOOK, now=NOW + 30, until=NOW + 60, owner="b")
+    await store.mark_group_failed(HOOK, member_ids, error="late", next_attempt_at=None, owner="a")
+    assert ids(await store.dead_letters()) == [first.id, second.id, members[1].id]
+    await store.mark_group_failed(
+        HOOK, [members[0].id], error="HTTP 400", next_attempt_at=None, owner="b"
+    )
+    dead = await store.dead_letters()
+    assert [(d.event.id, d.last_error) for d in dead[2:]] == [
+        (members[0].id, "HTTP 400"),
+        (members[1].id, "late"),
+    ]
 
 
 async def test_a_digest_skips_and_claims_members(store: Backend) -> None:
@@ -735,6 +815,31 @@ async def test_job_times_are_the_latest_finish_and_success(store: Backend) -> No
     ]
 
 
+async def test_job_times_of_one_workspace(store: Backend) -> None:
+    """`workspace` narrows the job times to that workspace's jobs (a replica restoring
+    the metrics of the workspace it takes over); None gives every workspace's."""
+    mine = run(1, terminal=True, start=1_000, result="SUCCESS")
+    theirs = run(2, terminal=True, start=2_000, result="FAILED").model_copy(
+        update={"workspace": "other"}
+    )
+    job = JobRecord(workspace="other", job_id=7, name="their etl", tags={})
+    await store.commit_cycle(commit(runs=[mine, theirs], jobs=[job]))
+    every = sorted(await store.job_times(), key=lambda t: t.workspace)
+    assert [(t.workspace, t.job_id, t.name, t.last_finish_ms) for t in every] == [
+        ("other", 7, "their etl", 2_010),
+        (WS, 7, None, 1_010),
+    ]
+    (only,) = await store.job_times(workspace="other")
+    assert (only.workspace, only.name, only.last_finish_ms, only.last_success_ms) == (
+        "other",
+        "their etl",
+        2_010,
+        None,
+    )
+    assert [t.workspace for t in await store.job_times(WS)] == [WS]
+    assert await store.job_times(workspace="nowhere") == []
+
+
 async def test_the_store_is_ready(store: Backend) -> None:
     await store.ping()
 
@@ -832,7 +937,7 @@ async def test_a_replica_stalled_mid_commit_holds_up_no_takeover(
             taken = await other.acquire(WS, "b", now=NOW + 10, ttl=10)
             assert taken == Lease(WS, "b", 2, NOW + 20)
             assert time.monotonic() - started < 1.2
-            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            with pytest.raises(StoreUnavailable):  # a StoreError, never the driver's own
                 await cycle
             assert await other.event_ids() == []
             assert await other.get_runs(WS, [1]) == {}
@@ -917,6 +1022,13 @@ async def test_a_dsn_password_never_shows_in_an_error() -> None:
     text = str(raised.value)
     assert "s3cr3t-not-real" not in text
     assert "postgresql://u:***@127.0.0.1:1/x" in text
+    quoted = r"host=127.0.0.1 port=1 user=u password='my s3cr3t \'not real\'' dbname=x"
+    with pytest.raises(StoreError) as raised:
+        await PostgresStore.open(quoted, connect_timeout=2.0)
+    text = str(raised.value)
+    assert "s3cr3t" not in text
+    assert "not real" not in text
+    assert "host=127.0.0.1 port=1 user=u password=*** dbname=x" in text
 
 
 @pytest.mark.parametrize(
@@ -931,8 +1043,25 @@ async def test_a_dsn_password_never_shows_in_an_error() -> None:
             "postgresql://u@db/w?password=***&sslmode=require",
         ),
         ("host=db password=s3cr3t dbname=w", "host=db password=*** dbname=w"),
+        ("host=h password='my secret' dbname=x", "host=h password=*** dbname=x"),
+        ('host=h password="my secret" dbname=x', "host=h password=*** dbname=x"),
+        (r"host=h password='it\'s a \\ secret' dbname=x", "host=h password=*** dbname=x"),
+        ("host=h PASSWORD = 'a b' user=u", "host=h PASSWORD = *** user=u"),
+        ("host=h password='never closed dbname=x", "host=h password=***"),
     ],
-    ids=["user info", "no password", "no user", "unencoded", "parameter", "keywords"],
+    ids=[
+        "user info",
+        "no password",
+        "no user",
+        "unencoded",
+        "parameter",
+        "keywords",
+        "single-quoted",
+        "double-quoted",
+        "escaped quotes",
+        "spaced",
+        "unterminated",
+    ],
 )
 def test_redacted_hides_the_password(dsn: str, shown: str) -> None:
     assert redacted(dsn) == shown

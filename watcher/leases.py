@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from watcher.aio import sleep_or_stop
+from watcher.aio import sleep_or_stop, within
 from watcher.clock import Clock
 from watcher.store.base import Lease, LeaseStore
 
@@ -37,11 +37,15 @@ RENEWALS_PER_LEASE = 3
 """Renewals per lease period: two can fail before the lease runs out."""
 
 
-def replica_name() -> str:
-    """This replica's name: $WATCHER_REPLICA, else the host name (a pod's name). Names
+def replica_name(*, shared: bool = True) -> str:
+    """This replica's name: $WATCHER_REPLICA, else the host name (a pod's name) when
+    replicas share the store, else "local" (one replica on SQLite: a restart takes its
+    leases back at once, also in a container recreated under another host name). Names
     must be unique among the replicas running at once; a replica restarted under its old
     name takes back its leases at once."""
-    return os.environ.get("WATCHER_REPLICA") or socket.gethostname() or "watcher"
+    if name := os.environ.get("WATCHER_REPLICA"):
+        return name
+    return (socket.gethostname() or "watcher") if shared else "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,12 @@ def plan_leases(
     as alive until its heartbeat runs out), and leases released more than `patience`
     ago that no replica below its share took (it stalled, or died): a release never
     leaves a workspace unwatched for long."""
-    alive = set(live) | {me}
+    # An owner whose every lease ran out has stalled or died, whatever its heartbeat
+    # says: counting it would have the others release the orphans they just took.
+    stale = {lease.owner for lease in leases.values() if lease.owner} - {
+        lease.owner for lease in leases.values() if lease.expires_at > now
+    }
+    alive = (set(live) - stale) | {me}
     share = math.ceil(len(workspaces) / len(alive))
     mine = [w for w in workspaces if w in held]
     orphans: list[str] = []
@@ -95,9 +104,12 @@ def _by_preference(me: str, workspaces: Collection[str]) -> list[str]:
     return sorted(workspaces, key=lambda w: hashlib.sha256(f"{me}\0{w}".encode()).digest())
 
 
-Gained = Callable[[Lease], None]
+Gained = Callable[[Lease, bool], None]
+"""(the lease, taken_over): taken over when another replica still held it as it ran out
+(that replica died or stalled), rather than free (never held, released, or this
+replica's own from a former life)."""
 Lost = Callable[[str, str], None]
-"""(workspace, why: released | taken | expired | fenced | stopped)."""
+"""(workspace, why: released | taken | expired | fenced | died | stopped)."""
 
 
 class LeaseKeeper:
@@ -144,14 +156,16 @@ class LeaseKeeper:
                 delay = await self.tick_once()
                 await sleep_or_stop(self._clock, delay, stop)
         finally:
-            for workspace in list(self.held):
-                self._drop(workspace, "stopped")
+            for lease in list(self.held.values()):
+                self._drop(lease, "stopped")
 
     async def retire(self) -> None:
         """Give every lease up and leave (once no loop of this replica can commit): the
         other replicas take the workspaces at their next tick, not a lease period later."""
         try:
-            await self._store.retire(self.replica, now=self._clock.time())
+            await within(
+                self._clock, self.tick, self._store.retire(self.replica, now=self._clock.time())
+            )
         except Exception as exc:  # the leases expire by themselves
             log.warning("lease_retire_failed", replica=self.replica, error=str(exc))
 
@@ -161,63 +175,79 @@ class LeaseKeeper:
         started = self._clock.monotonic()
         now = self._clock.time()
         try:
-            live = await self._store.heartbeat(self.replica, now=now, ttl=self._ttl)
-            # Leases whose loop renewed them lately (cycles do) are left alone: a lease
-            # then runs out one lease period after its owner's last cycle began, and a
-            # takeover comes at most a lease period plus an interval after the last poll.
-            # Half a lease left is still two ticks' worth of renewals.
-            epochs = {
-                w: lease.epoch
-                for w, lease in self.held.items()
-                if started - self._renewed_at.get(w, float("-inf")) >= self._ttl / 2
-            }
-            renewed = await self._store.renew(self.replica, epochs, now=now, ttl=self._ttl)
-            for workspace in epochs.keys() - renewed:
-                self._drop(workspace, "taken")
-            for workspace in renewed & self.held.keys():
-                self._renewed(workspace, started)
-            leases = {lease.workspace: lease for lease in await self._store.leases()}
-            await self._balance(live, leases, now, started)
-        except Exception as exc:
-            log.warning("lease_tick_failed", replica=self.replica, error=str(exc))
+            # Bounded: a store that hangs (a failover that dropped packets) must not stop
+            # this replica from noticing that its leases ran out.
+            leases = await within(self._clock, self.tick, self._tick(started, now))
+        except Exception as exc:  # Timeout included
+            log.warning("lease_tick_failed", replica=self.replica, error=str(exc) or repr(exc))
             self._expire(self._clock.monotonic())
             return min(self.tick, 1.0)
         self.last_tick_ok = started
         self._expire(self._clock.monotonic())
         return self._next_tick(leases, now)
 
-    async def renew(self, workspace: str) -> bool:
-        """Renew one lease as its poll loop begins a cycle: whether the loop may go on.
-        A lease another replica took is lost; a store that cannot be reached leaves the
-        lease to run out by this replica's clock (the cycle's commit fails meanwhile)."""
-        lease = self.held.get(workspace)
-        if lease is None:
+    async def _tick(self, started: float, now: float) -> dict[str, Lease]:
+        live = await self._store.heartbeat(self.replica, now=now, ttl=self._ttl)
+        # Leases whose loop renewed them lately (cycles do) are left alone: a lease then
+        # runs out one lease period after its owner's last cycle began, and a takeover
+        # comes at most a lease period plus an interval after the last poll. Half a lease
+        # left is still two ticks' worth of renewals.
+        epochs = {
+            w: lease.epoch
+            for w, lease in self.held.items()
+            if started - self._renewed_at.get(w, float("-inf")) >= self._ttl / 2
+        }
+        renewed = await self._store.renew(self.replica, epochs, now=now, ttl=self._ttl)
+        for workspace, epoch in epochs.items():
+            lease = self.held.get(workspace)
+            if lease is None or lease.epoch != epoch:
+                continue  # dropped by its loop meanwhile
+            if workspace in renewed:
+                self._renewed(workspace, started)
+            else:
+                self._drop(lease, "taken")
+        leases = {lease.workspace: lease for lease in await self._store.leases()}
+        await self._balance(live, leases, now, started)
+        return leases
+
+    async def renew(self, lease: Lease) -> bool:
+        """Renew a lease as its poll loop begins a cycle: whether the loop may go on (the
+        lease is still this one, not a later one of the same workspace). A lease another
+        replica took is lost; a store that cannot be reached leaves the lease to run out
+        by this replica's clock (the cycle's commit fails meanwhile)."""
+        workspace = lease.workspace
+        if self.held.get(workspace) is not lease:
             return False
         started = self._clock.monotonic()
         if started - self._renewed_at.get(workspace, float("-inf")) < self.tick / 2:
             return True  # renewed a moment ago (taken, or the cycle before)
         try:
-            renewed = await self._store.renew(
-                self.replica, {workspace: lease.epoch}, now=self._clock.time(), ttl=self._ttl
+            renewed = await within(
+                self._clock,
+                self.tick,
+                self._store.renew(
+                    self.replica, {workspace: lease.epoch}, now=self._clock.time(), ttl=self._ttl
+                ),
             )
-        except Exception as exc:
-            log.warning("lease_renew_failed", workspace=workspace, error=str(exc))
+        except Exception as exc:  # Timeout included
+            log.warning("lease_renew_failed", workspace=workspace, error=str(exc) or repr(exc))
             self._expire(self._clock.monotonic())
-            return workspace in self.held
-        if workspace not in renewed:
-            self.lose(workspace, "taken")
+            return self.held.get(workspace) is lease
+        if self.held.get(workspace) is not lease:
             return False
-        if self.held.get(workspace) is lease:
-            self._renewed(workspace, started)
+        if workspace not in renewed:
+            self._drop(lease, "taken")
+            return False
+        self._renewed(workspace, started)
         return True
 
     def _renewed(self, workspace: str, at: float) -> None:
         self._renewed_at[workspace] = at
 
-    def lose(self, workspace: str, why: str) -> None:
-        """Stop polling a workspace at once (its commit was fenced off)."""
-        if workspace in self.held:
-            self._drop(workspace, why)
+    def lose(self, lease: Lease, why: str) -> None:
+        """Stop polling under `lease` at once (its commit was fenced off, its loop died);
+        a later lease of the same workspace is left alone."""
+        self._drop(lease, why)
 
     async def _balance(
         self, live: Sequence[str], leases: Mapping[str, Lease], now: float, started: float
@@ -232,9 +262,9 @@ class LeaseKeeper:
             patience=self.tick,
         )
         for workspace in plan.release:
-            epoch = self.held[workspace].epoch
-            self._drop(workspace, "released")
-            await self._store.release(workspace, self.replica, epoch, now=now)
+            released = self.held[workspace]
+            self._drop(released, "released")
+            await self._store.release(workspace, self.replica, released.epoch, now=now)
         for workspace in plan.take:
             previous = leases.get(workspace)
             lease = await self._store.acquire(workspace, self.replica, now=now, ttl=self._ttl)
@@ -249,13 +279,14 @@ class LeaseKeeper:
                 epoch=lease.epoch,
                 previous_owner=previous.owner if previous else None,
             )
-            self._on_gained(lease)
+            taken_over = previous is not None and previous.owner not in ("", self.replica)
+            self._on_gained(lease, taken_over)
 
     def _expire(self, now_mono: float) -> None:
         """A lease this replica could not renew in time: another may hold it now."""
         for workspace, renewed in list(self._renewed_at.items()):
-            if now_mono >= renewed + self._ttl:
-                self._drop(workspace, "expired")
+            if now_mono >= renewed + self._ttl and workspace in self.held:
+                self._drop(self.held[workspace], "expired")
 
     def _next_tick(self, leases: Mapping[str, Lease], now: float) -> float:
         others = [
@@ -267,11 +298,13 @@ class LeaseKeeper:
         soonest = min(others, default=self.tick) + 0.05
         return max(0.05, min(self.tick, soonest))
 
-    def _drop(self, workspace: str, why: str) -> None:
-        # A poll loop may have dropped it while a tick awaited the store.
-        lease = self.held.pop(workspace, None)
-        if lease is None:
+    def _drop(self, lease: Lease, why: str) -> None:
+        # Only this very lease: a loop or tick acting on an older one of the same
+        # workspace (it awaited the store meanwhile) must not drop a newer one.
+        workspace = lease.workspace
+        if self.held.get(workspace) is not lease:
             return
+        del self.held[workspace]
         self._renewed_at.pop(workspace, None)
         log.info(
             "lease_lost" if why in ("taken", "expired", "fenced") else "lease_released",

@@ -604,7 +604,8 @@ async def run_poll_loop(
     watermark only moves when `handle` commits. `stop` interrupts a poll or a wait at once;
     a `handle` in progress is left to finish, so a commit is never cut short by it.
     `on_cycle(status, ok)` is told of every finished cycle (metrics). `before_cycle()`
-    is asked before each cycle (renewing the workspace's lease): False ends the loop.
+    is asked before each cycle (renewing the workspace's lease): False ends the loop, as
+    does `handle` raising aio.Stopped (a commit refused: no cycle is counted).
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     status = poller.status

@@ -61,6 +61,10 @@ DIGEST_LIMIT = 500
 """Members of one digest at most. The rest are due already and go in the next digest at
 once: a backlog drains at the channel's rate, not one digest per group_interval."""
 
+UNKNOWN_CHANNEL_GRACE = 600.0
+"""Seconds a delivery to a channel this replica does not know waits before it is
+dead-lettered (a rolling update of the configuration is over by then)."""
+
 CLAIM_MARGIN = 30.0
 """Seconds a claim outlives the attempt's timeout: a replica that dies mid-attempt holds
 its deliveries this much longer than the attempt could have taken, then another replica
@@ -257,9 +261,13 @@ class Dispatcher:
 
     async def _discover(self, now: float) -> None:
         """Dead-letter deliveries no configured channel serves (the channel was removed
-        from the configuration): visible in `alerts list`, replayable."""
+        from the configuration): visible in `alerts list`, replayable. Not before they
+        are UNKNOWN_CHANNEL_GRACE old: during a rolling update, a replica still on the
+        old configuration sees the deliveries of a channel the new one added."""
         for delivery in await self._store.due_deliveries(now=now, limit=self._discovery_limit):
             if serves(delivery.key, self._configs):
+                continue
+            if now - delivery.created_at < UNKNOWN_CHANNEL_GRACE:
                 continue
             shown = str(delivery.key)
             error = f"channel {shown!r} is not configured"
@@ -303,10 +311,11 @@ class Dispatcher:
             batch = await self._batch(head, claim_until)
             if batch is None:
                 return  # settled meanwhile, or another replica's dispatcher sends it
-            if self._clock.time() >= claim_until:
+            if claim_until - self._clock.time() < lane.channel.config.timeout:
                 # This process stalled (SIGSTOP, a long GC pause) since it claimed: the
-                # claim may be another replica's by now, and sending could double it.
-                log.warning("claim_expired_before_send", **batch.fields())
+                # claim would run out before the attempt could, and another replica
+                # could then send it too. It is left to run out.
+                log.warning("claim_too_short_to_send", **batch.fields())
                 return
             started = self._clock.monotonic()
             result = await self._send(lane, batch)
@@ -421,13 +430,19 @@ class Dispatcher:
             await self._store.mark_delivered(batch.members[0].event.id, batch.key, at=at)
 
     async def _mark_failed(self, batch: _Batch, error: str, next_at: float | None) -> None:
+        # Under this replica's claim only: one that ran out and went to another replica
+        # is that replica's to settle.
         if batch.group_key:
             await self._store.mark_group_failed(
-                batch.key, batch.event_ids, error=error, next_attempt_at=next_at
+                batch.key, batch.event_ids, error=error, next_attempt_at=next_at, owner=self._owner
             )
         else:
             await self._store.mark_failed(
-                batch.members[0].event.id, batch.key, error=error, next_attempt_at=next_at
+                batch.members[0].event.id,
+                batch.key,
+                error=error,
+                next_attempt_at=next_at,
+                owner=self._owner,
             )
 
     def _observe(

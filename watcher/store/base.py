@@ -18,7 +18,19 @@ DeliveryStatus = Literal["pending", "delivered", "dead", "silenced"]
 
 
 class StoreError(Exception):
-    """The store cannot be opened or written; the message names the database."""
+    """The store cannot be opened, read or written; the message names the database (never
+    a password)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached, broke off, or did not answer in time (a server
+    down, hung or restarting; a connection reset): nothing is known to have been written,
+    and the same call may succeed later."""
+
+
+class StoreNotMigrated(StoreError):
+    """The database's schema is older than this watcher's (or missing), and the store was
+    opened not to migrate it (the operator's commands): `watcher run` migrates it."""
 
 
 class StoreConflict(StoreError):
@@ -157,6 +169,17 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class EventDeliveries:
+    """A stored event with every delivery of it: what the status page shows of the outbox."""
+
+    event: Event
+    committed_at: float
+    """When it was committed (local wall-clock time, epoch seconds)."""
+    deliveries: tuple[Delivery, ...] = ()
+    """Its deliveries (silenced ones too), by channel and recipient."""
+
+
+@dataclass(frozen=True, slots=True)
 class JobTimes:
     """A job's latest finish and success (epoch ms) among the stored runs, with its name
     and tags: restores the per-job timestamp metrics after a restart."""
@@ -283,11 +306,21 @@ class Outbox(Protocol):
         """Record a pending delivery delivered (and its claim settled)."""
 
     async def mark_failed(
-        self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
+        self,
+        event_id: str,
+        key: DeliveryKey,
+        *,
+        error: str,
+        next_attempt_at: float | None,
+        owner: str | None = None,
     ) -> None:
         """Count a failed attempt of a pending delivery (its claim settled);
         `next_attempt_at=None` dead-letters it. A delivery settled meanwhile (delivered
-        by another replica after this one's claim expired) is left as it is."""
+        by another replica after this one's claim expired) is left as it is. With an
+        `owner` (the replica whose attempt failed), the failure is recorded only while
+        the delivery is not claimed by someone else (unclaimed, or claimed by `owner`):
+        a replica whose claim expired and was taken by another replica neither resets
+        nor dead-letters what that replica is sending. None: whoever holds it."""
 
     async def take_group(
         self,
@@ -318,9 +351,11 @@ class Outbox(Protocol):
         *,
         error: str,
         next_attempt_at: float | None,
+        owner: str | None = None,
     ) -> None:
         """`mark_failed` of each of a digest's members, in one transaction: one failed
-        attempt each, all with the same next attempt (None: all dead-lettered)."""
+        attempt each, all with the same next attempt (None: all dead-lettered). With an
+        `owner`, a member claimed by someone else is left alone (as `mark_failed`)."""
 
     async def outbox_stats(self) -> OutboxStats: ...
 
@@ -385,9 +420,15 @@ class Maintenance(Protocol):
 
     async def get_event(self, event_id: str) -> Event | None: ...
 
-    async def job_times(self) -> list[JobTimes]: ...
+    async def job_times(self, workspace: str | None = None) -> list[JobTimes]:
+        """Every job's latest finish and success among the stored runs: of `workspace`
+        only, or (None) of every workspace."""
 
     async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]: ...
+
+    async def recent_events(self, *, limit: int) -> list[EventDeliveries]:
+        """The latest `limit` events committed, newest first, each with its deliveries; an
+        event whose stored payload cannot be read is left out."""
 
     async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
         """Make dead deliveries (all, or those of `event_ids`) pending again; their count."""

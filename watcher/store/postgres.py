@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import asyncpg
 from pydantic import ValidationError
 
-from watcher.databricks.models import Run
 from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 from watcher.store.base import (
@@ -26,6 +24,7 @@ from watcher.store.base import (
     DeliveryPolicy,
     DeliveryStatus,
     DueReminder,
+    EventDeliveries,
     JobTimes,
     Lease,
     OutboxStats,
@@ -34,7 +33,31 @@ from watcher.store.base import (
     StoreConflict,
     StoreError,
     StoreFenced,
+    StoreNotMigrated,
+    StoreUnavailable,
     WorkspaceState,
+)
+from watcher.store.rows import (
+    DELIVERY_COLUMNS,
+    JOB_COLUMNS,
+    NO_POLICY,
+    RECENT_EVENTS_COLUMNS,
+    RUN_COLUMNS,
+    group_due,
+    incident_row,
+    job_row,
+    read_delivery,
+    read_due_reminder,
+    read_event_deliveries,
+    read_incident,
+    read_job,
+    read_job_times,
+    read_outbox_stats,
+    read_run,
+    run_row,
+    target_rows,
+    upsert_jobs,
+    upsert_runs,
 )
 
 if TYPE_CHECKING:
@@ -173,23 +196,39 @@ MIGRATIONS: list[str] = [
 ]
 
 # Advisory lock keys (the first of the two-key form; the second is the schema's name
-# hashed), so that watchers in different schemas of one database never wait for each
-# other: migrating (session lock, held across the scripts) and pruning (transaction lock,
-# tried: one replica prunes, the others skip).
+# hashed, `_SCHEMA_KEY` of `PostgresStore._lock_keys`), so that watchers in different
+# schemas of one database never wait for each other: migrating (session lock, held across
+# the scripts) and pruning (transaction lock, tried: one replica prunes, the others skip).
 _MIGRATE_LOCK = 0x57A7C401
 _PRUNE_LOCK = 0x57A7C402
 _SCHEMA_KEY = "hashtext(COALESCE($2::text, current_schema(), ''))"
 
-# Everything a broken or unreachable server, a refused login or a bad DSN raises.
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError)
-
-_DELIVERY_COLUMNS = (
-    "e.payload, d.channel, d.recipient, d.status, d.attempts, d.created_at, "
-    "d.next_attempt_at, d.last_error, d.event_id, d.group_key"
+# Everything the driver raises when the server is down, hung, restarting or gone, a
+# connection breaks, or the client's side of it fails.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
 )
-_NO_POLICY = DeliveryPolicy()
+# What of it says the database could not be reached or used at all (rather than that a
+# statement failed): StoreUnavailable.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+    OSError,
+    TimeoutError,
+)
+# Opening: also a DSN that cannot be parsed.
+_DB_ERRORS = (*_DRIVER_ERRORS, ValueError)
+
 # Settling an attempt: only a delivery still pending (another replica may have settled it
-# after this one's claim expired), and its claim with it.
+# after this one's claim expired), and its claim with it. A failure with an owner ($7):
+# only while nobody else claims the delivery.
 _MARK_DELIVERED = (
     "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1, "
     "last_error = NULL, claimed_by = NULL, claimed_until = NULL "
@@ -200,16 +239,24 @@ _MARK_FAILED = (
     "UPDATE deliveries SET status = $1, attempts = attempts + 1, last_error = $2, "
     "next_attempt_at = COALESCE($3, next_attempt_at), claimed_by = NULL, "
     "claimed_until = NULL WHERE channel = $4 AND recipient = $5 "
-    "AND event_id = ANY($6::text[]) AND status = 'pending'"
+    "AND event_id = ANY($6::text[]) AND status = 'pending' "
+    "AND ($7::text IS NULL OR claimed_by IS NULL OR claimed_by = $7::text)"
 )
 
 
-_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)([^&\s]*)", re.IGNORECASE)
+# A `password` parameter (of a URI's query, or a keyword/value DSN: `password=x`,
+# `password='my secret'` with `\'` and `\\` escaped, or double quotes likewise), its value
+# up to the end of the quotes (or of the DSN, were they never closed), else up to the next
+# `&` or blank.
+_PASSWORD_PARAM = re.compile(
+    r"""(password\s*=\s*)('(?:[^'\\]|\\.)*(?:'|\\?$)|"(?:[^"\\]|\\.)*(?:"|\\?$)|[^&\s]*)""",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def redacted(dsn: str) -> str:
-    """`dsn` with its password (of the user info, or a `password=` parameter) shown as
-    `***`: what a message or a log may name."""
+    """`dsn` with its password (of the user info, or a `password=` parameter, quoted or
+    not) shown as `***`: what a message or a log may name."""
     span = _user_info(dsn)
     if span is not None:
         start, at = span
@@ -233,8 +280,14 @@ def _user_info(dsn: str) -> tuple[int, int] | None:
 
 
 def _passwords(dsn: str) -> set[str]:
-    """The passwords written in `dsn`, as written and decoded."""
-    found = {m.group(2) for m in _PASSWORD_PARAM.finditer(dsn)}
+    """The passwords written in `dsn`: as written, unquoted and decoded."""
+    found: set[str] = set()
+    for match in _PASSWORD_PARAM.finditer(dsn):
+        value = match.group(2)
+        found.add(value)
+        if value[:1] in ("'", '"'):
+            inner = value[1:-1] if len(value) > 1 and value[-1] == value[0] else value[1:]
+            found |= {inner, re.sub(r"\\(.)", r"\1", inner, flags=re.DOTALL)}
     span = _user_info(dsn)
     if span is not None:
         _, colon, password = dsn[span[0] : span[1]].partition(":")
@@ -262,7 +315,12 @@ def _count(status: str) -> int:
 
 
 class PostgresStore:
-    """The Store for several replicas. Open with `await PostgresStore.open(dsn)`."""
+    """The Store for several replicas. Open with `await PostgresStore.open(dsn)`.
+
+    Whatever the driver raises (a server down, hung or restarting, a connection reset, a
+    backend terminated) comes out of every method as StoreError: StoreUnavailable where
+    the database could not be used at all. No call waits for the server forever: getting
+    a pooled connection and each statement time out after `command_timeout`."""
 
     def __init__(
         self,
@@ -271,6 +329,7 @@ class PostgresStore:
         *,
         schema: str | None = None,
         timeout: float = 10.0,
+        command_timeout: float = 30.0,
     ) -> None:
         self._pool = pool
         self.schema = schema  # None: the search_path of the DSN's user
@@ -279,6 +338,7 @@ class PostgresStore:
         self._name = redacted(dsn)
         self._passwords = _passwords(dsn)
         self._timeout = timeout
+        self._command_timeout = command_timeout
         self._migrated = 0  # the schema version this process migrated to (or found)
 
     @classmethod
@@ -290,18 +350,32 @@ class PostgresStore:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
-        stall_timeout: float = 1.0,
+        command_timeout: float = 30.0,
+        stall_timeout: float = 2.0,
+        migrate: bool = True,
+        migrate_lock_timeout: float = 60.0,
     ) -> PostgresStore:
         """Connect a pool to `dsn` (in `schema`, created if missing, when given) and
         migrate. A database that cannot be reached, logged into or migrated is a
         StoreError naming the database (never its password), raised before anything
         starts.
 
+        `command_timeout`: seconds getting a pooled connection, and each statement, may
+        take before the call fails with StoreUnavailable (a server hung, or gone without
+        a word): a call gives up after about twice that at the most.
+
         `stall_timeout`: seconds a transaction may wait on this process between its
         statements before the server aborts it. A replica stalled mid-commit (SIGSTOP, a
         frozen VM) holds its workspace's lease row and records locked, and the replica
         taking the workspace over would wait for it to wake: keep it well under the
-        lease. Nothing of an aborted transaction is written."""
+        lease. Nothing of an aborted transaction is written.
+
+        `migrate=False` (the operator's commands) uses the schema as it is, never
+        changing it: one older than this watcher's, or none, is StoreNotMigrated.
+        Migrating, a replica waits for another one migrating the same schema at most
+        `migrate_lock_timeout` seconds (it may be paused holding the lock)."""
+        if command_timeout <= 0:
+            raise ValueError(f"command_timeout must be positive, not {command_timeout}")
         settings = {
             "application_name": "databricks-run-watcher",
             "idle_in_transaction_session_timeout": str(max(1, round(stall_timeout * 1000))),
@@ -315,10 +389,16 @@ class PostgresStore:
                 min_size=min_size,
                 max_size=max_size,
                 timeout=connect_timeout,
+                command_timeout=command_timeout,
                 server_settings=settings,
             )
-            store = cls(pool, dsn, schema=schema, timeout=connect_timeout)
-            await store._migrate()
+            store = cls(
+                pool, dsn, schema=schema, timeout=connect_timeout, command_timeout=command_timeout
+            )
+            if migrate:
+                await store._migrate(lock_timeout=migrate_lock_timeout)
+            else:
+                await store._check_schema()
             return store
         except StoreError:
             if pool is not None:
@@ -327,16 +407,62 @@ class PostgresStore:
         except _DB_ERRORS as exc:
             if pool is not None:
                 pool.terminate()
-            raise StoreError(
+            raise StoreUnavailable(
                 f"cannot use the PostgreSQL database {redacted(dsn)}: "
                 f"{_failure(_passwords(dsn), exc)}"
             ) from None
 
-    async def _migrate(self) -> None:
+    # -- connections -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        """A pooled connection, waited for at most `command_timeout`; what the driver
+        raises meanwhile (also in the caller's block) comes out as StoreError."""
+        try:
+            conn = await self._pool.acquire(timeout=self._command_timeout)
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc) from None
+        try:
+            yield conn
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc) from None
+        finally:
+            # Given back within the timeout of its acquiring, else terminated by the pool;
+            # either way, what the block did (committed, or failed) is the answer.
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await self._pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Conn]:
+        """`_connection` in a transaction: committed at the end of the block, rolled back
+        if it raises."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    def _error(self, exc: BaseException, doing: str = "cannot be used") -> StoreError:
+        """The StoreError standing for what the driver raised, without a password."""
+        if isinstance(exc, TimeoutError):
+            detail = (
+                f"no answer within {self._command_timeout:g} s (store.postgres.command_timeout)"
+            )
+        else:
+            detail = _failure(self._passwords, exc)
+        kind = StoreUnavailable if isinstance(exc, _UNAVAILABLE) else StoreError
+        return kind(f"the PostgreSQL database {self._name} {doing}: {detail}")
+
+    def _lock_keys(self, lock: int) -> tuple[int, str | None]:
+        """The arguments ($1, $2) of `_SCHEMA_KEY`'s two-key form of one of this
+        watcher's advisory locks: the lock, and the schema it was opened on (None: the
+        session's current one). Migrating and pruning derive theirs alike."""
+        return lock, self.schema
+
+    # -- the schema ----------------------------------------------------------------------
+
+    async def _migrate(self, *, lock_timeout: float) -> None:
         schema = self.schema
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             # Replicas starting together: one migrates, the others wait and find it done.
-            await conn.execute(f"SELECT pg_advisory_lock($1, {_SCHEMA_KEY})", _MIGRATE_LOCK, schema)
+            await self._lock_migrations(conn, lock_timeout)
             try:
                 # Looked up before anything is created: a role that may only use an
                 # existing, migrated schema (not create in the database) opens it too.
@@ -360,10 +486,48 @@ class PostgresStore:
             finally:
                 # Also released when the pool resets the connection; an unlock that fails
                 # (the connection broke) must not hide why the migration failed.
-                with contextlib.suppress(*_DB_ERRORS):
+                with contextlib.suppress(*_DRIVER_ERRORS):
                     await conn.execute(
-                        f"SELECT pg_advisory_unlock($1, {_SCHEMA_KEY})", _MIGRATE_LOCK, schema
+                        f"SELECT pg_advisory_unlock($1, {_SCHEMA_KEY})",
+                        *self._lock_keys(_MIGRATE_LOCK),
                     )
+
+    async def _lock_migrations(self, conn: _Conn, patience: float) -> None:
+        """Take the migration lock of the schema, waiting `patience` seconds at the most
+        for another watcher migrating it (tried again and again, never queued behind it:
+        a replica paused holding it must not keep this one from starting forever)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        pause = 0.05
+        while not await conn.fetchval(
+            f"SELECT pg_try_advisory_lock($1, {_SCHEMA_KEY})", *self._lock_keys(_MIGRATE_LOCK)
+        ):
+            left = deadline - loop.time()
+            if left <= 0:
+                schema = "" if self.schema is None else f" (schema {self.schema})"
+                raise StoreError(
+                    f"another watcher has been migrating the schema of the PostgreSQL "
+                    f"database {self._name}{schema} for {patience:g} s (it holds the "
+                    "migration lock): if it is paused or stuck, stop it, then start again"
+                )
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 1.0)
+
+    async def _check_schema(self) -> None:
+        """Use the schema as it is: StoreNotMigrated unless it is at this watcher's
+        version (a newer one is refused as when migrating)."""
+        async with self._connection() as conn:
+            found = await conn.fetchval("SELECT to_regclass('schema_migrations')") is not None
+            version = await self._version(conn) if found else 0
+        if version < len(MIGRATIONS):
+            schema = "" if self.schema is None else f", schema {self.schema}"
+            none = "" if found else "; no watcher tables yet"
+            raise StoreNotMigrated(
+                f"the database schema is at version {version}, this watcher needs "
+                f"{len(MIGRATIONS)}: start `watcher run` (it migrates) first "
+                f"(PostgreSQL database {self._name}{schema}{none})"
+            )
+        self._migrated = version
 
     async def _version(self, conn: _Conn) -> int:
         version = int(
@@ -379,25 +543,26 @@ class PostgresStore:
 
     async def schema_version(self) -> int:
         """The schema version the database is at."""
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             return int(
                 await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             )
 
     async def ping(self) -> None:
         """Raise StoreError unless a pooled connection can open a read-write transaction
-        now, on the schema this watcher migrated to."""
+        now, on the schema this watcher migrated to. Whatever the driver raises is a
+        StoreError."""
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            async with (
+                self._pool.acquire(timeout=self._command_timeout) as conn,
+                conn.transaction(),
+            ):
                 row = await conn.fetchrow(
                     "SELECT current_setting('transaction_read_only'), "
                     "(SELECT COALESCE(MAX(version), 0) FROM schema_migrations)"
                 )
-        except _DB_ERRORS as exc:
-            raise StoreError(
-                f"the PostgreSQL database {self._name} cannot be written: "
-                f"{_failure(self._passwords, exc)}"
-            ) from None
+        except Exception as exc:  # a probe: whatever failed is the answer
+            raise self._error(exc, "cannot be written") from None
         assert row is not None
         if row[0] == "on":
             raise StoreError(f"the PostgreSQL database {self._name} is read-only (a standby?)")
@@ -413,13 +578,13 @@ class PostgresStore:
         hanging on a dead server must not hold the shutdown)."""
         try:
             await asyncio.wait_for(self._pool.close(), self._timeout)
-        except TimeoutError:
+        except _DRIVER_ERRORS:
             self._pool.terminate()
 
     # -- cycle state -------------------------------------------------------------------
 
     async def workspace_state(self, workspace: str) -> WorkspaceState:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             row = await conn.fetchrow(
                 "SELECT watermark_ms, news_since_ms FROM watermarks WHERE workspace = $1",
                 workspace,
@@ -446,63 +611,23 @@ class PostgresStore:
         if not run_ids:
             return {}
         rows = await self._fetch(
-            "SELECT run_id, job_id, life_cycle_state, result_state, start_time, end_time, "
-            "attempt_number, terminal, backfill, emitted, snapshot, repair, repair_start, "
-            "state_since FROM runs WHERE workspace = $1 AND run_id = ANY($2::bigint[])",
+            f"SELECT {RUN_COLUMNS} FROM runs "  # noqa: S608 - constants and $n placeholders only
+            "WHERE workspace = $1 AND run_id = ANY($2::bigint[])",
             workspace,
             list(run_ids),
         )
-        return {
-            int(r[0]): RunRecord(
-                workspace=workspace,
-                run_id=int(r[0]),
-                job_id=r[1],
-                life_cycle_state=r[2],
-                result_state=r[3],
-                start_time=r[4],
-                end_time=r[5],
-                attempt_number=r[6],
-                terminal=bool(r[7]),
-                backfill=bool(r[8]),
-                emitted=frozenset(json.loads(r[9])),
-                snapshot=Run.model_validate_json(r[10]),
-                repair=r[11],
-                repair_start=r[12],
-                state_since=r[13],
-            )
-            for r in rows
-        }
+        return {int(r[0]): read_run(workspace, r) for r in rows}
 
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]:
         if not job_ids:
             return {}
         rows = await self._fetch(
-            "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
-            "last_outcome_repair, consecutive_failures, last_success_ms, last_start_ms, "
-            "last_active_ms, expect_sig, expect_since_ms FROM jobs "
+            f"SELECT {JOB_COLUMNS} FROM jobs "  # noqa: S608 - constants and $n placeholders only
             "WHERE workspace = $1 AND job_id = ANY($2::bigint[])",
             workspace,
             list(job_ids),
         )
-        return {
-            int(r[0]): JobRecord(
-                workspace=workspace,
-                job_id=int(r[0]),
-                name=r[1],
-                tags=json.loads(r[2]),
-                last_outcome=r[3],
-                last_outcome_run_id=r[4],
-                last_outcome_end_time=r[5],
-                last_outcome_repair=r[6],
-                consecutive_failures=r[7],
-                last_success_ms=r[8],
-                last_start_ms=r[9],
-                last_active_ms=r[10],
-                expect_sig=r[11],
-                expect_since_ms=r[12],
-            )
-            for r in rows
-        }
+        return {int(r[0]): read_job(workspace, r) for r in rows}
 
     async def open_incidents(self, workspace: str, job_ids: Collection[int]) -> dict[str, Incident]:
         rows = await self._fetch(
@@ -511,7 +636,7 @@ class PostgresStore:
             workspace,
             list(job_ids),
         )
-        found = (_incident(r) for r in rows)
+        found = (read_incident(r) for r in rows)
         return {i.key: i for i in found}
 
     async def incident_targets(self, incident_ids: Collection[str]) -> dict[str, list[DeliveryKey]]:
@@ -532,10 +657,10 @@ class PostgresStore:
             "ORDER BY opened_at DESC, id LIMIT $1",
             limit,
         )
-        return [_incident(r) for r in rows]
+        return [read_incident(r) for r in rows]
 
     async def get_event(self, event_id: str) -> Event | None:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             payload = await conn.fetchval("SELECT payload FROM events WHERE id = $1", event_id)
         return None if payload is None else Event.model_validate_json(payload)
 
@@ -549,67 +674,33 @@ class PostgresStore:
         return {str(r[0]) for r in rows}
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             return await conn.fetch(sql, *args)
 
-    async def job_times(self) -> list[JobTimes]:
+    async def job_times(self, workspace: str | None = None) -> list[JobTimes]:
         rows = await self._fetch(
             "SELECT r.workspace, r.job_id, j.name, j.tags, MAX(r.end_time), "
             "MAX(CASE WHEN r.result_state IN ('SUCCESS', 'SUCCESS_WITH_FAILURES') "
             "THEN r.end_time END) FROM runs r LEFT JOIN jobs j "
             "ON j.workspace = r.workspace AND j.job_id = r.job_id "
             "WHERE r.terminal AND r.end_time IS NOT NULL AND r.job_id IS NOT NULL "
-            "GROUP BY r.workspace, r.job_id, j.name, j.tags"
+            "AND ($1::text IS NULL OR r.workspace = $1::text) "
+            "GROUP BY r.workspace, r.job_id, j.name, j.tags",
+            workspace,
         )
-        return [
-            JobTimes(
-                workspace=r[0],
-                job_id=int(r[1]),
-                name=r[2],
-                tags=json.loads(r[3]) if r[3] else {},
-                last_finish_ms=r[4],
-                last_success_ms=r[5],
-            )
-            for r in rows
-        ]
+        return [read_job_times(r) for r in rows]
 
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
         now = commit.committed_at
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             if commit.epoch is not None:
                 await self._check_epoch(conn, commit.workspace, commit.epoch)
             await self._write_incidents(conn, commit.incidents, now)
             await conn.executemany(
-                "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
-                "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
-                "updated_at, repair, repair_start, state_since) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
-                "ON CONFLICT (workspace, run_id) DO UPDATE SET job_id=excluded.job_id, "
-                "life_cycle_state=excluded.life_cycle_state, result_state=excluded.result_state, "
-                "start_time=excluded.start_time, end_time=excluded.end_time, "
-                "attempt_number=excluded.attempt_number, terminal=excluded.terminal, "
-                "backfill=excluded.backfill, emitted=excluded.emitted, "
-                "snapshot=excluded.snapshot, updated_at=excluded.updated_at, "
-                "repair=excluded.repair, repair_start=excluded.repair_start, "
-                "state_since=excluded.state_since",
-                [_run_row(r, now) for r in commit.runs],
+                upsert_runs(_placeholders(16)), [run_row(r, now) for r in commit.runs]
             )
             await conn.executemany(
-                "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
-                "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair, "
-                "consecutive_failures, last_success_ms, last_start_ms, last_active_ms, "
-                "expect_sig, expect_since_ms) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) "
-                "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
-                "tags=excluded.tags, last_outcome=excluded.last_outcome, "
-                "last_outcome_run_id=excluded.last_outcome_run_id, "
-                "last_outcome_end_time=excluded.last_outcome_end_time, "
-                "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair, "
-                "consecutive_failures=excluded.consecutive_failures, "
-                "last_success_ms=excluded.last_success_ms, "
-                "last_start_ms=excluded.last_start_ms, last_active_ms=excluded.last_active_ms, "
-                "expect_sig=excluded.expect_sig, expect_since_ms=excluded.expect_since_ms",
-                [_job_row(j, now) for j in commit.jobs],
+                upsert_jobs(_placeholders(15)), [job_row(j, now) for j in commit.jobs]
             )
             inserted = await self._insert_events(conn, commit.events, now)
             deliveries: list[tuple[str, DeliveryKey, DeliveryStatus, str]] = []
@@ -618,7 +709,7 @@ class PostgresStore:
                 policies = commit.policies.get(event.id, {})
                 keys = commit.channels.get(event.id, ())
                 for key in dict.fromkeys(keys):
-                    group_key = policies.get(key, _NO_POLICY).group_key
+                    group_key = policies.get(key, NO_POLICY).group_key
                     if group_key:
                         # Its due time depends on the group's members inserted before it
                         # (also in this commit): written one by one, in order.
@@ -628,7 +719,7 @@ class PostgresStore:
                 for key in dict.fromkeys(commit.silenced.get(event.id, ())):
                     deliveries.append((event.id, key, "silenced", ""))
                 if event.incident is not None and event.incident.state == "open":
-                    targets.extend(_target_rows(event.incident.id, keys, policies, now))
+                    targets.extend(target_rows(event.incident.id, keys, policies, now))
             await self._add_deliveries(conn, deliveries, now)
             # In event order: a later event of the incident sets its targets' wait.
             await conn.executemany(
@@ -700,18 +791,7 @@ class PostgresStore:
         """Insert new incidents (version 0) and update the others only where the stored
         version is still the one they were read at: else StoreConflict."""
         for incident in incidents:
-            state = "open" if incident.is_open else "resolved"
-            resolved = None if incident.resolved_at_ms is None else incident.resolved_at_ms / 1000
-            record = incident.model_copy(update={"version": incident.version + 1})
-            values = (
-                state,
-                record.version,
-                record.model_dump_json(),
-                resolved,
-                now,
-                incident.kind,
-                incident.last_event_id,
-            )
+            values = (*incident_row(incident, now), incident.kind, incident.last_event_id)
             if incident.version == 0:
                 try:
                     await conn.execute(
@@ -794,8 +874,8 @@ class PostgresStore:
     async def _group_due(
         self, conn: _Conn, key: DeliveryKey, policy: DeliveryPolicy, now: float
     ) -> float:
-        """When a new member of a delivery group goes out: SQLiteStore._group_due says
-        why, rule by rule."""
+        """When a new member of a delivery group goes out (`rows.group_due`), from its
+        group's last digest and pending members, read in one statement."""
         row = await conn.fetchrow(
             "WITH g AS (SELECT last_sent_at FROM delivery_groups WHERE channel = $1 "
             "AND recipient = $2 AND group_key = $3) "
@@ -812,14 +892,7 @@ class PostgresStore:
         )
         assert row is not None  # an aggregate: always one row
         last, waiting, retry, scheduled = (None if v is None else float(v) for v in row)
-        if last is not None and retry is not None:
-            regular = last + policy.group_interval if scheduled is None else scheduled
-            return max(retry, regular)
-        if waiting is not None and (last is None or last < waiting):
-            return waiting
-        if last is not None and (waiting is not None or last + policy.group_interval > now):
-            return last + policy.group_interval
-        return now + policy.group_wait
+        return group_due(policy, now, last=last, waiting=waiting, retry=retry, scheduled=scheduled)
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -834,7 +907,7 @@ class PostgresStore:
         if channels is not None:
             args.append(list(channels))
         sql = (
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and $n placeholders only
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and $n placeholders only
             f"WHERE d.status = 'pending' {channel_filter} AND d.next_attempt_at <= $1 "
             "AND (d.claimed_until IS NULL OR d.claimed_until <= $1) AND ("
             "  (d.group_key = '' AND e.seq = ("
@@ -849,7 +922,7 @@ class PostgresStore:
             "    AND d2.status = 'pending'))"
             ") ORDER BY e.seq LIMIT $2"
         )
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(sql, *args)
             return await self._readable(conn, rows)
 
@@ -859,7 +932,7 @@ class PostgresStore:
         readable: list[Delivery] = []
         for row in rows:
             try:
-                readable.append(_delivery(row))
+                readable.append(read_delivery(row))
             except ValidationError as exc:
                 await conn.execute(
                     "UPDATE deliveries SET status = 'dead', last_error = $1 "
@@ -877,7 +950,7 @@ class PostgresStore:
         """Claim a pending delivery for one attempt unless a claim holds it at `now`. Two
         replicas claiming at once: one locks the row, the other skips it (no waiting),
         and either way only one update lands."""
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             status = await conn.execute(
                 "WITH c AS (SELECT event_id, channel, recipient FROM deliveries "
                 "WHERE event_id = $1 AND channel = $2 AND recipient = $3 "
@@ -896,7 +969,7 @@ class PostgresStore:
         return _count(status) == 1
 
     async def release_claims(self, owner: str) -> int:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             status = await conn.execute(
                 "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL "
                 "WHERE claimed_by = $1 AND status = 'pending'",
@@ -905,14 +978,30 @@ class PostgresStore:
         return _count(status)
 
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.execute(_MARK_DELIVERED, at, key.channel, key.recipient, [event_id])
 
     async def mark_failed(
-        self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
+        self,
+        event_id: str,
+        key: DeliveryKey,
+        *,
+        error: str,
+        next_attempt_at: float | None,
+        owner: str | None = None,
+    ) -> None:
+        await self._mark_failed(key, [event_id], error, next_attempt_at, owner)
+
+    async def _mark_failed(
+        self,
+        key: DeliveryKey,
+        event_ids: list[str],
+        error: str,
+        next_attempt_at: float | None,
+        owner: str | None,
     ) -> None:
         status = "dead" if next_attempt_at is None else "pending"
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 _MARK_FAILED,
                 status,
@@ -920,7 +1009,8 @@ class PostgresStore:
                 next_attempt_at,
                 key.channel,
                 key.recipient,
-                [event_id],
+                event_ids,
+                owner,
             )
 
     # -- digests (watcher.notify.dispatcher) -------------------------------------------
@@ -939,9 +1029,9 @@ class PostgresStore:
         # next (see _group_due), so a digest re-sent after a crash is the same digest.
         # Members another replica has locked (claiming or taking them) are skipped, not
         # waited for, like those it has claimed.
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             rows = await conn.fetch(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d "  # noqa: S608 - constants and $n placeholders only
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d "  # noqa: S608 - constants and $n placeholders only
                 "JOIN events e ON e.id = d.event_id WHERE d.channel = $1 AND d.recipient = $2 "
                 "AND d.group_key = $3 AND d.group_key != '' AND d.status = 'pending' "
                 "AND d.next_attempt_at <= $4 "
@@ -984,7 +1074,7 @@ class PostgresStore:
     async def mark_group_delivered(
         self, key: DeliveryKey, group_key: str, event_ids: Collection[str], *, at: float
     ) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(_MARK_DELIVERED, at, key.channel, key.recipient, list(event_ids))
             await self._group_sent(conn, key, group_key, at)
 
@@ -995,30 +1085,32 @@ class PostgresStore:
         *,
         error: str,
         next_attempt_at: float | None,
+        owner: str | None = None,
     ) -> None:
-        status = "dead" if next_attempt_at is None else "pending"
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                _MARK_FAILED,
-                status,
-                error[:1000],
-                next_attempt_at,
-                key.channel,
-                key.recipient,
-                list(event_ids),
-            )
+        # One statement: one transaction.
+        await self._mark_failed(key, list(event_ids), error, next_attempt_at, owner)
 
     async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]:
         rows = await self._fetch(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
             "WHERE d.status = 'dead' ORDER BY e.seq LIMIT $1",
             limit,
         )
         deliveries = []
         for row in rows:
             with contextlib.suppress(ValidationError):  # unreadable: nothing to show or replay
-                deliveries.append(_delivery(row))
+                deliveries.append(read_delivery(row))
         return deliveries
+
+    async def recent_events(self, *, limit: int) -> list[EventDeliveries]:
+        rows = await self._fetch(
+            f"SELECT {RECENT_EVENTS_COLUMNS} "  # noqa: S608 - constants and $n placeholders only
+            "FROM (SELECT seq, id, payload, created_at FROM events ORDER BY seq DESC LIMIT $1) e "
+            "LEFT JOIN deliveries d ON d.event_id = e.id "
+            "ORDER BY e.seq DESC, d.channel, d.recipient",
+            limit,
+        )
+        return read_event_deliveries(rows)
 
     async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
         # A replayed alert starts afresh: full attempts and a full max_age window.
@@ -1030,11 +1122,11 @@ class PostgresStore:
         if event_ids is not None:
             sql += " AND event_id = ANY($2::text[])"
             args.append(list(event_ids))
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             return _count(await conn.execute(sql, *args))
 
     async def outbox_stats(self) -> OutboxStats:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             statuses = await conn.fetch(
                 "SELECT status, COUNT(*) FROM deliveries WHERE status IN "
                 "('pending', 'dead', 'silenced') GROUP BY status"
@@ -1042,13 +1134,7 @@ class PostgresStore:
             kinds = await conn.fetch(
                 "SELECT kind, COUNT(*) FROM incidents WHERE state = 'open' GROUP BY kind"
             )
-        counts = {str(r[0]): int(r[1]) for r in statuses}
-        return OutboxStats(
-            pending=counts.get("pending", 0),
-            dead=counts.get("dead", 0),
-            silenced=counts.get("silenced", 0),
-            incidents_open={str(r[0]): int(r[1]) for r in kinds},
-        )
+        return read_outbox_stats(statuses, kinds)
 
     async def prune(
         self, *, now: float, run_retention_days: float, event_retention_days: float
@@ -1059,9 +1145,10 @@ class PostgresStore:
         that finds another at it prunes nothing (the next prune comes soon enough)."""
         run_cutoff_ms = int((now - run_retention_days * 86_400) * 1000)
         event_cutoff = now - event_retention_days * 86_400
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             if not await conn.fetchval(
-                f"SELECT pg_try_advisory_xact_lock($1, {_SCHEMA_KEY})", _PRUNE_LOCK, None
+                f"SELECT pg_try_advisory_xact_lock($1, {_SCHEMA_KEY})",
+                *self._lock_keys(_PRUNE_LOCK),
             ):
                 return PruneResult(runs=0, events=0)
             runs = await conn.execute(
@@ -1101,7 +1188,7 @@ class PostgresStore:
     # -- leases (watcher.leases) ----------------------------------------------------------
 
     async def heartbeat(self, replica: str, *, now: float, ttl: float) -> list[str]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO replicas (replica, expires_at) VALUES ($1, $2) "
                 "ON CONFLICT (replica) DO UPDATE SET expires_at = excluded.expires_at",
@@ -1122,7 +1209,7 @@ class PostgresStore:
     async def acquire(
         self, workspace: str, replica: str, *, now: float, ttl: float
     ) -> Lease | None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             # A workspace never leased gets a row free to take (epoch 0, expired now); two
             # replicas inserting it at once: the second waits for the first and keeps it.
             await conn.execute(
@@ -1164,7 +1251,7 @@ class PostgresStore:
 
     async def release(self, workspace: str, replica: str, epoch: int, *, now: float) -> None:
         # No owner any more: the former one can no longer renew it.
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "UPDATE leases SET owner = '', expires_at = LEAST(expires_at, $1) "
                 "WHERE workspace = $2 AND owner = $3 AND epoch = $4",
@@ -1175,7 +1262,7 @@ class PostgresStore:
             )
 
     async def retire(self, replica: str, *, now: float) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(
                 "UPDATE leases SET owner = '', expires_at = LEAST(expires_at, $1) WHERE owner = $2",
                 now,
@@ -1204,10 +1291,10 @@ class PostgresStore:
             now,
             limit,
         )
-        return [_due_reminder(row) for row in rows]
+        return [read_due_reminder(row) for row in rows]
 
     async def next_reminder_at(self) -> float | None:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             at = await conn.fetchval(
                 "SELECT MIN(t.next_repeat_at) FROM incident_targets t "
                 "JOIN incidents i ON i.id = t.incident_id "
@@ -1216,7 +1303,7 @@ class PostgresStore:
         return None if at is None else float(at)
 
     async def commit_reminder(self, commit: ReminderCommit) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             # Move the target's next reminder on, only while its incident is open and the
             # target is as it was read (a new event of the incident restarts the wait).
             status = await conn.execute(
@@ -1250,99 +1337,6 @@ class PostgresStore:
         return [str(r[0]) for r in rows]
 
 
-def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
-    return (
-        record.workspace,
-        record.run_id,
-        record.job_id,
-        record.life_cycle_state,
-        record.result_state,
-        record.start_time,
-        record.end_time,
-        record.attempt_number,
-        record.terminal,
-        record.backfill,
-        json.dumps(sorted(record.emitted)),
-        record.snapshot.model_dump_json(exclude_none=True),
-        now,
-        record.repair,
-        record.repair_start,
-        record.state_since,
-    )
-
-
-def _job_row(job: JobRecord, now: float) -> tuple[Any, ...]:
-    return (
-        job.workspace,
-        job.job_id,
-        job.name,
-        json.dumps(job.tags, sort_keys=True),
-        job.last_outcome,
-        job.last_outcome_run_id,
-        job.last_outcome_end_time,
-        now,
-        job.last_outcome_repair,
-        job.consecutive_failures,
-        job.last_success_ms,
-        job.last_start_ms,
-        job.last_active_ms,
-        job.expect_sig,
-        job.expect_since_ms,
-    )
-
-
-def _target_rows(
-    incident_id: str,
-    keys: Iterable[DeliveryKey],
-    policies: Mapping[DeliveryKey, DeliveryPolicy],
-    now: float,
-) -> list[tuple[str, str, str, float | None, float | None]]:
-    """Where an open incident's events go: its resolve follows them there, and a reminder
-    is due `repeat_every` after this event (a new event restarts the wait)."""
-    rows = []
-    for key in dict.fromkeys(keys):
-        every = policies.get(key, _NO_POLICY).repeat_every
-        rows.append(
-            (incident_id, key.channel, key.recipient, every, None if every is None else now + every)
-        )
-    return rows
-
-
-def _delivery(row: asyncpg.Record) -> Delivery:
-    return Delivery(
-        event=Event.model_validate_json(row[0]),
-        key=DeliveryKey(row[1], row[2]),
-        status=row[3],
-        attempts=row[4],
-        created_at=row[5],
-        next_attempt_at=row[6],
-        last_error=row[7],
-        group_key=row[9],
-    )
-
-
-def _incident(row: asyncpg.Record) -> Incident:
-    return Incident.model_validate_json(row[0]).model_copy(update={"version": int(row[1])})
-
-
-def _due_reminder(row: asyncpg.Record) -> DueReminder:
-    # Unreadable (None): the reminder is held, not the loop.
-    incident: Incident | None
-    try:
-        incident = _incident(row)
-    except ValidationError:
-        incident = None
-    try:
-        latest = None if row[7] is None else Event.model_validate_json(row[7])
-    except ValidationError:
-        latest = None
-    return DueReminder(
-        incident_id=str(row[9]),
-        incident=incident,
-        key=DeliveryKey(row[2], row[3]),
-        repeat_every=float(row[4]),
-        next_repeat_at=float(row[5]),
-        repeats=int(row[6]),
-        latest=latest,
-        pending=bool(row[8]),
-    )
+def _placeholders(count: int) -> str:
+    """`$1,$2,…` up to `count`."""
+    return ",".join(f"${n}" for n in range(1, count + 1))

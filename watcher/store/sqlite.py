@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import sqlite3
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import aiosqlite
 from pydantic import ValidationError
 
-from watcher.databricks.models import Run
 from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 from watcher.store.base import (
@@ -24,6 +22,7 @@ from watcher.store.base import (
     DeliveryPolicy,
     DeliveryStatus,
     DueReminder,
+    EventDeliveries,
     JobTimes,
     Lease,
     OutboxStats,
@@ -33,6 +32,28 @@ from watcher.store.base import (
     StoreError,
     StoreFenced,
     WorkspaceState,
+)
+from watcher.store.rows import (
+    DELIVERY_COLUMNS,
+    JOB_COLUMNS,
+    NO_POLICY,
+    RECENT_EVENTS_COLUMNS,
+    RUN_COLUMNS,
+    group_due,
+    incident_row,
+    job_row,
+    read_delivery,
+    read_due_reminder,
+    read_event_deliveries,
+    read_incident,
+    read_job,
+    read_job_times,
+    read_outbox_stats,
+    read_run,
+    run_row,
+    target_rows,
+    upsert_jobs,
+    upsert_runs,
 )
 
 # Each entry migrates the schema from version N to N+1 (PRAGMA user_version).
@@ -214,13 +235,9 @@ def _locked(
     return wrapper
 
 
-_DELIVERY_COLUMNS = (
-    "e.payload, d.channel, d.recipient, d.status, d.attempts, d.created_at, "
-    "d.next_attempt_at, d.last_error, d.event_id, d.group_key"
-)
-_NO_POLICY = DeliveryPolicy()
 # Settling an attempt: only a delivery still pending (another replica may have settled it
-# after this one's claim expired), and its claim with it.
+# after this one's claim expired), and its claim with it. A failure with an owner (the
+# last two values): only while nobody else claims the delivery.
 _MARK_DELIVERED = (
     "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = ?, "
     "last_error = NULL, claimed_by = NULL, claimed_until = NULL "
@@ -229,7 +246,8 @@ _MARK_DELIVERED = (
 _MARK_FAILED = (
     "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
     "next_attempt_at = COALESCE(?, next_attempt_at), claimed_by = NULL, claimed_until = NULL "
-    "WHERE event_id = ? AND channel = ? AND recipient = ? AND status = 'pending'"
+    "WHERE event_id = ? AND channel = ? AND recipient = ? AND status = 'pending' "
+    "AND (? IS NULL OR claimed_by IS NULL OR claimed_by = ?)"
 )
 _UNCLAIMED = "(d.claimed_until IS NULL OR d.claimed_until <= ?)"
 
@@ -380,62 +398,20 @@ class SQLiteStore:
     @_locked
     async def get_runs(self, workspace: str, run_ids: Collection[int]) -> dict[int, RunRecord]:
         rows = await self._select_in(
-            "SELECT run_id, job_id, life_cycle_state, result_state, start_time, end_time, "
-            "attempt_number, terminal, backfill, emitted, snapshot, repair, repair_start, "
-            "state_since FROM runs WHERE workspace = ? AND run_id IN ({})",
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE workspace = ? AND run_id IN ({{}})",  # noqa: S608 - constants and ? placeholders only
             run_ids,
             workspace,
         )
-        return {
-            int(r[0]): RunRecord(
-                workspace=workspace,
-                run_id=int(r[0]),
-                job_id=r[1],
-                life_cycle_state=r[2],
-                result_state=r[3],
-                start_time=r[4],
-                end_time=r[5],
-                attempt_number=r[6],
-                terminal=bool(r[7]),
-                backfill=bool(r[8]),
-                emitted=frozenset(json.loads(r[9])),
-                snapshot=Run.model_validate_json(r[10]),
-                repair=r[11],
-                repair_start=r[12],
-                state_since=r[13],
-            )
-            for r in rows
-        }
+        return {int(r[0]): read_run(workspace, r) for r in rows}
 
     @_locked
     async def get_jobs(self, workspace: str, job_ids: Collection[int]) -> dict[int, JobRecord]:
         rows = await self._select_in(
-            "SELECT job_id, name, tags, last_outcome, last_outcome_run_id, last_outcome_end_time, "
-            "last_outcome_repair, consecutive_failures, last_success_ms, last_start_ms, "
-            "last_active_ms, expect_sig, expect_since_ms FROM jobs "
-            "WHERE workspace = ? AND job_id IN ({})",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ? AND job_id IN ({{}})",  # noqa: S608 - constants and ? placeholders only
             job_ids,
             workspace,
         )
-        return {
-            int(r[0]): JobRecord(
-                workspace=workspace,
-                job_id=int(r[0]),
-                name=r[1],
-                tags=json.loads(r[2]),
-                last_outcome=r[3],
-                last_outcome_run_id=r[4],
-                last_outcome_end_time=r[5],
-                last_outcome_repair=r[6],
-                consecutive_failures=r[7],
-                last_success_ms=r[8],
-                last_start_ms=r[9],
-                last_active_ms=r[10],
-                expect_sig=r[11],
-                expect_since_ms=r[12],
-            )
-            for r in rows
-        }
+        return {int(r[0]): read_job(workspace, r) for r in rows}
 
     @_locked
     async def open_incidents(self, workspace: str, job_ids: Collection[int]) -> dict[str, Incident]:
@@ -451,7 +427,7 @@ class SQLiteStore:
             (workspace,),
         ) as cursor:
             rows.extend(await cursor.fetchall())
-        found = (_incident(r) for r in rows)
+        found = (read_incident(r) for r in rows)
         return {i.key: i for i in found}
 
     @_locked
@@ -474,7 +450,7 @@ class SQLiteStore:
             "ORDER BY opened_at DESC, id LIMIT ?",
             (limit,),
         ) as cursor:
-            return [_incident(r) for r in await cursor.fetchall()]
+            return [read_incident(r) for r in await cursor.fetchall()]
 
     @_locked
     async def get_event(self, event_id: str) -> Event | None:
@@ -503,27 +479,19 @@ class SQLiteStore:
         return rows
 
     @_locked
-    async def job_times(self) -> list[JobTimes]:
+    async def job_times(self, workspace: str | None = None) -> list[JobTimes]:
         async with self._db.execute(
             "SELECT r.workspace, r.job_id, j.name, j.tags, MAX(r.end_time), "
             "MAX(CASE WHEN r.result_state IN ('SUCCESS', 'SUCCESS_WITH_FAILURES') "
             "THEN r.end_time END) FROM runs r LEFT JOIN jobs j "
             "ON j.workspace = r.workspace AND j.job_id = r.job_id "
             "WHERE r.terminal = 1 AND r.end_time IS NOT NULL AND r.job_id IS NOT NULL "
-            "GROUP BY r.workspace, r.job_id"
+            "AND (? IS NULL OR r.workspace = ?) "
+            "GROUP BY r.workspace, r.job_id",
+            (workspace, workspace),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [
-            JobTimes(
-                workspace=r[0],
-                job_id=int(r[1]),
-                name=r[2],
-                tags=json.loads(r[3]) if r[3] else {},
-                last_finish_ms=r[4],
-                last_success_ms=r[5],
-            )
-            for r in rows
-        ]
+        return [read_job_times(r) for r in rows]
 
     @_locked
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
@@ -535,54 +503,10 @@ class SQLiteStore:
                 await self._check_epoch(commit.workspace, commit.epoch)
             await self._write_incidents(commit.incidents, now)
             await self._db.executemany(
-                "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
-                "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
-                "updated_at, repair, repair_start, state_since) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (workspace, run_id) DO UPDATE SET job_id=excluded.job_id, "
-                "life_cycle_state=excluded.life_cycle_state, result_state=excluded.result_state, "
-                "start_time=excluded.start_time, end_time=excluded.end_time, "
-                "attempt_number=excluded.attempt_number, terminal=excluded.terminal, "
-                "backfill=excluded.backfill, emitted=excluded.emitted, "
-                "snapshot=excluded.snapshot, updated_at=excluded.updated_at, "
-                "repair=excluded.repair, repair_start=excluded.repair_start, "
-                "state_since=excluded.state_since",
-                [_run_row(r, now) for r in commit.runs],
+                upsert_runs(",".join("?" * 16)), [run_row(r, now) for r in commit.runs]
             )
             await self._db.executemany(
-                "INSERT INTO jobs (workspace, job_id, name, tags, last_outcome, "
-                "last_outcome_run_id, last_outcome_end_time, updated_at, last_outcome_repair, "
-                "consecutive_failures, last_success_ms, last_start_ms, last_active_ms, "
-                "expect_sig, expect_since_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (workspace, job_id) DO UPDATE SET name=excluded.name, "
-                "tags=excluded.tags, last_outcome=excluded.last_outcome, "
-                "last_outcome_run_id=excluded.last_outcome_run_id, "
-                "last_outcome_end_time=excluded.last_outcome_end_time, "
-                "updated_at=excluded.updated_at, last_outcome_repair=excluded.last_outcome_repair, "
-                "consecutive_failures=excluded.consecutive_failures, "
-                "last_success_ms=excluded.last_success_ms, "
-                "last_start_ms=excluded.last_start_ms, last_active_ms=excluded.last_active_ms, "
-                "expect_sig=excluded.expect_sig, expect_since_ms=excluded.expect_since_ms",
-                [
-                    (
-                        j.workspace,
-                        j.job_id,
-                        j.name,
-                        json.dumps(j.tags, sort_keys=True),
-                        j.last_outcome,
-                        j.last_outcome_run_id,
-                        j.last_outcome_end_time,
-                        now,
-                        j.last_outcome_repair,
-                        j.consecutive_failures,
-                        j.last_success_ms,
-                        j.last_start_ms,
-                        j.last_active_ms,
-                        j.expect_sig,
-                        j.expect_since_ms,
-                    )
-                    for j in commit.jobs
-                ],
+                upsert_jobs(",".join("?" * 15)), [job_row(j, now) for j in commit.jobs]
             )
             for event in commit.events:
                 cursor = await self._insert_event(event, now)
@@ -639,10 +563,7 @@ class SQLiteStore:
         """Insert new incidents (version 0) and update the others only where the stored
         version is still the one they were read at: else StoreConflict."""
         for incident in incidents:
-            state = "open" if incident.is_open else "resolved"
-            resolved = None if incident.resolved_at_ms is None else incident.resolved_at_ms / 1000
-            record = incident.model_copy(update={"version": incident.version + 1})
-            values = (state, record.version, record.model_dump_json(), resolved, now)
+            values = incident_row(incident, now)
             if incident.version == 0:
                 try:
                     await self._db.execute(
@@ -683,26 +604,13 @@ class SQLiteStore:
         policies: Mapping[DeliveryKey, DeliveryPolicy],
         now: float,
     ) -> None:
-        """Where an open incident's events go: its resolve follows them there, and a
-        reminder is due `repeat_every` after this event (a new event restarts the wait)."""
-        rows = []
-        for key in dict.fromkeys(keys):
-            every = policies.get(key, _NO_POLICY).repeat_every
-            rows.append(
-                (
-                    incident_id,
-                    key.channel,
-                    key.recipient,
-                    every,
-                    None if every is None else now + every,
-                )
-            )
+        """Where an open incident's events go (`rows.target_rows`)."""
         await self._db.executemany(
             "INSERT INTO incident_targets (incident_id, channel, recipient, repeat_every, "
             "next_repeat_at) VALUES (?,?,?,?,?) ON CONFLICT (incident_id, channel, recipient) "
             "DO UPDATE SET repeat_every=excluded.repeat_every, "
             "next_repeat_at=excluded.next_repeat_at",
-            rows,
+            target_rows(incident_id, keys, policies, now),
         )
 
     async def _commit_watermark(self, commit: CycleCommit) -> None:
@@ -732,7 +640,7 @@ class SQLiteStore:
     ) -> None:
         rows = []
         for key in dict.fromkeys(keys):
-            policy = policies.get(key, _NO_POLICY)
+            policy = policies.get(key, NO_POLICY)
             due = now
             if policy.group_key and status == "pending":
                 due = await self._group_due(key, policy, now)
@@ -744,17 +652,8 @@ class SQLiteStore:
         )
 
     async def _group_due(self, key: DeliveryKey, policy: DeliveryPolicy, now: float) -> float:
-        """When a new member of a delivery group goes out: with the members already
-        pending, unless their digest went out since they fell due (it is in flight, or
-        they are the rest beyond its limit); then, or with none pending, `group_interval`
-        after the group's last digest while that is still ahead; else after
-        `group_wait`, for company (Alertmanager's semantics). A digest never gains a
-        member once taken (`take_group`): one re-sent after a crash is the same digest.
-        Nor does its retry before the group's next regular digest: while members wait
-        for a retry (attempted, due after the last digest), a new one waits for the later
-        of that retry and the next regular digest (the members already waiting for it,
-        else `group_interval` after the last digest), so a receiver that took the failed
-        attempt (a timeout) gets the retry with the same id."""
+        """When a new member of a delivery group goes out (`rows.group_due` says why,
+        rule by rule), from its group's last digest and pending members."""
         async with self._db.execute(
             "SELECT last_sent_at FROM delivery_groups WHERE channel = ? AND recipient = ? "
             "AND group_key = ?",
@@ -772,14 +671,7 @@ class SQLiteStore:
         ) as cursor:
             row = await cursor.fetchone()
         waiting, retry, scheduled = (None if v is None else float(v) for v in row or (None,) * 3)
-        if last is not None and retry is not None:
-            regular = last + policy.group_interval if scheduled is None else scheduled
-            return max(retry, regular)
-        if waiting is not None and (last is None or last < waiting):
-            return waiting
-        if last is not None and (waiting is not None or last + policy.group_interval > now):
-            return last + policy.group_interval
-        return now + policy.group_wait
+        return group_due(policy, now, last=last, waiting=waiting, retry=retry, scheduled=scheduled)
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -799,7 +691,7 @@ class SQLiteStore:
             channel_filter = f"AND d.channel IN ({','.join('?' * len(channels))})"
             params.extend(channels)
         sql = (
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and ? placeholders only
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants and ? placeholders only
             f"WHERE d.status = 'pending' {channel_filter} AND d.next_attempt_at <= ? "
             "AND (d.claimed_until IS NULL OR d.claimed_until <= ?) AND ("
             "  (d.group_key = '' AND e.seq = ("
@@ -825,7 +717,7 @@ class SQLiteStore:
         readable: list[Delivery] = []
         for row in rows:
             try:
-                readable.append(_delivery(row))
+                readable.append(read_delivery(row))
             except ValidationError as exc:
                 await self._db.execute(
                     "UPDATE deliveries SET status = 'dead', last_error = ? "
@@ -848,12 +740,16 @@ class SQLiteStore:
 
     @_locked
     async def mark_failed(
-        self, event_id: str, key: DeliveryKey, *, error: str, next_attempt_at: float | None
+        self,
+        event_id: str,
+        key: DeliveryKey,
+        *,
+        error: str,
+        next_attempt_at: float | None,
+        owner: str | None = None,
     ) -> None:
-        status = "dead" if next_attempt_at is None else "pending"
-        await self._db.execute(
-            _MARK_FAILED,
-            (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient),
+        await self._db.executemany(
+            _MARK_FAILED, _failed_rows(key, [event_id], error, next_attempt_at, owner)
         )
 
     @_locked
@@ -895,7 +791,7 @@ class SQLiteStore:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             async with self._db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d "  # noqa: S608 - constants and ? placeholders only
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d "  # noqa: S608 - constants and ? placeholders only
                 "JOIN events e ON e.id = d.event_id WHERE d.channel = ? AND d.recipient = ? "
                 "AND d.group_key = ? AND d.group_key != '' AND d.status = 'pending' "
                 f"AND d.next_attempt_at <= ? AND {_UNCLAIMED} ORDER BY e.seq LIMIT ?",
@@ -950,16 +846,12 @@ class SQLiteStore:
         *,
         error: str,
         next_attempt_at: float | None,
+        owner: str | None = None,
     ) -> None:
-        status = "dead" if next_attempt_at is None else "pending"
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany(
-                _MARK_FAILED,
-                [
-                    (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient)
-                    for event_id in event_ids
-                ],
+                _MARK_FAILED, _failed_rows(key, event_ids, error, next_attempt_at, owner)
             )
             await self._db.execute("COMMIT")
         except BaseException:
@@ -969,7 +861,7 @@ class SQLiteStore:
     @_locked
     async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]:
         async with self._db.execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
             "WHERE d.status = 'dead' ORDER BY e.seq LIMIT ?",
             (limit,),
         ) as cursor:
@@ -977,8 +869,19 @@ class SQLiteStore:
         deliveries = []
         for row in rows:
             with contextlib.suppress(ValidationError):  # unreadable: nothing to show or replay
-                deliveries.append(_delivery(row))
+                deliveries.append(read_delivery(row))
         return deliveries
+
+    @_locked
+    async def recent_events(self, *, limit: int) -> list[EventDeliveries]:
+        async with self._db.execute(
+            f"SELECT {RECENT_EVENTS_COLUMNS} "  # noqa: S608 - constants and ? placeholders only
+            "FROM (SELECT seq, id, payload, created_at FROM events ORDER BY seq DESC LIMIT ?) e "
+            "LEFT JOIN deliveries d ON d.event_id = e.id "
+            "ORDER BY e.seq DESC, d.channel, d.recipient",
+            (limit,),
+        ) as cursor:
+            return read_event_deliveries(await cursor.fetchall())
 
     @_locked
     async def requeue_dead(self, *, now: float, event_ids: Collection[str] | None = None) -> int:
@@ -999,18 +902,13 @@ class SQLiteStore:
             "SELECT status, COUNT(*) FROM deliveries WHERE status IN "
             "('pending', 'dead', 'silenced') GROUP BY status"
         ) as cursor:
-            counts = {str(r[0]): int(r[1]) for r in await cursor.fetchall()}
+            statuses = await cursor.fetchall()
         async with self._db.execute(
             "SELECT json_extract(record, '$.kind'), COUNT(*) FROM incidents "
             "WHERE state = 'open' GROUP BY 1"
         ) as cursor:
-            incidents = {str(r[0]): int(r[1]) for r in await cursor.fetchall()}
-        return OutboxStats(
-            pending=counts.get("pending", 0),
-            dead=counts.get("dead", 0),
-            silenced=counts.get("silenced", 0),
-            incidents_open=incidents,
-        )
+            kinds = await cursor.fetchall()
+        return read_outbox_stats(statuses, kinds)
 
     @_locked
     async def prune(
@@ -1179,7 +1077,7 @@ class SQLiteStore:
             (now, limit),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [_due_reminder(row) for row in rows]
+        return [read_due_reminder(row) for row in rows]
 
     @_locked
     async def next_reminder_at(self) -> float | None:
@@ -1259,62 +1157,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def _run_row(record: RunRecord, now: float) -> tuple[Any, ...]:
-    return (
-        record.workspace,
-        record.run_id,
-        record.job_id,
-        record.life_cycle_state,
-        record.result_state,
-        record.start_time,
-        record.end_time,
-        record.attempt_number,
-        int(record.terminal),
-        int(record.backfill),
-        json.dumps(sorted(record.emitted)),
-        record.snapshot.model_dump_json(exclude_none=True),
-        now,
-        record.repair,
-        record.repair_start,
-        record.state_since,
-    )
-
-
-def _delivery(row: Any) -> Delivery:
-    return Delivery(
-        event=Event.model_validate_json(row[0]),
-        key=DeliveryKey(row[1], row[2]),
-        status=row[3],
-        attempts=row[4],
-        created_at=row[5],
-        next_attempt_at=row[6],
-        last_error=row[7],
-        group_key=row[9],
-    )
-
-
-def _incident(row: Any) -> Incident:
-    return Incident.model_validate_json(row[0]).model_copy(update={"version": int(row[1])})
-
-
-def _due_reminder(row: Any) -> DueReminder:
-    # Unreadable (None): the reminder is held, not the loop.
-    incident: Incident | None
-    try:
-        incident = _incident(row)
-    except ValidationError:
-        incident = None
-    try:
-        latest = None if row[7] is None else Event.model_validate_json(row[7])
-    except ValidationError:
-        latest = None
-    return DueReminder(
-        incident_id=str(row[9]),
-        incident=incident,
-        key=DeliveryKey(row[2], row[3]),
-        repeat_every=float(row[4]),
-        next_repeat_at=float(row[5]),
-        repeats=int(row[6]),
-        latest=latest,
-        pending=bool(row[8]),
-    )
+def _failed_rows(
+    key: DeliveryKey,
+    event_ids: Iterable[str],
+    error: str,
+    next_attempt_at: float | None,
+    owner: str | None,
+) -> list[tuple[Any, ...]]:
+    """The values of `_MARK_FAILED`, one row per event."""
+    status = "dead" if next_attempt_at is None else "pending"
+    return [
+        (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient, owner, owner)
+        for event_id in event_ids
+    ]
