@@ -4,14 +4,22 @@ database, a closed pipe is no error, `doctor` exits non-zero on a failed check."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.conftest import TOKEN
 from tests.notify_fixtures import free_port
+from watcher.cli import _event_line
+from watcher.databricks.models import Run
+from watcher.events import Event, EventType, JobRef
+from watcher.simulator import Simulator
 from watcher.store.sqlite import SQLiteStore
 
 
@@ -150,3 +158,87 @@ async def test_once_leaves_a_workspace_whose_lease_a_running_watcher_holds(
         assert (await store.workspace_state("prod")).watermark_ms is None
     finally:
         await store.close()
+
+
+async def test_run_without_a_file_watches_the_workspace_the_environment_names(
+    tmp_path: Path,
+) -> None:
+    """`watcher run` with no -c: DATABRICKS_HOST and DATABRICKS_TOKEN, as the Databricks
+    CLI reads them, are one workspace polled with the token, alerts on the console."""
+    async with Simulator(tokens={TOKEN}) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "WATCHER_"))}
+        env |= {"DATABRICKS_HOST": sim.url, "DATABRICKS_TOKEN": TOKEN}
+        env["DATABRICKS_CONFIG_FILE"] = str(tmp_path / "no-such-databrickscfg")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "watcher",
+            "run",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(30):
+                while not any(r.status == 200 and r.endpoint == "runs/list" for r in sim.requests):
+                    assert process.returncode is None, await process.stderr.read()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.05)
+        finally:
+            process.terminate()
+            _, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()
+    assert (tmp_path / "data" / "watcher.db").exists()  # the default store, in the cwd
+
+
+def test_completion_help_defaults_log_level_and_output_choices(tmp_path: Path) -> None:
+    """Tab completion answers a shell's request (argcomplete), `completion bash` prints
+    the script to eval; --help shows defaults; --log-level goes before or after the
+    command and must be a level; `-o` is table or json."""
+    script = watcher("completion", "bash")
+    assert script.returncode == 0
+    assert "complete" in script.stdout
+    assert "watcher" in script.stdout
+    answer = tmp_path / "completions"
+    env = os.environ | {
+        "_ARGCOMPLETE": "1",
+        "COMP_LINE": "watcher ro",
+        "COMP_POINT": "10",
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(answer),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "watcher"], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert answer.read_text().split() == ["routes"]
+    helped = watcher("routes", "test", "--help")
+    assert "job id (default: 1)" in " ".join(helped.stdout.split())
+    config = write_config(tmp_path, host="http://127.0.0.1:1")
+    for args in (
+        ["--log-level", "ERROR", "check-config", "-c", str(config)],
+        ["check-config", "-c", str(config), "--log-level", "ERROR"],
+    ):
+        assert watcher(*args).returncode == 0
+    assert "invalid choice: 'xml'" in watcher("once", "-c", str(config), "-o", "xml").stderr
+    bad = watcher("once", "-c", str(config), "--log-level", "LOUD")
+    assert bad.returncode == 2
+    assert "invalid choice" in bad.stderr
+
+
+def test_once_prints_an_event_as_json_or_as_one_line_for_people() -> None:
+    event = Event(
+        id="e1",
+        type=EventType.RUN_FAILED,
+        workspace="prod",
+        occurred_at=datetime(2026, 12, 3, 2, 0, tzinfo=UTC),
+        job=JobRef(job_id=7, name="nightly\tetl"),
+        run=Run.model_validate({"run_id": 42, "job_id": 7}),
+    )
+    assert json.loads(_event_line(event, "json"))["id"] == "e1"
+    assert _event_line(event, "table").split("\t") == [
+        "2026-12-03T02:00:00+00:00",
+        "run_failed",
+        "prod",
+        "nightly etl",
+        "42",
+        "e1",
+    ]

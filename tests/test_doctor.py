@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.conftest import TOKEN
 from tests.notify_fixtures import Receiver, free_port
-from tests.pg import DSN, pg_schema
+from tests.pg import DSN, open_store, pg_schema
 from watcher.clock import ManualClock
 from watcher.config import Config
 from watcher.doctor import Check, _store, diagnose, render
@@ -80,9 +80,10 @@ async def test_a_bad_token_an_unreachable_host_and_a_dead_webhook_each_fail(
 async def test_the_store_check_opens_postgres_and_never_creates_a_sqlite_file(
     tmp_path: Path, clock: ManualClock
 ) -> None:
-    """PostgreSQL is opened (migrated, as a first start would) and written; an
-    unreachable one fails without its password in the reason. A SQLite file that does
-    not exist yet is not created by the doctor, only its directory checked."""
+    """PostgreSQL is opened and written (a fresh schema is left to `watcher run` to
+    migrate); an unreachable one fails without its password in the reason. A SQLite
+    file that does not exist yet is not created by the doctor, only its directory
+    checked."""
     workspaces = [
         {"name": "prod", "host": "http://127.0.0.1:1", "auth": {"type": "pat", "token": TOKEN}}
     ]
@@ -90,6 +91,11 @@ async def test_the_store_check_opens_postgres_and_never_creates_a_sqlite_file(
         good = Config.model_validate(
             {"workspaces": workspaces, "store": {"postgres": {"dsn": DSN, "schema": schema}}}
         )
+        fresh = await _store(good)  # reachable, not migrated by the doctor
+        assert fresh.ok
+        assert fresh.detail.startswith("reachable; `watcher run` migrates it")
+        migrated = await open_store(schema)  # migrated, as `watcher run` would
+        await migrated.close()
         assert await _store(good) == Check("store", "postgres", True, "opens and takes a write")
     bad_dsn = f"postgresql://watcher:not-a-real-password@127.0.0.1:{free_port()}/x"
     bad = Config.model_validate(

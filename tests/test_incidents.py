@@ -5,6 +5,7 @@ that keeps them (conflicts, pruning) and an operator's resolve from the CLI."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -308,6 +309,14 @@ async def test_an_operator_resolves_an_incident_where_it_was_paged(
     assert await incidents_command(store_config, routing, "list", out) == 0
     assert failure.incident.id in out.getvalue()
     assert out.getvalue().strip().endswith("incidents: 1")
+    out = io.StringIO()
+    assert await incidents_command(store_config, routing, "list", out, output="json") == 0
+    (listed,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (listed["id"], listed["kind"], listed["key"]) == (
+        failure.incident.id,
+        "failure",
+        failure.incident.key,
+    )
     out = io.StringIO()
     prefix = failure.incident.id[:8]
     assert await incidents_command(store_config, routing, "resolve", out, wanted=prefix) == 0

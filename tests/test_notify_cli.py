@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -184,6 +185,13 @@ async def test_alerts_list_and_retry(tmp_path: Path, clock: ManualClock) -> None
     assert [line.split()[0] for line in lines[1:3]] == [e.id for e in events]
     assert "prod/nightly-etl: HTTP 400: nope" in lines[1]
     assert lines[-1] == "dead letters: 2"
+    out = io.StringIO()
+    assert await cli.dead_letters(config.store, "list", None, out, output="json") == 0
+    found = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(d["event_id"], d["channel"], d["attempts"]) for d in found] == [
+        (e.id, "hook", 1) for e in events
+    ]
+    assert found[0]["last_error"] == "HTTP 400: nope"
 
     out = io.StringIO()
     assert await cli.dead_letters(config.store, "retry", [events[1].id], out) == 0

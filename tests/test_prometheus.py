@@ -5,6 +5,8 @@ workload implies, and `promtool check metrics` accepts the exposition."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import re
 import shutil
 import time
 from collections import Counter
@@ -233,18 +235,44 @@ async def check_promql(prometheus: Prometheus, jobs: dict[str, int]) -> None:
     assert names == {f"e2e-{job}": 1 for job in jobs}
 
 
+RUN_SERIES = (b"databricks_run_", b"databricks_runs_started", b"databricks_runs_finished")
+"""Samples that change only when a run starts or ends: still once the workload settled."""
+
+
 async def check_promtool(metrics_url: str) -> None:
-    async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
-        exposition = await resp.read()
+    """`promtool check metrics` accepts the exposition, plain and gzip-decoded, and finds
+    no lint problem; the gzip answer decodes to the same families and run series (the
+    daemon keeps polling between the two scrapes, so its own counters move on); no
+    `_created` series."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.get(metrics_url, headers={"Accept-Encoding": "identity"}) as resp:
+            assert "Content-Encoding" not in resp.headers
+            exposition = await resp.read()
+        async with session.get(metrics_url, headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            decoded = gzip.decompress(await resp.read())
     assert b"databricks_run_duration_seconds_bucket" in exposition
-    process = await asyncio.create_subprocess_exec(
-        binary("promtool"),
-        "check",
-        "metrics",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(exposition), WAIT)
-    assert process.returncode == 0, output.decode()
-    assert output.decode().strip() == "", output.decode()
+
+    def settled(text: bytes) -> list[bytes]:
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith((b"# TYPE ", b"# HELP ", *RUN_SERIES))
+        ]
+
+    assert settled(decoded) == settled(exposition)
+    assert len(settled(exposition)) > 100
+    assert not re.search(rb"^\w+_created[{ ]", exposition, flags=re.MULTILINE)
+    assert b"\nprocess_cpu_seconds_total " in exposition
+    for text in (exposition, decoded):
+        process = await asyncio.create_subprocess_exec(
+            binary("promtool"),
+            "check",
+            "metrics",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(text), WAIT)
+        assert process.returncode == 0, output.decode()
+        assert output.decode().strip() == "", output.decode()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import structlog
 
 from tests.conftest import TOKEN
-from watcher.app import Daemon, build, close, run_once, serve
+from watcher.app import Daemon, _housekeeping, build, close, run_once, serve
 from watcher.clock import ManualClock
 from watcher.config import Config
 from watcher.databricks import ApiError, RetryBudgetExceeded
@@ -68,7 +70,9 @@ async def _get(daemon: Daemon, path: str, **headers: str) -> tuple[int, str, str
 async def test_metrics_in_text_and_openmetrics(
     daemon: Daemon, sim: Simulator, clock: ManualClock
 ) -> None:
-    """Prometheus text by default, OpenMetrics when asked; both carry the daemon's series."""
+    """Prometheus text by default, OpenMetrics when asked; both carry the daemon's series,
+    the process and Python runtime's, and no `_created` series. Gzip when the scraper
+    accepts it, decoding to the same text; `name[]` selects metrics."""
     sim.workspace.start_run(sim.workspace.create_job("etl"), execution_s=1)
     await run_once(daemon)
     clock.advance(60)
@@ -82,11 +86,45 @@ async def test_metrics_in_text_and_openmetrics(
         'databricks_runs_finished_total{job_id="1",result_state="SUCCESS",workspace="prod"} 1.0'
         in body
     )
+    assert "\nprocess_cpu_seconds_total " in body
+    assert "\npython_info{" in body
+    assert not re.search(r"^\w+_created[{ ]", body, flags=re.MULTILINE)
     status, content_type, body = await _get(
         daemon, "/metrics", Accept="application/openmetrics-text"
     )
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith("# EOF")
+    assert 'databricks_runs_finished_total{job_id="1",result_state="SUCCESS",workspace="prod"}' in (
+        body
+    )
+    assert not re.search(r"^\w+_created[{ ]", body, flags=re.MULTILINE)
+
+    assert daemon.server is not None
+    url = daemon.server.url + "/metrics"
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+            assert "Content-Encoding" not in resp.headers
+            plain = await resp.read()
+        async with http.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            compressed = await resp.read()
+        only = {"name[]": "watcher_build_info"}
+        async with http.get(url, params=only, headers={"Accept-Encoding": "identity"}) as resp:
+            selected = (await resp.read()).decode()
+
+    def steady(text: bytes) -> list[bytes]:
+        """The lines, but the process' own samples (CPU, memory, GC counts change between
+        two scrapes; nothing else runs on the manual clock)."""
+        return [
+            line for line in text.splitlines() if not line.startswith((b"process_", b"python_gc_"))
+        ]
+
+    assert len(compressed) < len(plain) / 3
+    assert steady(gzip.decompress(compressed)) == steady(plain)
+    assert b"\ndatabricks_run_duration_seconds_bucket{" in plain
+    assert [line for line in selected.splitlines() if not line.startswith("#")] == [
+        'watcher_build_info{version="0.1.0"} 1.0'
+    ]
 
 
 async def test_readiness_follows_polls_and_the_store(daemon: Daemon, clock: ManualClock) -> None:
@@ -122,7 +160,7 @@ async def test_readiness_follows_the_leases(daemon: Daemon, clock: ManualClock) 
         workspaces=[],  # holds nothing: another replica polls `prod`
         ttl=30,
         clock=clock,
-        on_gained=lambda lease: None,
+        on_gained=lambda lease, taken_over: None,
         on_lost=lambda workspace, why: None,
     )
     status, _, body = await _get(daemon, "/readyz")
@@ -222,3 +260,23 @@ async def test_status_shows_an_outage_while_the_client_retries(
     await run_once(daemon)
     data = json.loads((await _get(daemon, "/status"))[2])
     assert data["workspaces"][0]["retrying"] is None
+
+
+async def test_housekeeping_rides_out_a_database_outage(daemon: Daemon, clock: ManualClock) -> None:
+    """The outbox gauges cannot be read (the database is down): housekeeping logs it and
+    carries on, instead of ending and taking the daemon down with it."""
+
+    async def down() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    daemon.store.outbox_stats = down  # type: ignore[method-assign,assignment]
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(_housekeeping(daemon, clock, stop))
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            clock.advance(5)
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert "housekeeping_failed" in [e["event"] for e in logs]

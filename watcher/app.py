@@ -13,18 +13,11 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from watcher import __version__
-from watcher.aio import guarded_task, sleep_or_stop
+from watcher.aio import Stopped, guarded_task, sleep_or_stop
 from watcher.clock import Clock, SystemClock
-from watcher.config import Config, ExpectationsConfig, OAuthConfig, WorkspaceConfig
-from watcher.databricks import (
-    Auth,
-    JobsClient,
-    OAuthM2M,
-    RetryPolicy,
-    StaticToken,
-    Timeouts,
-    TokenFile,
-)
+from watcher.config import Config, ExpectationsConfig, WorkspaceConfig
+from watcher.config.credentials import auth_from_config
+from watcher.databricks import Auth, JobsClient, RetryPolicy, Timeouts
 from watcher.databricks.client import ClientHooks
 from watcher.domain import PollResult
 from watcher.events import Event
@@ -39,6 +32,7 @@ from watcher.notify.router import RoutingTable, table_router
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
 from watcher.server import Probes, StatusServer, WorkspaceHealth
+from watcher.statuspage import page_for
 from watcher.store.base import (
     CycleCommit,
     Lease,
@@ -60,18 +54,7 @@ class StartupError(Exception):
 
 
 def make_auth(workspace: WorkspaceConfig, clock: Clock) -> Auth:
-    auth = workspace.auth
-    if isinstance(auth, OAuthConfig):
-        return OAuthM2M(
-            host=str(workspace.host),
-            client_id=auth.client_id,
-            client_secret=auth.client_secret,
-            clock=clock,
-        )
-    if auth.token_file is not None:
-        return TokenFile(auth.token_file)
-    assert auth.token is not None
-    return StaticToken(auth.token)
+    return auth_from_config(workspace.auth, str(workspace.host), clock)
 
 
 def make_client(workspace: WorkspaceConfig, hooks: ClientHooks, clock: Clock) -> JobsClient:
@@ -127,10 +110,8 @@ class Daemon:
         return f"replica {self.replica}: its leases could not be renewed or taken lately"
 
     def workspace_health(self) -> list[WorkspaceHealth]:
-        return [
-            _health(p.status, p.interval, self.loops[p.workspace].since if self.loops else None)
-            for p in self.polled()
-        ]
+        since = {workspace: loop.since for workspace, loop in self.loops.items()}
+        return [_health(p.status, p.interval, since.get(p.workspace)) for p in self.polled()]
 
     async def status(self) -> dict[str, Any]:
         stats = await self.store.outbox_stats()
@@ -185,6 +166,9 @@ class _Loop:
     stop: asyncio.Event
     since: float
     """Local clock time the loop started (readiness counts missed polls from here)."""
+    lease: Lease
+    forget: bool = False
+    """Its lease went to another replica: its workspace's series go when it ends."""
 
 
 async def build(
@@ -207,8 +191,9 @@ async def build(
     clock = clock or SystemClock()
     metrics = Metrics(
         registry=registry or CollectorRegistry(auto_describe=True),
-        run_buckets=config.metrics.run_buckets,
-        jobs=config.metrics.jobs,
+        config=config.metrics,
+        channels=list(config.channels),
+        workspaces=[w.name for w in config.workspaces],
     )
     channels = build_channels(
         config.routing,
@@ -239,7 +224,7 @@ def _assemble(
     """The daemon's parts around an open store and built channels."""
     if dry_run:
         store = cast(Store, _DryRun(store))
-    replica = replica_name()
+    replica = replica_name(shared=config.store.postgres is not None)
     dispatcher = Dispatcher(
         store=store,
         channels=channels,
@@ -339,6 +324,7 @@ async def serve(
             ping_store=daemon.store.ping,
             status=daemon.status,
             leases=daemon.lease_problem,
+            page=page_for(daemon.status, daemon.store, config, clock),
         ),
         clock=clock,
         ready_after_missed_polls=config.server.ready_after_missed_polls,
@@ -356,8 +342,9 @@ async def serve(
     keeper = _keeper(daemon, clock)
     # Guarded: each task logs its own death, also while shutting down (past the wait below).
     housekeeping = guarded_task(_housekeeping(daemon, clock, inner_stop), name="housekeeping")
+    leases = guarded_task(keeper.run(stop=inner_stop), name="leases")
     others = [
-        guarded_task(keeper.run(stop=inner_stop), name="leases"),
+        leases,
         guarded_task(
             daemon.dispatcher.run(stop=inner_stop, grace=shutdown_grace), name="dispatcher"
         ),
@@ -387,8 +374,10 @@ async def serve(
         # Whatever ended the wait (stop, a dead task, an error here), shut down fully.
         inner_stop.set()
         log.info("watcher_stopping", reason="signal" if code == 0 else "failure")
-        # The loops finish a commit in progress; the dispatcher gives in-flight sends its
-        # own grace and leaves the rest pending in the store.
+        # The keeper first: its last tick may still start a loop, which it then stops
+        # with every other. The loops finish a commit in progress; the dispatcher gives
+        # in-flight sends its own grace and leaves the rest pending in the store.
+        await asyncio.wait([leases], timeout=shutdown_grace)
         for loop in daemon.loops.values():
             loop.stop.set()
         every = [*daemon.tasks, *daemon.poll_tasks]
@@ -413,28 +402,40 @@ def _keeper(daemon: Daemon, clock: Clock) -> LeaseKeeper:
         metrics.forget_workspace(workspace)  # build() restored them all
     pollers = {p.workspace: p for p in daemon.pollers}
 
-    def gained(lease: Lease) -> None:
+    def gained(lease: Lease, taken_over: bool) -> None:
         stop = asyncio.Event()
         task = guarded_task(
             _poll_under(daemon, pollers[lease.workspace], lease, clock, stop),
             name=f"poll:{lease.workspace}",
         )
-        daemon.loops[lease.workspace] = _Loop(task, stop, clock.time())
+        loop = _Loop(task, stop, clock.time(), lease)
+        daemon.loops[lease.workspace] = loop
         metrics.poll_interval.labels(lease.workspace).set(pollers[lease.workspace].interval)
         # Kept until done, also once the lease is gone: shutdown waits for its commit.
         daemon.poll_tasks.add(task)
-        task.add_done_callback(daemon.poll_tasks.discard)
+        task.add_done_callback(lambda _: ended(loop))
         metrics.workspace_leases.labels(daemon.replica).set(len(keeper.held))
-        if lease.epoch > 1:
+        if taken_over:
             metrics.lease_takeovers.labels(lease.workspace).inc()
 
     def lost(workspace: str, why: str) -> None:
         loop = daemon.loops.pop(workspace, None)
         if loop is not None:
             loop.stop.set()
+            loop.forget = why != "stopped"  # at shutdown the series go with the process
         metrics.workspace_leases.labels(daemon.replica).set(len(keeper.held))
-        if why != "stopped":  # at shutdown the series go with the process
+        if why != "stopped":
             metrics.forget_workspace(workspace)
+
+    def ended(loop: _Loop) -> None:
+        """A loop's end: a loop that died gives its lease up (another replica, or this
+        one at its next tick, polls the workspace again); the last commit or metrics
+        restore of a loop whose lease went may have brought series back: they go."""
+        daemon.poll_tasks.discard(loop.task)
+        if not loop.task.cancelled() and loop.task.exception() is not None:
+            keeper.lose(loop.lease, "died")
+        if loop.forget and keeper.held.get(loop.lease.workspace) is None:
+            metrics.forget_workspace(loop.lease.workspace)
 
     keeper = LeaseKeeper(
         store=daemon.store,
@@ -468,8 +469,8 @@ async def _poll_under(
             daemon.metrics.fenced_commits.labels(workspace).inc()
             log.warning("commit_fenced", workspace=workspace, epoch=lease.epoch, error=str(exc))
             if keeper is not None:
-                keeper.lose(workspace, "fenced")
-            return []
+                keeper.lose(lease, "fenced")
+            raise Stopped from None  # the loop ends here, counting no cycle
 
     await run_poll_loop(
         poller=poller,
@@ -477,7 +478,7 @@ async def _poll_under(
         clock=clock,
         stop=stop,
         on_cycle=daemon.metrics.observe_cycle,
-        before_cycle=None if keeper is None else lambda: keeper.renew(workspace),
+        before_cycle=None if keeper is None else lambda: keeper.renew(lease),
     )
     await restoring
 
@@ -485,7 +486,7 @@ async def _poll_under(
 async def _restore(daemon: Daemon, workspace: str) -> None:
     """The workspace's per-job timestamps and names, as this replica starts exporting them."""
     try:
-        daemon.metrics.restore(await daemon.store.job_times(), workspace)
+        daemon.metrics.restore(await daemon.store.job_times(workspace), workspace)
     except Exception as exc:  # the next commits set them again
         log.warning("metrics_not_restored", workspace=workspace, error=str(exc))
 
@@ -513,16 +514,22 @@ async def _housekeeping(daemon: Daemon, clock: Clock, stop: asyncio.Event) -> No
         if problem is not None and problem != store_problem:
             log.error("store_unavailable", error=problem)
         store_problem = problem
-        daemon.metrics.set_outbox(await daemon.store.outbox_stats())
-        if clock.monotonic() - last_prune >= PRUNE_EVERY:
-            last_prune = clock.monotonic()
-            pruned = await daemon.store.prune(
-                now=clock.time(),
-                run_retention_days=daemon.config.store.run_retention_days,
-                event_retention_days=daemon.config.store.event_retention_days,
-            )
-            if pruned.runs or pruned.events:
-                log.info("store_pruned", runs=pruned.runs, events=pruned.events)
+        # A database outage is /readyz's to report and the poll loops' to ride out: it
+        # must not end this task, which would stop the daemon.
+        try:
+            daemon.metrics.set_outbox(await daemon.store.outbox_stats())
+            if clock.monotonic() - last_prune >= PRUNE_EVERY:
+                last_prune = clock.monotonic()
+                pruned = await daemon.store.prune(
+                    now=clock.time(),
+                    run_retention_days=daemon.config.store.run_retention_days,
+                    event_retention_days=daemon.config.store.event_retention_days,
+                )
+                if pruned.runs or pruned.events:
+                    log.info("store_pruned", runs=pruned.runs, events=pruned.events)
+        except Exception as exc:
+            if store_problem is None:
+                log.warning("housekeeping_failed", error=str(exc) or repr(exc))
         await sleep_or_stop(clock, OUTBOX_STATS_EVERY, stop)
 
 

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """Command line: the only place that reads argv and the environment."""
 
 from __future__ import annotations
@@ -10,30 +11,67 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+import argcomplete
+from argcomplete.shell_integration import shellcode
 
 from watcher import __version__
 from watcher.config import Config, ConfigError, load_config
 from watcher.databricks.errors import DatabricksError
+from watcher.events import Event
 from watcher.logs import configure_logging
-from watcher.store.base import StoreError
+from watcher.store.base import StoreError, StoreFenced
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+OUTPUTS = ("table", "json")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Accepted before or after the command: `watcher --log-level DEBUG once -c F` or
+    # `watcher once -c F --log-level DEBUG`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="lowest level logged, over the configuration's logging.level",
+    )
     parser = argparse.ArgumentParser(
         prog="watcher",
         description="Watch Databricks job runs, alert on failures and duration breaches, "
         "and export run metrics to Prometheus.",
+        parents=[common],
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        _config_option(sub)
+    def command(name: str, **options: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], formatter_class=_Help, **options)
+
+    def with_config(
+        name: str, help_text: str, *, optional: bool = False
+    ) -> argparse.ArgumentParser:
+        sub = command(name, help=help_text, description=help_text)
+        _config_option(sub, optional=optional)
         return sub
 
-    run = with_config("run", "run the daemon until SIGTERM/SIGINT")
+    run = with_config(
+        "run",
+        "run the daemon until SIGTERM/SIGINT (without -c: one workspace from DATABRICKS_HOST "
+        "and its credentials in the environment or ~/.databrickscfg, alerts on the console)",
+        optional=True,
+    )
     run.add_argument(
         "--accept-new-state",
         action="store_true",
@@ -41,8 +79,20 @@ def _parser() -> argparse.ArgumentParser:
         "included, was lost): begin anew",
     )
     with_config("check-config", "validate a configuration file (exit 0 valid, 2 invalid)")
+    status = with_config(
+        "status",
+        "show what the watcher sees: workspaces, active runs, recent events and their "
+        "deliveries, open incidents, dead letters, silences (the page at / as text)",
+    )
+    status.add_argument(
+        "--url",
+        help="the running watcher, whose /status tells each workspace's poll health "
+        "(default: http://127.0.0.1:<server.port>); if it does not answer, the store's "
+        "view is shown (watermarks, leases)",
+    )
     once = with_config("once", "poll every workspace once and print the events as JSON lines")
     once.add_argument("--dry-run", action="store_true", help="decide events but commit nothing")
+    _output_option(once, default="json")
     test_alert = with_config("test-alert", "send a clearly marked test alert through a channel")
     test_alert.add_argument("--channel", required=True, help="channel name from the config")
     doctor = with_config(
@@ -54,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--send", action="store_true", help="also send a test alert through every channel"
     )
-    alerts = commands.add_parser(
+    alerts = command(
         "alerts", help="inspect or replay dead-lettered alerts", description="Dead letters."
     )
     actions = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -62,30 +112,42 @@ def _parser() -> argparse.ArgumentParser:
         ("list", "show the dead letters (all, or those of --event)"),
         ("retry", "requeue dead letters for the running watcher: --event IDs, or --all"),
     ]:
-        sub = actions.add_parser(action, help=text, description=text)
+        sub = actions.add_parser(
+            action, help=text, description=text, parents=[common], formatter_class=_Help
+        )
         _config_option(sub)
         sub.add_argument("--event", action="append", help="an event id (repeatable)")
+        if action == "list":
+            _output_option(sub)
         if action == "retry":
             sub.add_argument("--all", action="store_true", help="every dead letter")
 
-    incidents = commands.add_parser(
+    incidents = command(
         "incidents",
         help="list incidents, or resolve one by hand",
         description="Incidents: a failing job, a job's runs over a duration rule, an "
         "unreadable item, open until resolved.",
     )
     verbs = incidents.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = verbs.add_parser("list", help="show incidents (open ones; --all for every one)")
+    listing = verbs.add_parser(
+        "list",
+        help="show incidents (open ones; --all for every one)",
+        parents=[common],
+        formatter_class=_Help,
+    )
     _config_option(listing)
     listing.add_argument("--all", action="store_true", help="resolved incidents too")
+    _output_option(listing)
     resolving = verbs.add_parser(
         "resolve",
         help="resolve an open incident now: the resolve goes to every channel it was paged to",
+        parents=[common],
+        formatter_class=_Help,
     )
     _config_option(resolving)
     resolving.add_argument("incident", help="incident id (or a prefix of 8+ characters)")
 
-    routes = commands.add_parser(
+    routes = command(
         "routes",
         help="where an event would go, without sending",
         description="Routing dry-runs (like amtool config routes test).",
@@ -95,20 +157,28 @@ def _parser() -> argparse.ArgumentParser:
         "test",
         help="print the matching routes, the channels, the silences and each channel's "
         "message for a sample event; nothing is sent",
+        parents=[common],
+        formatter_class=_Help,
     )
     _config_option(dry_run)
     dry_run.add_argument("--event", required=True, help="event type, e.g. run_failed")
     dry_run.add_argument("--workspace", required=True, help="workspace name")
     dry_run.add_argument("--job", required=True, help="job name")
-    dry_run.add_argument("--job-id", type=int, default=1, help="job id (default: 1)")
+    dry_run.add_argument("--job-id", type=int, default=1, help="job id")
     dry_run.add_argument(
         "--tag", action="append", default=[], metavar="KEY=VALUE", help="a job tag (repeatable)"
     )
-    dry_run.add_argument(
-        "--failures", type=int, default=1, help="consecutive failures so far (default: 1)"
-    )
+    dry_run.add_argument("--failures", type=int, default=1, help="consecutive failures so far")
 
-    demo = commands.add_parser(
+    completion = command(
+        "completion",
+        help='print the shell completion script: eval "$(watcher completion bash)"',
+        description="Tab completion of commands and options (argcomplete): add "
+        'eval "$(watcher completion bash)" to ~/.bashrc (zsh: ~/.zshrc with zsh).',
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="your shell")
+
+    demo = command(
         "demo",
         help="the whole system on a simulated workspace: no account, no config needed",
         description="Start a simulated Databricks workspace with a lively workload in "
@@ -121,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=12, help="jobs in the workload")
     demo.add_argument("--seed", type=int, default=7, help="workload seed")
 
-    sim = commands.add_parser(
+    sim = command(
         "simulate", help="serve a simulated Databricks workspace (Jobs API) with a random workload"
     )
     sim.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
@@ -135,15 +205,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_option(parser: argparse.ArgumentParser) -> None:
+def _output_option(parser: argparse.ArgumentParser, default: str = "table") -> None:
+    parser.add_argument(
+        "-o", "--output", choices=OUTPUTS, default=default, help="table for people, json lines"
+    )
+
+
+def _config_option(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
         default=os.environ.get("WATCHER_CONFIG"),
-        required="WATCHER_CONFIG" not in os.environ,
+        required=not optional and "WATCHER_CONFIG" not in os.environ,
         help="configuration file (default: $WATCHER_CONFIG)",
     )
+
+
+def _from_environment() -> Config | None:
+    """`watcher run` without a file: one workspace as the Databricks CLI and SDKs find it
+    (DATABRICKS_HOST and a token or client credentials, or a ~/.databrickscfg profile)."""
+    from watcher.config import config_from_environment
+
+    try:
+        return config_from_environment(os.environ)
+    except ConfigError as exc:
+        print(
+            "watcher: no -c FILE nor $WATCHER_CONFIG, and the environment names no workspace:",
+            file=sys.stderr,
+        )
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
 
 
 def check_config(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
@@ -200,7 +293,24 @@ async def _run(config: Config, accept_new_state: bool) -> int:
 ONCE_RETRY_BUDGET = 10.0
 
 
-async def _once(config: Config, dry_run: bool) -> int:
+def _event_line(event: Event, output: str) -> str:
+    """An event as `once` prints it: its JSON, or one line for people."""
+    if output == "json":
+        return event.model_dump_json(exclude_none=True)
+    job = (event.job.name or f"run {event.run.run_id}").replace("\t", " ").replace("\n", " ")
+    return "\t".join(
+        (
+            event.occurred_at.isoformat(timespec="seconds"),
+            event.type,
+            event.workspace,
+            job,
+            str(event.run.run_id),
+            event.id,
+        )
+    )
+
+
+async def _once(config: Config, dry_run: bool, output: str = "json") -> int:
     from watcher.app import build, close
     from watcher.leases import replica_name
 
@@ -227,7 +337,9 @@ async def _once(config: Config, dry_run: bool) -> int:
                 events = await daemon.pipeline.handle(
                     result, epoch=None if lease is None else lease.epoch
                 )
-            except DatabricksError as exc:
+            except (DatabricksError, StoreFenced) as exc:
+                # Fenced: the poll outlasted the lease and a running watcher took the
+                # workspace meanwhile; nothing was committed.
                 print(f"watcher: workspace {ws}: {exc}", file=sys.stderr)
                 code = 1
                 continue
@@ -235,7 +347,7 @@ async def _once(config: Config, dry_run: bool) -> int:
                 if lease is not None:
                     await daemon.store.release(ws, replica, lease.epoch, now=time.time())
             for event in events:
-                print(event.model_dump_json(exclude_none=True), flush=True)
+                print(_event_line(event, output), flush=True)
     finally:
         await close(daemon)
     return code
@@ -282,15 +394,20 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argcomplete.autocomplete(parser)  # answers a shell's completion request, then exits
+    args = parser.parse_args(argv)
     command: str = args.command
+    if command == "completion":
+        print(shellcode(["watcher"], shell=args.shell))
+        return 0
     if command == "simulate":
         return asyncio.run(_simulate(args))
     if command == "demo":
         from watcher.app import StartupError
         from watcher.demo import run_demo
 
-        configure_logging(level="WARNING", fmt="console")
+        configure_logging(level=getattr(args, "log_level", "WARNING"), fmt="console")
         try:
             return asyncio.run(
                 run_demo(
@@ -305,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StartupError as exc:
             print(f"watcher: {exc} (try --port 0)", file=sys.stderr)
             return 1
-    config = _load(args.config, sys.stderr)
+    config = _from_environment() if args.config is None else _load(args.config, sys.stderr)
     if config is None:
         return 2
     if command == "check-config":
@@ -314,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(config.channels)} channels, {len(config.routes)} routes)"
         )
         return 0
-    configure_logging(level=config.logging.level, fmt=config.logging.format)
+    level = getattr(args, "log_level", config.logging.level)
+    configure_logging(level=level, fmt=config.logging.format)
     from watcher.app import StartupError
 
     try:
@@ -336,7 +454,7 @@ def _command(args: argparse.Namespace, config: Config) -> int:
     if command == "run":
         return asyncio.run(_run(config, args.accept_new_state))
     if command == "once":
-        return asyncio.run(_once(config, args.dry_run))
+        return asyncio.run(_once(config, args.dry_run, args.output))
     if command == "doctor":
         return asyncio.run(_doctor(config, args.send))
     if command == "test-alert":
@@ -354,6 +472,10 @@ def _command(args: argparse.Namespace, config: Config) -> int:
         )
     if command == "routes":
         return _routes_test(config, args)
+    if command == "status":
+        from watcher.statuspage import print_status
+
+        return asyncio.run(print_status(config, args.url, sys.stdout))
     if command == "incidents":
         from watcher.notify.cli import incidents
 
@@ -365,6 +487,7 @@ def _command(args: argparse.Namespace, config: Config) -> int:
                 sys.stdout,
                 wanted=getattr(args, "incident", None),
                 show_all=getattr(args, "all", False),
+                output=getattr(args, "output", "table"),
             )
         )
     from watcher.notify.cli import dead_letters
@@ -372,7 +495,15 @@ def _command(args: argparse.Namespace, config: Config) -> int:
     if args.action == "retry" and not (args.event or args.all):
         print("watcher: alerts retry needs --event ID (repeatable) or --all", file=sys.stderr)
         return 2
-    return asyncio.run(dead_letters(config.store, args.action, args.event, sys.stdout))
+    return asyncio.run(
+        dead_letters(
+            config.store,
+            args.action,
+            args.event,
+            sys.stdout,
+            output=getattr(args, "output", "table"),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from watcher.config import Config, WorkspaceConfig
 from watcher.config.channels import ChannelConfig, ConsoleChannelConfig, EmailChannelConfig
 from watcher.databricks import JobsClient, RetryPolicy, Timeouts
 from watcher.databricks.errors import ApiError, DatabricksError
-from watcher.store.base import StoreError
+from watcher.store.base import StoreError, StoreNotMigrated
 from watcher.store.opening import open_store
 
 # A doctor answers in seconds: no retry budget, short timeouts.
@@ -73,6 +73,9 @@ async def _store(config: Config) -> Check:
             await store.ping()
         finally:
             await store.close()
+    except StoreNotMigrated as exc:
+        # Reachable, writable by the first start, which migrates it: nothing is wrong.
+        return Check("store", backend, True, f"reachable; `watcher run` migrates it ({exc})")
     except StoreError as exc:
         return Check("store", backend, False, str(exc))
     return Check("store", backend, True, "opens and takes a write")

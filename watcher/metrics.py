@@ -4,16 +4,31 @@ Run metrics are observed from committed transitions only, so a run is counted on
 whatever the poller saw; the daemon's own health comes from hooks on the client, the poll
 loops and the dispatcher. No run_id or free text is ever a label; job names travel only in
 `databricks_job_info`, to be joined with `group_left`.
+
+How many series a job costs is configured (`MetricsConfig`): each run metric family is
+exported per job or per workspace, with or without `result_state`. Counters whose label
+values the config names (channels, workspaces) exist at 0 from the start, so `rate()` and
+`increase()` see their first event. No `_created` series are exported.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
 from watcher import __version__
@@ -31,11 +46,35 @@ API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 INCIDENT_KINDS = ("failure", "duration", "unreadable", "stuck", "missed", "not_running", "stale")
 STUCK_STATES = ("QUEUED", "PENDING", "BLOCKED")
-_RUN_LABELS = ("workspace", "job_id", "result_state")
+_Phase = Literal["queue", "setup", "execution", "cleanup"]
+PHASES: tuple[_Phase, ...] = ("queue", "setup", "execution", "cleanup")
+POLL_OUTCOMES = ("success", "failure")
 _JobKey = tuple[str, str]
+_Series = tuple[MetricWrapperBase, tuple[str, ...]]
 _Stamp = Literal["last_success", "last_finish"]
 """A per-job timestamp gauge, by the name the metrics know it by."""
 _M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The labels of a run metric family: workspace, then job_id if the family is
+    exported per job, then result_state if it carries one."""
+
+    per_job: bool
+    state: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.values("workspace", "job_id", "result_state")
+
+    def values(self, ws: str, job_id: str, state: str) -> tuple[str, ...]:
+        return (ws, *((job_id,) if self.per_job else ()), *((state,) if self.state else ()))
+
+    def shown(self, job_has_series: bool) -> bool:
+        """Whether a run of a job counts here: always per workspace; per job only for the
+        jobs the metrics job filter gives per-job series."""
+        return job_has_series or not self.per_job
 
 
 class Metrics:
@@ -43,12 +82,28 @@ class Metrics:
         self,
         *,
         registry: CollectorRegistry,
-        run_buckets: Sequence[float] = MetricsConfig().run_buckets,
+        config: MetricsConfig | None = None,
+        run_buckets: Sequence[float] | None = None,
         jobs: JobFilter | None = None,
+        channels: Iterable[str] = (),
+        workspaces: Iterable[str] = (),
     ) -> None:
+        """`config` (the `metrics` section) decides the run metrics' buckets, labels and
+        jobs; without it, `run_buckets` and `jobs` (the older way) over the defaults.
+        `channels` and `workspaces` are the configured names, whose counters start at 0."""
+        if config is None:
+            config = MetricsConfig(
+                run_buckets=MetricsConfig().run_buckets if run_buckets is None else [*run_buckets],
+                jobs=jobs or JobFilter(),
+            )
+        elif run_buckets is not None or jobs is not None:
+            raise TypeError("pass config, or run_buckets and jobs, not both")
+        # Counters and histograms without `_created` series: one fewer series each, and
+        # nothing Prometheus uses (a process-wide switch of prometheus_client).
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry
-        self._jobs = jobs or JobFilter()
-        self._declare_run_metrics(registry, run_buckets)
+        self._jobs = config.jobs
+        self._declare_run_metrics(registry, config)
         self._declare_api_metrics(registry)
         self._declare_poll_metrics(registry)
         self._declare_alert_metrics(registry)
@@ -56,45 +111,66 @@ class Metrics:
             "watcher_build_info", "Build information (value 1).", ("version",), registry=registry
         )
         self.build_info.labels(__version__).set(1)
+        # process_* (Linux) and python_* series of the daemon's own process.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self._stamps: dict[_Stamp, Gauge] = {
             "last_success": self.last_success,
             "last_finish": self.last_finish,
         }
-        # Label sets created per job, so a deleted job's series can be removed.
-        self._series: dict[_JobKey, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = defaultdict(
-            set
-        )
+        # Label sets created per job, so a deleted job's series can be removed; and the
+        # run series without job_id, removed with their workspace.
+        self._series: dict[_JobKey, set[_Series]] = defaultdict(set)
+        self._workspace_series: dict[str, set[_Series]] = defaultdict(set)
         self._job_names: dict[_JobKey, str] = {}
         self._timestamps: dict[tuple[_Stamp, str, str], float] = {}
         self._active_states: dict[str, set[str]] = defaultdict(set)
         self._scheduled: dict[str, set[str]] = defaultdict(set)  # job ids with schedule gauges
+        self._workspaces = list(dict.fromkeys(workspaces))
+        for channel in dict.fromkeys(channels):
+            for counter in (
+                self.alerts_sent,
+                self.alerts_failed,
+                self.alerts_dead,
+                self.alerts_silenced,
+            ):
+                counter.labels(channel)
+        for ws in self._workspaces:
+            self._zero_workspace(ws)
+            self._zero_run_counters(ws)
 
-    def _declare_run_metrics(self, r: CollectorRegistry, run_buckets: Sequence[float]) -> None:
+    def _declare_run_metrics(self, r: CollectorRegistry, config: MetricsConfig) -> None:
         """Runs and jobs of the workspaces: observed from committed transitions."""
+        per_job, state = set(config.per_job), config.result_state_label
+        self._durations = _Shape("durations" in per_job, state)
+        self._phases = _Shape("phases" in per_job, state)
+        self._started = _Shape("counts" in per_job, state=False)
+        self._finished = _Shape("counts" in per_job, state)
         self.phase_seconds = {
             phase: Histogram(
                 f"databricks_run_{phase}_duration_seconds",
                 f"Run {phase} duration of finished runs, seconds.",
-                _RUN_LABELS,
-                buckets=run_buckets,
+                self._phases.names,
+                buckets=config.buckets_of(phase),
                 registry=r,
             )
-            for phase in ("queue", "setup", "execution", "cleanup")
+            for phase in PHASES
         }
         self.duration_seconds = Histogram(
             "databricks_run_duration_seconds",
             "Total duration of finished runs (run_duration, else the phase sum), seconds.",
-            _RUN_LABELS,
-            buckets=run_buckets,
+            self._durations.names,
+            buckets=config.buckets_of("duration"),
             registry=r,
         )
         self.runs_started = Counter(
-            "databricks_runs_started", "Runs seen starting.", ("workspace", "job_id"), registry=r
+            "databricks_runs_started", "Runs seen starting.", self._started.names, registry=r
         )
         self.runs_finished = Counter(
             "databricks_runs_finished",
-            "Runs seen finishing, by result state.",
-            _RUN_LABELS,
+            "Runs seen finishing" + (", by result state." if self._finished.state else "."),
+            self._finished.names,
             registry=r,
         )
         self.runs_active = Gauge(
@@ -219,7 +295,7 @@ class Metrics:
         )
         self.lease_takeovers = Counter(
             "watcher_lease_takeovers",
-            "Leases this replica took over from another replica or an earlier life of its own.",
+            "Leases this replica took from another replica that died or stalled holding them.",
             ("workspace",),
             registry=r,
         )
@@ -322,7 +398,10 @@ class Metrics:
     def restore(self, jobs: Sequence[JobTimes], workspace: str | None = None) -> None:
         """Per-job timestamps and names from the store (of one workspace, or all), when
         this replica starts polling: a job that has not succeeded since the restart
-        still shows when it last did."""
+        still shows when it last did. The workspace's run counters exported per workspace
+        start at 0 again."""
+        for ws in self._workspaces if workspace is None else [workspace]:
+            self._zero_run_counters(ws)
         for job in jobs:
             if workspace is not None and job.workspace != workspace:
                 continue
@@ -347,8 +426,8 @@ class Metrics:
                 self._set_job_name(ws, str(job.job_id), job.name or "")
         for transition in report.transitions:
             job_id = transition.record.job_id
-            if allowed.get(job_id, self._jobs.allows(job_id, None, {})) if job_id else True:
-                self._observe_transition(ws, transition)
+            per_job = allowed.get(job_id, self._jobs.allows(job_id, None, {})) if job_id else True
+            self._observe_transition(ws, transition, per_job)
         for event in report.events:
             if event.type == "run_duration_exceeded" and event.rule is not None:
                 job_id = event.job.job_id
@@ -404,31 +483,37 @@ class Metrics:
                     self.next_expected_run.remove(ws, job_id)
         self._scheduled[ws] = set(shown)
 
-    def _observe_transition(self, ws: str, transition: Transition) -> None:
+    def _observe_transition(self, ws: str, transition: Transition, per_job: bool) -> None:
         """Count a run started (first seen active, or first seen finished: its start is
         implied) and measure a finish. A repair, an update, or a run closed out because it
-        vanished has nothing to count."""
+        vanished has nothing to count. A job outside the metrics job filter (`per_job`
+        false) counts only in the families exported per workspace."""
         kind, run = transition.kind, transition.record.snapshot
         job_id = str(transition.record.job_id)
+        state = transition.raw_state or "UNKNOWN"
         first_seen = transition.previous is None
-        if kind is TransitionKind.STARTED or (kind is TransitionKind.FINISHED and first_seen):
-            self._labels(self.runs_started, ws, job_id, (ws, job_id)).inc()
+        started = kind is TransitionKind.STARTED or (kind is TransitionKind.FINISHED and first_seen)
+        if started and self._started.shown(per_job):
+            self._run(self.runs_started, self._started, ws, job_id, state).inc()
         if kind is not TransitionKind.FINISHED:
             return
-        labels = (ws, job_id, transition.raw_state or "UNKNOWN")
-        self._labels(self.runs_finished, ws, job_id, labels).inc()
-        phases = {
+        if self._finished.shown(per_job):
+            self._run(self.runs_finished, self._finished, ws, job_id, state).inc()
+        phases: dict[_Phase, int | None] = {
             "queue": run.queue_duration,
             "setup": run.setup_duration,
             "execution": run.execution_duration,
             "cleanup": run.cleanup_duration,
         }
         for phase, ms in phases.items():
-            if ms is not None:
-                self._labels(self.phase_seconds[phase], ws, job_id, labels).observe(ms / 1000)
-        if (total := run.duration_ms) is not None:
-            self._labels(self.duration_seconds, ws, job_id, labels).observe(total / 1000)
-        if run.end_time:
+            if ms is not None and self._phases.shown(per_job):
+                histogram = self._run(self.phase_seconds[phase], self._phases, ws, job_id, state)
+                histogram.observe(ms / 1000)
+        if (total := run.duration_ms) is not None and self._durations.shown(per_job):
+            self._run(self.duration_seconds, self._durations, ws, job_id, state).observe(
+                total / 1000
+            )
+        if per_job and run.end_time:
             self._raise_to("last_finish", ws, job_id, run.end_time / 1000)
             if transition.category is Category.SUCCESS:
                 self._raise_to("last_success", ws, job_id, run.end_time / 1000)
@@ -440,6 +525,42 @@ class Metrics:
         if value > self._timestamps.get(key, float("-inf")):
             self._timestamps[key] = value
             self._labels(self._stamps[stamp], ws, job_id, (ws, job_id)).set(value)
+
+    def _run(self, metric: _M, shape: _Shape, ws: str, job_id: str, state: str) -> _M:
+        """The series of a run metric family for this run, remembered under its job, or
+        under its workspace when the family has no job_id."""
+        labels = shape.values(ws, job_id, state)
+        if shape.per_job:
+            return self._labels(metric, ws, job_id, labels)
+        self._workspace_series[ws].add((metric, labels))
+        return metric.labels(*labels)
+
+    def _zero_workspace(self, ws: str) -> None:
+        """The watcher's own counters of a configured workspace, at 0 (they stay while the
+        process runs, whichever replica polls the workspace)."""
+        for outcome in POLL_OUTCOMES:
+            self.cycles.labels(ws, outcome)
+        for endpoint in ITEM_ENDPOINTS:
+            self.api_items_rejected.labels(ws, endpoint)
+        for counter in (
+            self.api_throttled,
+            self.api_date_missing,
+            self.lease_takeovers,
+            self.fenced_commits,
+        ):
+            counter.labels(ws)
+
+    def _zero_run_counters(self, ws: str) -> None:
+        """The run counters exported per workspace whose labels are all known (no job_id,
+        no result_state), at 0: exported, like every run series, while this replica polls
+        the workspace."""
+        for counter, shape in (
+            (self.runs_started, self._started),
+            (self.runs_finished, self._finished),
+        ):
+            if not shape.per_job and not shape.state:
+                self._workspace_series[ws].add((counter, (ws,)))
+                counter.labels(ws)
 
     def _labels(self, metric: _M, ws: str, job_id: str, labels: tuple[str, ...]) -> _M:
         """metric.labels(...), remembering the label set under its job."""
@@ -462,6 +583,9 @@ class Metrics:
         longer polls: only the replica that owns a workspace exports them."""
         for job_ws, job_id in [k for k in self._series if k[0] == ws]:
             self._forget_job(job_ws, job_id)
+        for metric, labels in self._workspace_series.pop(ws, set()):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
         for state in self._active_states.pop(ws, set()):
             with contextlib.suppress(KeyError):
                 self.runs_active.remove(ws, state)

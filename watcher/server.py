@@ -10,8 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client import exposition as text_format
-from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from watcher.clock import Clock
 from watcher.store.base import StoreError
@@ -43,6 +42,8 @@ class Probes:
     status: Callable[[], Awaitable[dict[str, Any]]]
     leases: Callable[[], str | None] = lambda: None
     """Why this replica can neither hold nor take a workspace's lease, if so."""
+    page: Callable[[], Awaitable[str]] | None = None
+    """The status page for people at `/`, as HTML (watcher.statuspage); None: no page."""
 
 
 class StatusServer:
@@ -64,10 +65,13 @@ class StatusServer:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
+        # prometheus_client's own handler: the text format, or OpenMetrics when asked for
+        # in Accept; gzip (or deflate) when Accept-Encoding allows it; `?name[]=` filters.
+        app.router.add_get("/metrics", make_aiohttp_handler(self._registry))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/", self._page)
         return app
 
     async def start(self, host: str, port: int) -> str:
@@ -86,16 +90,6 @@ class StatusServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        accept = request.headers.get("Accept", "")
-        if "application/openmetrics-text" in accept:
-            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
-            content_type = openmetrics.CONTENT_TYPE_LATEST
-        else:
-            body = text_format.generate_latest(self._registry)
-            content_type = text_format.CONTENT_TYPE_LATEST
-        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         # Answering at all proves the event loop is alive; a workspace loop failing cycle
@@ -131,10 +125,28 @@ class StatusServer:
                 t for t in (ws.last_success_at, ws.polled_since, self._started_at) if t is not None
             )
             if now - since > self._missed * ws.poll_interval:
-                when = "never" if ws.last_success_at is None else f"{now - since:.0f}s ago"
+                last = ws.last_success_at
+                when = "never" if last is None else f"{now - last:.0f}s ago"
                 detail = f": {ws.last_error}" if ws.last_error else ""
                 problems.append(f"workspace {ws.name}: last successful poll {when}{detail}")
         return problems
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(await self._probes.status())
+
+    async def _page(self, request: web.Request) -> web.Response:
+        if self._probes.page is None:
+            raise web.HTTPNotFound()
+        try:
+            html = await self._probes.page()
+        except StoreError as exc:
+            return web.Response(status=503, text=f"the store cannot be read: {exc}\n")
+        # No script, no asset from elsewhere: were a value ever not escaped, it still ran
+        # nothing. Always fresh (it refreshes itself).
+        headers = {
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        }
+        return web.Response(text=html, content_type="text/html", charset="utf-8", headers=headers)

@@ -33,6 +33,7 @@ from watcher.config.daemon import (
     StuckConfig,
     StuckRuleConfig,
 )
+from watcher.config.environment import config_from_environment
 from watcher.config.errors import MAX_ERRORS, ConfigError
 from watcher.config.fields import CaBundle, Host, Secret, SecretUrl, TokenFilePath
 from watcher.config.jobs import JobFilter, JobMatch
@@ -41,7 +42,9 @@ from watcher.config.model import Config
 from watcher.config.routing import RouteConfig, RouteMatch, RoutingConfig, SilenceConfig
 from watcher.config.workspace import (
     AuthConfig,
+    AzureSPConfig,
     OAuthConfig,
+    ProfileAuthConfig,
     ReconcileConfig,
     TokenAuthConfig,
     WorkspaceConfig,
@@ -51,6 +54,7 @@ __all__ = [
     "MAX_ERRORS",
     "NAME_PATTERN",
     "AuthConfig",
+    "AzureSPConfig",
     "CaBundle",
     "ChannelConfig",
     "Config",
@@ -68,6 +72,7 @@ __all__ = [
     "MetricsConfig",
     "OAuthConfig",
     "PostgresConfig",
+    "ProfileAuthConfig",
     "ReconcileConfig",
     "RouteConfig",
     "RouteMatch",
@@ -86,6 +91,7 @@ __all__ = [
     "TokenAuthConfig",
     "TokenFilePath",
     "WorkspaceConfig",
+    "config_from_environment",
     "load_config",
     "parse_config",
     "secret_file_keys",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from watcher.config.base import NAME_PATTERN, Section, require_unique
 from watcher.config.fields import Host, Secret
@@ -209,6 +209,20 @@ class PostgresConfig(Section):
     connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to connect before the store is unavailable."
     )
+    command_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds getting a pooled connection, and each statement, may take "
+        "before the store call fails (a hung or unreachable server): no call waits for "
+        "the database forever.",
+    )
+    stall_timeout: float = Field(
+        default=2.0,
+        ge=0.5,
+        description="Seconds a transaction may sit idle before the server aborts it, so "
+        "that a replica frozen mid-commit releases its workspace's lease row to the "
+        "replica taking over: keep it well under ha.lease_seconds.",
+    )
 
 
 class StoreConfig(Section):
@@ -264,25 +278,93 @@ class ServerConfig(Section):
 
 # From seconds to a day: short notebook jobs through nightly batch runs.
 _RUN_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+# Waiting in the queue and cleaning up take seconds to minutes, not hours.
+_SHORT_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+PerJobFamily = Literal["durations", "phases", "counts"]
+"""Run metric families that can be exported per job or per workspace (docs/metrics.md)."""
+PER_JOB_FAMILIES: tuple[PerJobFamily, ...] = ("durations", "phases", "counts")
+RunHistogram = Literal["queue", "setup", "execution", "cleanup", "duration"]
+"""The run histograms, by the key of their buckets in `metrics.buckets`."""
+
+
+def _check_buckets(value: list[float]) -> list[float]:
+    if any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+        raise ValueError("buckets must be positive and strictly increasing")
+    return value
+
+
+Buckets = Annotated[list[float], Field(min_length=1), AfterValidator(_check_buckets)]
+"""Histogram bucket bounds, seconds: positive and strictly increasing (+Inf is implied)."""
+
+
+def _short_buckets() -> list[float]:
+    return [float(b) for b in _SHORT_BUCKETS]
+
+
+class RunBucketsConfig(Section):
+    """Buckets (seconds) of each run histogram; setup, execution and duration default to
+    `metrics.run_buckets`."""
+
+    queue: Buckets = Field(
+        default_factory=_short_buckets,
+        description="databricks_run_queue_duration_seconds: time queued.",
+    )
+    setup: Buckets | None = Field(
+        default=None,
+        description="databricks_run_setup_duration_seconds (default: `run_buckets`).",
+    )
+    execution: Buckets | None = Field(
+        default=None,
+        description="databricks_run_execution_duration_seconds (default: `run_buckets`).",
+    )
+    cleanup: Buckets = Field(
+        default_factory=_short_buckets,
+        description="databricks_run_cleanup_duration_seconds: cleanup time.",
+    )
+    duration: Buckets | None = Field(
+        default=None,
+        description="databricks_run_duration_seconds, the total (default: `run_buckets`).",
+    )
 
 
 class MetricsConfig(Section):
-    run_buckets: list[float] = Field(
+    run_buckets: Buckets = Field(
         default_factory=lambda: [float(b) for b in _RUN_BUCKETS],
-        min_length=1,
-        description="Histogram buckets (seconds) of the run duration metrics.",
+        description="Histogram buckets (seconds) of the setup, execution and total run "
+        "durations, unless `buckets` sets them.",
+    )
+    buckets: RunBucketsConfig = Field(
+        default_factory=RunBucketsConfig,
+        description="Buckets (seconds) per run histogram.",
+    )
+    per_job: list[PerJobFamily] = Field(
+        default_factory=lambda: list(PER_JOB_FAMILIES),
+        description="Run metric families exported per job (with `job_id`): `durations` (the "
+        "total duration histogram), `phases` (queue, setup, execution, cleanup histograms), "
+        "`counts` (runs started and finished); a family left out is exported per workspace, "
+        "without `job_id`.",
+    )
+    result_state_label: bool = Field(
+        default=True,
+        description="Label finished-run counts and the duration histograms by `result_state` "
+        "(false: one series for every result).",
     )
     jobs: JobFilter = Field(
         default_factory=JobFilter,
         description="Jobs that get per-job series (a cardinality guard for huge workspaces).",
     )
 
-    @field_validator("run_buckets")
+    @field_validator("per_job")
     @classmethod
-    def _increasing(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
-            raise ValueError("buckets must be positive and strictly increasing")
+    def _unique_families(cls, value: list[PerJobFamily]) -> list[PerJobFamily]:
+        require_unique(list(value), "per_job families")
         return value
+
+    def buckets_of(self, histogram: RunHistogram) -> list[float]:
+        """The buckets of one run histogram: its own, else `run_buckets`."""
+        own: list[float] | None = getattr(self.buckets, histogram)
+        return self.run_buckets if own is None else own
 
 
 class LoggingConfig(Section):

@@ -142,7 +142,9 @@ def parse_config(text: str | bytes, *, env: Mapping[str, str], base: Path = Path
     if errors:
         raise ConfigError(errors)
     try:
-        return Config.model_validate(raw, context={"base": base})
+        # The environment too: a Databricks CLI profile (`auth.type: profile`) is found
+        # through DATABRICKS_CONFIG_FILE and DATABRICKS_CONFIG_PROFILE, as the CLI finds it.
+        return Config.model_validate(raw, context={"base": base, "env": env})
     except ValidationError as exc:
         raise ConfigError(describe(exc, Config)) from None
     except RecursionError:

@@ -1,6 +1,14 @@
 """The Databricks Jobs API: client, credentials, errors and typed models."""
 
-from watcher.databricks.auth import Auth, OAuthM2M, StaticToken, TokenFile
+from watcher.databricks.auth import (
+    AZURE_DATABRICKS_APP_ID,
+    ENTRA_ID,
+    Auth,
+    AzureServicePrincipal,
+    OAuthM2M,
+    StaticToken,
+    TokenFile,
+)
 from watcher.databricks.client import (
     Attempt,
     JobsClient,
@@ -19,9 +27,12 @@ from watcher.databricks.errors import (
 )
 
 __all__ = [
+    "AZURE_DATABRICKS_APP_ID",
+    "ENTRA_ID",
     "ApiError",
     "Attempt",
     "Auth",
+    "AzureServicePrincipal",
     "DatabricksError",
     "ItemRejected",
     "JobsClient",

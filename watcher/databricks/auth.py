@@ -1,5 +1,6 @@
 """Credentials for the Jobs API: a personal access token (inline or from a file that
-Kubernetes may rotate) or OAuth machine-to-machine client credentials.
+Kubernetes may rotate), OAuth machine-to-machine client credentials against the workspace,
+or a Microsoft Entra ID service principal's client credentials (Azure).
 
 Secrets are held as pydantic SecretStr so that neither repr nor str reveal them, and no
 error raised here quotes a token.
@@ -12,6 +13,7 @@ import base64
 import os
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -76,12 +78,69 @@ class TokenFile:
 class _TokenResponse(BaseModel):
     access_token: SecretStr
     token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
+    # Entra ID's v1 endpoint sends a string ("3599"): lax validation takes both.
     expires_in: int = 3600
 
 
-class OAuthM2M:
+class _ClientCredentials:
+    """A token from a client-credentials grant, cached and fetched again `refresh_margin`
+    seconds before it expires (at the latest halfway through a short-lived one), or after
+    a 401. Subclasses say where and how to ask (`_request`)."""
+
+    endpoint = "token"
+    """Named in errors (and never with a secret)."""
+
+    def __init__(self, *, clock: Clock, refresh_margin: float) -> None:
+        self._clock = clock
+        self._margin = refresh_margin
+        self._token: SecretStr | None = None
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def header(self, session: aiohttp.ClientSession) -> str:
+        async with self._lock:
+            if self._token is None or self._clock.time() >= self._refresh_at:
+                await self._fetch(session)
+            assert self._token is not None
+            return f"Bearer {self._token.get_secret_value()}"
+
+    def invalidate(self) -> None:
+        self._token = None
+
+    async def _request(self, session: aiohttp.ClientSession) -> tuple[int, bytes]:
+        """POST the grant: (status, body)."""
+        raise NotImplementedError
+
+    def _redact(self, message: str) -> str:
+        """`message` (from the server) without anything secret in it."""
+        return message
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> None:
+        self.fetches += 1
+        status, body = await self._request(session)
+        if status != 200:
+            code, message = parse_error_body(body, status)
+            raise ApiError(
+                endpoint=self.endpoint,
+                status=status,
+                error_code=self._redact(code),
+                message=self._redact(message),
+            )
+        try:
+            token = _TokenResponse.model_validate_json(body)
+        except ValidationError:
+            raise DatabricksError(f"{self.endpoint}: the token response is not valid") from None
+        lifetime = max(token.expires_in, 0)
+        self._token = token.access_token
+        self._refresh_at = self._clock.time() + max(lifetime - self._margin, lifetime / 2)
+
+
+class OAuthM2M(_ClientCredentials):
     """Client-credentials flow against `{host}/oidc/v1/token` with scope `all-apis`.
     The token is refreshed `refresh_margin` seconds before it expires, or after a 401."""
+
+    endpoint = "oidc/v1/token"
 
     def __init__(
         self,
@@ -92,44 +151,71 @@ class OAuthM2M:
         clock: Clock,
         refresh_margin: float = 60.0,
     ) -> None:
+        super().__init__(clock=clock, refresh_margin=refresh_margin)
         self.token_url = f"{host.rstrip('/')}/oidc/v1/token"
         self._client_id = client_id
         self._client_secret = client_secret
-        self._clock = clock
-        self._margin = refresh_margin
-        self._token: SecretStr | None = None
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
-        self.fetches = 0
 
-    async def header(self, session: aiohttp.ClientSession) -> str:
-        async with self._lock:
-            if self._token is None or self._clock.time() >= self._expires_at - self._margin:
-                await self._fetch(session)
-            assert self._token is not None
-            return f"Bearer {self._token.get_secret_value()}"
-
-    def invalidate(self) -> None:
-        self._token = None
-
-    async def _fetch(self, session: aiohttp.ClientSession) -> None:
-        self.fetches += 1
+    async def _request(self, session: aiohttp.ClientSession) -> tuple[int, bytes]:
         pair = f"{self._client_id}:{self._client_secret.get_secret_value()}".encode()
         form = {"grant_type": "client_credentials", "scope": "all-apis"}
         headers = {"Authorization": f"Basic {base64.b64encode(pair).decode()}"}
         async with session.post(self.token_url, data=form, headers=headers) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                code, message = parse_error_body(body, resp.status)
-                raise ApiError(
-                    endpoint="oidc/v1/token", status=resp.status, error_code=code, message=message
-                )
-        try:
-            token = _TokenResponse.model_validate_json(body)
-        except ValidationError:
-            raise DatabricksError("oidc/v1/token: the token response is not valid") from None
-        self._token = token.access_token
-        self._expires_at = self._clock.time() + token.expires_in
+            return resp.status, await resp.read()
 
     def __repr__(self) -> str:
         return f"OAuthM2M(client_id={self._client_id!r}, client_secret=**********)"
+
+
+ENTRA_ID = "https://login.microsoftonline.com"
+"""Microsoft Entra ID of Azure's public cloud (login.microsoftonline.us: Azure Government,
+login.chinacloudapi.cn: Azure operated by 21Vianet)."""
+AZURE_DATABRICKS_APP_ID = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
+"""The AzureDatabricks first-party application: its `/.default` scope is the one a token
+for any Azure Databricks workspace is issued for."""
+
+
+class AzureServicePrincipal(_ClientCredentials):
+    """A Microsoft Entra ID service principal: client credentials (id and secret in the
+    form) against `{authority}/{tenant_id}/oauth2/v2.0/token` with the scope
+    `2ff814a6-3304-4ab8-85cb-cd0e6f879c1d/.default` (AzureDatabricks); the Entra ID token
+    is the workspace's bearer token. Cached and refreshed as OAuthM2M's is."""
+
+    endpoint = "entra-id/oauth2/v2.0/token"
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        client_id: str,
+        client_secret: SecretStr,
+        clock: Clock,
+        authority: str = ENTRA_ID,
+        refresh_margin: float = 60.0,
+    ) -> None:
+        super().__init__(clock=clock, refresh_margin=refresh_margin)
+        self.token_url = f"{authority.rstrip('/')}/{quote(tenant_id, safe='')}/oauth2/v2.0/token"
+        self._client_id = client_id
+        self._client_secret = client_secret
+
+    async def _request(self, session: aiohttp.ClientSession) -> tuple[int, bytes]:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret.get_secret_value(),
+            "scope": f"{AZURE_DATABRICKS_APP_ID}/.default",
+        }
+        async with session.post(self.token_url, data=form) as resp:
+            return resp.status, await resp.read()
+
+    def _redact(self, message: str) -> str:
+        # Entra ID's descriptions name the client, not the secret; should one ever echo
+        # the request, it still does not reach a log line.
+        secret = self._client_secret.get_secret_value()
+        return message.replace(secret, "**********") if secret else message
+
+    def __repr__(self) -> str:
+        return (
+            f"AzureServicePrincipal(token_url={self.token_url!r}, "
+            f"client_id={self._client_id!r}, client_secret=**********)"
+        )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TextIO
@@ -12,7 +13,7 @@ from watcher.config import RoutingConfig, StoreConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
 from watcher.notify.incidents import IncidentNotFound, incident_rows, resolve_manually
 from watcher.notify.testalert import TestAlertError, send_test_alert
-from watcher.store.base import Store
+from watcher.store.base import Delivery, Store
 from watcher.store.opening import open_store
 
 StoreOpener = Callable[[StoreConfig], Awaitable[Store]]
@@ -45,6 +46,24 @@ async def test_alert(
     return 0
 
 
+def _dead_letter(delivery: Delivery) -> dict[str, object]:
+    """A dead letter as one JSON object: the delivery, and what its event was about."""
+    event = delivery.event
+    return {
+        "event_id": event.id,
+        "type": event.type,
+        "workspace": event.workspace,
+        "job_id": event.job.job_id,
+        "job_name": event.job.name,
+        "run_id": event.run.run_id,
+        "channel": delivery.key.channel,
+        "recipient": delivery.key.recipient or None,
+        "attempts": delivery.attempts,
+        "created_at": delivery.created_at,
+        "last_error": delivery.last_error,
+    }
+
+
 async def dead_letters(
     store_config: StoreConfig,
     action: str,
@@ -52,13 +71,21 @@ async def dead_letters(
     out: TextIO,
     *,
     opener: StoreOpener = _open_existing,
+    output: str = "table",
 ) -> int:
-    """`list` prints the dead letters, `retry` requeues them: all, or those of the given
-    events, in the configured store. Exit code 1 when given events have no dead letter
-    (a mistyped id says so)."""
+    """`list` prints the dead letters (a table, or JSON lines with `output="json"`),
+    `retry` requeues them: all, or those of the given events, in the configured store.
+    Exit code 1 when given events have no dead letter (a mistyped id says so)."""
     wanted = list(event_ids) if event_ids else None
     store = await opener(store_config)
     try:
+        if action == "list" and output == "json":
+            found = [
+                d for d in await store.dead_letters() if wanted is None or d.event.id in wanted
+            ]
+            for delivery in found:
+                print(json.dumps(_dead_letter(delivery)), file=out)
+            return 1 if wanted and not found else 0
         if action == "list":
             lines = await list_dead_letters(store, event_ids=wanted)
             for line in lines:
@@ -84,6 +111,7 @@ async def incidents(
     wanted: str | None = None,
     show_all: bool = False,
     opener: StoreOpener = _open_existing,
+    output: str = "table",
 ) -> int:
     """`list` prints the incidents (open ones, or all); `resolve` resolves the open
     incident `wanted`. Exit code 1 when no open incident has that id."""
@@ -91,6 +119,10 @@ async def incidents(
     try:
         if action == "list":
             found = await store.incidents(open_only=not show_all)
+            if output == "json":
+                for incident in found:
+                    print(incident.model_dump_json(), file=out)
+                return 0
             for line in incident_rows(found):
                 print(line, file=out)
             print(f"incidents: {len(found)}", file=out)
