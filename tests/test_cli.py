@@ -230,7 +230,7 @@ def test_once_prints_an_event_as_json_or_as_one_line_for_people() -> None:
         type=EventType.RUN_FAILED,
         workspace="prod",
         occurred_at=datetime(2026, 12, 3, 2, 0, tzinfo=UTC),
-        job=JobRef(job_id=7, name="nightly\tetl"),
+        job=JobRef(job_id=7, name="nightly\tetl\x1b]52;c;eA==\x07"),
         run=Run.model_validate({"run_id": 42, "job_id": 7}),
     )
     assert json.loads(_event_line(event, "json"))["id"] == "e1"
@@ -238,7 +238,7 @@ def test_once_prints_an_event_as_json_or_as_one_line_for_people() -> None:
         "2026-12-03T02:00:00+00:00",
         "run_failed",
         "prod",
-        "nightly etl",
+        "nightly etl ]52;c;eA==",
         "42",
         "e1",
     ]

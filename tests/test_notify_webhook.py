@@ -168,3 +168,25 @@ def test_invalid_secret_is_a_config_error() -> None:
         WebhookChannelConfig.model_validate(
             {"type": "webhook", "url": "https://x.invalid", "secret": "whsec_***"}
         )
+
+
+async def test_a_receiver_echoing_the_urls_token_does_not_put_it_in_the_error(
+    receiver: Receiver, now_clock: ManualClock
+) -> None:
+    """A token in the URL's query or user info, echoed back by the receiver in its
+    refusal, is redacted from the error (which the status page and `alerts list` show)."""
+    receiver.default = (401, {}, "bad apiKey not-a-real-key for user:not-a-real-password")
+    config = WebhookChannelConfig.model_validate(
+        {
+            "type": "webhook",
+            "url": receiver.url.replace("http://", "http://user:not-a-real-password@")
+            + "/hook?apiKey=not-a-real-key",
+        }
+    )
+    hook = WebhookChannel("hook", config, clock=now_clock)
+    result = await hook.send(make_event())
+    await hook.close()
+    assert isinstance(result, Failed)
+    assert "401" in result.error
+    assert "not-a-real-key" not in result.error
+    assert "not-a-real-password" not in result.error

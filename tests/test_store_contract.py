@@ -419,8 +419,8 @@ async def test_silenced_deliveries_are_recorded_not_sent(store: Backend) -> None
 
 
 async def test_dead_letters_are_listed_and_requeued(store: Backend) -> None:
-    """Dead deliveries are listed oldest first and replayed afresh: all, or those of the
-    events named."""
+    """Dead deliveries are listed oldest first (or newest first, as many as asked) and
+    replayed afresh: all, or those of the events named."""
     first, second = failed(1), failed(2, job_id=8)
     await send(store, [first, second])
     for event in (first, second):
@@ -430,6 +430,8 @@ async def test_dead_letters_are_listed_and_requeued(store: Backend) -> None:
         (first.id, "dead", 1, "HTTP 400"),
         (second.id, "dead", 1, "HTTP 400"),
     ]
+    (latest,) = await store.dead_letters(limit=1, newest_first=True)  # the status page's
+    assert latest.event.id == second.id
     assert await store.requeue_dead(now=NOW + 100, event_ids=[second.id, "unknown"]) == 1
     (again,) = await store.due_deliveries(now=NOW + 100, limit=10)
     assert (again.event.id, again.attempts, again.created_at, again.next_attempt_at) == (

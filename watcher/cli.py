@@ -228,15 +228,22 @@ def _from_environment() -> Config | None:
     from watcher.config import config_from_environment
 
     try:
-        return config_from_environment(os.environ)
+        config = config_from_environment(os.environ)
     except ConfigError as exc:
         print(
-            "watcher: no -c FILE nor $WATCHER_CONFIG, and the environment names no workspace:",
+            "watcher: no -c FILE nor $WATCHER_CONFIG, and no usable workspace in the environment:",
             file=sys.stderr,
         )
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return None
+    (workspace,) = config.workspaces
+    print(
+        f"watcher: no -c FILE: watching {workspace.host} as the environment says, "
+        "alerts on the console only",
+        file=sys.stderr,
+    )
+    return config
 
 
 def check_config(path: Path, *, env: Mapping[str, str] | None = None) -> Config:
@@ -294,10 +301,12 @@ ONCE_RETRY_BUDGET = 10.0
 
 
 def _event_line(event: Event, output: str) -> str:
+    from watcher.notify.text import one_line
+
     """An event as `once` prints it: its JSON, or one line for people."""
     if output == "json":
         return event.model_dump_json(exclude_none=True)
-    job = (event.job.name or f"run {event.run.run_id}").replace("\t", " ").replace("\n", " ")
+    job = one_line(event.job.name or f"run {event.run.run_id}")  # no escape sequences
     return "\t".join(
         (
             event.occurred_at.isoformat(timespec="seconds"),

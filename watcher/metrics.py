@@ -606,7 +606,8 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
         self._job_names.pop((ws, job_id), None)
-        self._timestamps = {k: v for k, v in self._timestamps.items() if k[1:] != (ws, job_id)}
+        for stamp in self._stamps:
+            self._timestamps.pop((stamp, ws, job_id), None)
 
 
 class _ClientHooks:

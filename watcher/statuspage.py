@@ -10,7 +10,7 @@ rendered with autoescape on, and the text drops control characters."""
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from watcher import __version__
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, SilenceConfig
 from watcher.events import EventType
+from watcher.logs import redact_value
 from watcher.store.base import Store
 from watcher.store.opening import open_store
 
@@ -34,8 +35,6 @@ ACTIVE_RUNS_SHOWN = 200
 """Active runs the page lists, oldest first (it counts them all)."""
 REFRESH_SECONDS = 15
 _BREACH = f"{EventType.RUN_DURATION_EXCEEDED}:"
-_DEAD_LETTERS_READ = 1000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +206,7 @@ async def page_data(
                 consecutive_failures=None
                 if seen is None
                 else int(_number(seen, "consecutive_failures") or 0),
-                last_error=None if seen is None else _text(seen.get("last_error")),
+                last_error=None if seen is None else _redacted(_text(seen.get("last_error"))),
                 watermark_at=None if state.watermark_ms is None else state.watermark_ms / 1000,
                 lease_owner=leases.get(ws.name),
                 active_runs=len(records),
@@ -223,7 +222,7 @@ async def page_data(
         jobs = await store.get_jobs(workspace, ids)
         names.update({(workspace, j.job_id): j.name for j in jobs.values() if j.name})
     stats = await store.outbox_stats()
-    dead = (await store.dead_letters(limit=_DEAD_LETTERS_READ))[-LATEST_DEAD_LETTERS:]
+    dead = await store.dead_letters(limit=LATEST_DEAD_LETTERS, newest_first=True)
     recent = await store.recent_events(limit=RECENT_EVENTS)
     return PageData(
         now=now,
@@ -243,7 +242,7 @@ async def page_data(
                 occurred_at=r.event.occurred_at.timestamp(),
                 committed_at=r.committed_at,
                 deliveries=tuple(
-                    DeliveryRow(str(d.key), d.status, d.attempts, d.last_error)
+                    DeliveryRow(str(d.key), d.status, d.attempts, _redacted(d.last_error))
                     for d in r.deliveries
                 ),
             )
@@ -270,10 +269,10 @@ async def page_data(
                 job_name=_job_name(d.event.job.name, d.event.job.job_id),
                 key=str(d.key),
                 attempts=d.attempts,
-                last_error=d.last_error,
+                last_error=_redacted(d.last_error),
                 created_at=d.created_at,
             )
-            for d in reversed(dead)
+            for d in dead
         ),
         outbox_pending=stats.pending,
         silences=tuple(_silence(s, now) for s in config.silences if s.ends_at.timestamp() > now),
@@ -401,10 +400,22 @@ def page_for(
 # -- text (watcher status) ---------------------------------------------------------------
 
 
+def _redacted(error: str | None) -> str | None:
+    """An error as the logs show it: tokens and secret URLs the channel could not know
+    of (a receiver echoing them) are hidden, here on a page nobody has to log in to."""
+    return None if error is None else redact_value(error)
+
+
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def _plain(value: object) -> str:
     """A value fit for a terminal: no control characters (a job name could move the
     cursor or colour the screen), one line."""
-    return _CONTROL.sub("?", "-" if value is None else str(value))
+    text = "-" if value is None else str(value)
+    # Controls, and the format and separator characters that reorder or break a line
+    # (bidi overrides, U+2028): a job name could otherwise move the cursor or a row.
+    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from watcher.clock import Clock
 from watcher.config.channels import WebhookChannelConfig, signing_key
@@ -46,11 +47,16 @@ class WebhookChannel(HttpChannel[WebhookChannelConfig]):
         clock: Clock,
         workspace_ids: Mapping[str, str] | None = None,
     ) -> None:
+        url = urlsplit(str(config.url))
         secrets = [
             s.get_secret_value()
             for s in (config.secret, config.bearer_token, config.basic_password)
             if s is not None
         ]
+        # A token in the URL (`?apiKey=...`, `user:token@`) that an error echoes.
+        # Values long enough to be tokens: `?format=json` must not hide every "json".
+        query = [value for _, value in parse_qsl(url.query) if len(value) >= 8]
+        secrets += [p for p in (url.query, url.password, *query) if p]
         super().__init__(
             name,
             config,

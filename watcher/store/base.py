@@ -424,7 +424,10 @@ class Maintenance(Protocol):
         """Every job's latest finish and success among the stored runs: of `workspace`
         only, or (None) of every workspace."""
 
-    async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]: ...
+    async def dead_letters(
+        self, *, limit: int = 1000, newest_first: bool = False
+    ) -> list[Delivery]:
+        """Dead-lettered deliveries, oldest event first (newest first when asked)."""
 
     async def recent_events(self, *, limit: int) -> list[EventDeliveries]:
         """The latest `limit` events committed, newest first, each with its deliveries; an

@@ -1090,10 +1090,13 @@ class PostgresStore:
         # One statement: one transaction.
         await self._mark_failed(key, list(event_ids), error, next_attempt_at, owner)
 
-    async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]:
+    async def dead_letters(
+        self, *, limit: int = 1000, newest_first: bool = False
+    ) -> list[Delivery]:
+        order = "DESC" if newest_first else "ASC"
         rows = await self._fetch(
             f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
-            "WHERE d.status = 'dead' ORDER BY e.seq LIMIT $1",
+            f"WHERE d.status = 'dead' ORDER BY e.seq {order} LIMIT $1",
             limit,
         )
         deliveries = []

@@ -859,10 +859,13 @@ class SQLiteStore:
             raise
 
     @_locked
-    async def dead_letters(self, *, limit: int = 1000) -> list[Delivery]:
+    async def dead_letters(
+        self, *, limit: int = 1000, newest_first: bool = False
+    ) -> list[Delivery]:
+        order = "DESC" if newest_first else "ASC"
         async with self._db.execute(
             f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "  # noqa: S608 - constants only
-            "WHERE d.status = 'dead' ORDER BY e.seq LIMIT ?",
+            f"WHERE d.status = 'dead' ORDER BY e.seq {order} LIMIT ?",
             (limit,),
         ) as cursor:
             rows = await cursor.fetchall()
