@@ -529,14 +529,8 @@ def render_text(data: PageData) -> str:
     return "\n".join(out) + "\n"
 
 
-StoreOpener = Callable[[Config], Awaitable[Store]]
 STATUS_TIMEOUT = 3.0
 """Seconds `watcher status` waits for the running daemon's /status."""
-
-
-async def _open_existing(config: Config) -> Store:
-    # A mistyped store.path must not create an empty database and show an empty state.
-    return await open_store(config.store, create=False)
 
 
 def default_url(config: Config) -> str | None:
@@ -565,7 +559,6 @@ async def print_status(
     out: TextIO,
     *,
     clock: Clock | None = None,
-    opener: StoreOpener = _open_existing,
 ) -> int:
     """`watcher status`: the page's information as text. The poll health of each
     workspace is known to the running daemon alone: it is asked at `url` (default: the
@@ -588,7 +581,8 @@ async def print_status(
                 f"the watcher at {url} did not answer ({reason}): poll health unknown; "
                 "the store's view (watermarks, leases) is shown"
             )
-    store = await opener(config)
+    # A mistyped store.path must not create an empty database and show an empty state.
+    store = await open_store(config.store, create=False)
     try:
         data = await page_data(status, store, config, clock or SystemClock(), note=note)
     finally:

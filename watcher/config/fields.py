@@ -32,7 +32,8 @@ _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 # -- files: secrets, tokens, CA bundles ------------------------------------------------
 
 
-def _base(info: ValidationInfo) -> Path:
+def base_dir(info: ValidationInfo) -> Path:
+    """The directory a relative path in the configuration is relative to."""
     # `load_config` passes the config file's directory; models built in code resolve
     # relative paths against the working directory, as open() would.
     context = info.context
@@ -48,7 +49,7 @@ def _resolve(value: Path, info: ValidationInfo) -> tuple[Path, str]:
         raise ValueError(f"{value}: no such home directory") from None
     if path.is_absolute():
         return path, str(path)
-    path = _base(info) / path
+    path = base_dir(info) / path
     return path, f"{path} ({_RELATIVE})"
 
 

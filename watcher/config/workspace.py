@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from watcher.config.base import NAME_PATTERN, FieldErrors, Section
-from watcher.config.fields import CaBundle, Secret, TokenFilePath, read_text_file
+from watcher.config.fields import CaBundle, Secret, TokenFilePath, base_dir, read_text_file
 from watcher.config.jobs import JobFilter
 
 
@@ -233,12 +233,6 @@ def _environment(info: ValidationInfo) -> Mapping[str, str]:
     return env if isinstance(env, Mapping) else os.environ
 
 
-def _base(info: ValidationInfo) -> Path:
-    context = info.context
-    base = context.get("base") if isinstance(context, Mapping) else None
-    return base if isinstance(base, Path) else Path(".")
-
-
 def parse_profiles(text: str, shown: str) -> dict[str, dict[str, str]]:
     """The sections of a .databrickscfg as the SDKs read it: a profile inherits nothing
     from [DEFAULT], keys are case-insensitive, `%` is literal. Raises ValueError naming
@@ -315,7 +309,7 @@ class ProfileAuthConfig(Section):
         except RuntimeError:  # `~user` of an unknown user: read_text_file says so
             shown = path
         if not shown.is_absolute():
-            shown = _base(info) / shown
+            shown = base_dir(info) / shown
         return path, str(shown), field, origin
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from watcher.clock import SystemClock
@@ -16,11 +16,10 @@ from watcher.notify.testalert import TestAlertError, send_test_alert
 from watcher.store.base import Delivery, Store
 from watcher.store.opening import open_store
 
-StoreOpener = Callable[[StoreConfig], Awaitable[Store]]
-
 
 async def _open_existing(config: StoreConfig) -> Store:
-    # A mistyped store.path must not create an empty database and report "0 dead letters".
+    # A mistyped store.path must not create an empty database and report "0 dead letters";
+    # nor may a command migrate the running watchers' schema.
     return await open_store(config, create=False)
 
 
@@ -70,14 +69,13 @@ async def dead_letters(
     event_ids: Sequence[str] | None,
     out: TextIO,
     *,
-    opener: StoreOpener = _open_existing,
     output: str = "table",
 ) -> int:
     """`list` prints the dead letters (a table, or JSON lines with `output="json"`),
     `retry` requeues them: all, or those of the given events, in the configured store.
     Exit code 1 when given events have no dead letter (a mistyped id says so)."""
     wanted = list(event_ids) if event_ids else None
-    store = await opener(store_config)
+    store = await _open_existing(store_config)
     try:
         if action == "list" and output == "json":
             found = [
@@ -110,12 +108,11 @@ async def incidents(
     *,
     wanted: str | None = None,
     show_all: bool = False,
-    opener: StoreOpener = _open_existing,
     output: str = "table",
 ) -> int:
     """`list` prints the incidents (open ones, or all); `resolve` resolves the open
     incident `wanted`. Exit code 1 when no open incident has that id."""
-    store = await opener(store_config)
+    store = await _open_existing(store_config)
     try:
         if action == "list":
             found = await store.incidents(open_only=not show_all)
