@@ -29,8 +29,9 @@ from watcher.config import (
 from watcher.databricks.models import Job, JobSettings, Run, RunState
 from watcher.domain import PollResult
 from watcher.events import Event, EventType
-from watcher.notify.router import Route, RoutingTable, Silence, router_for, table_router
+from watcher.notify.router import Route, RoutingTable, router_for, table_router
 from watcher.pipeline import Pipeline
+from watcher.silences import Silence
 from watcher.store.base import DeliveryKey, Routed, Store
 
 PD_ACCEPTED: tuple[int, dict[str, str], str] = (202, {}, '{"status":"success"}')

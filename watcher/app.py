@@ -21,6 +21,7 @@ from watcher.databricks import Auth, JobsClient, RetryPolicy, Timeouts
 from watcher.databricks.client import ClientHooks
 from watcher.domain import PollResult
 from watcher.events import Event
+from watcher.httpapi import SilenceApi
 from watcher.leases import LeaseKeeper, replica_name
 from watcher.metrics import Metrics
 from watcher.notify.base import Channel
@@ -32,6 +33,8 @@ from watcher.notify.router import RoutingTable, table_router
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
 from watcher.server import Probes, StatusServer, WorkspaceHealth
+from watcher.silences import LiveSilences
+from watcher.silences import counts as silence_counts
 from watcher.statuspage import page_for
 from watcher.store.base import (
     CycleCommit,
@@ -87,6 +90,7 @@ class Daemon:
     channels: dict[str, Channel]
     dispatcher: Dispatcher
     reminders: Reminders
+    silences: LiveSilences
     replica: str = field(default_factory=replica_name)
     server: StatusServer | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -232,8 +236,16 @@ def _assemble(
         on_result=metrics.observe_delivery,
         owner=replica,
     )
-    # One compiled table: the pipeline routes with it, reminders ask its silences.
-    table = RoutingTable.compile(config.routing)
+    # One compiled table: the pipeline routes with it, reminders ask its silences (those
+    # of the configuration and those added at run time, read again before each cycle).
+    live = LiveSilences(
+        store,
+        clock,
+        on_refresh=lambda: metrics.set_silences(silence_counts(table.all_silences, clock.time())),
+        on_failure=metrics.silence_refresh_failures.inc,
+    )
+    table = RoutingTable.compile(config.routing, live=live)
+    metrics.set_silences(silence_counts(table.silences, clock.time()))
     reminders = Reminders(store=store, table=table, clock=clock, on_queued=dispatcher.wake)
 
     def committed(report: CommitReport) -> None:
@@ -282,6 +294,7 @@ def _assemble(
         channels,
         dispatcher,
         reminders,
+        live,
         replica,
     )
 
@@ -296,6 +309,7 @@ async def run_once(daemon: Daemon) -> list[Event]:
     """One cycle per workspace, all at once; the events each committed."""
     results = await asyncio.gather(*(p.poll() for p in daemon.pollers))
     events: list[Event] = []
+    await daemon.silences.refresh()
     for result in results:
         events.extend(await daemon.pipeline.handle(result))
     return events
@@ -328,6 +342,7 @@ async def serve(
         ),
         clock=clock,
         ready_after_missed_polls=config.server.ready_after_missed_polls,
+        extra_routes=[SilenceApi(daemon.store, clock, config.server.api).add_routes],
     )
     try:
         await daemon.server.start(config.server.host, config.server.port)
@@ -463,6 +478,7 @@ async def _poll_under(
     restoring = asyncio.create_task(_restore(daemon, workspace))
 
     async def handle(result: PollResult) -> list[Event]:
+        await daemon.silences.refresh()  # one added since the last cycle holds from this one
         try:
             return await daemon.pipeline.handle(result, epoch=lease.epoch)
         except StoreFenced as exc:

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default: http://127.0.0.1:<server.port>); if it does not answer, the store's "
         "view is shown (watermarks, leases)",
     )
+    _output_option(status)
     once = with_config("once", "poll every workspace once and print the events as JSON lines")
     once.add_argument("--dry-run", action="store_true", help="decide events but commit nothing")
     _output_option(once, default="json")
@@ -147,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(resolving)
     resolving.add_argument("incident", help="incident id (or a prefix of 8+ characters)")
 
+    _silence_commands(command("silence", help=SILENCE_HELP, description=SILENCE_HELP), common)
+
     routes = command(
         "routes",
         help="where an event would go, without sending",
@@ -203,6 +207,56 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--token", default="dapi-simulator-token", help="accepted bearer token")
     sim.add_argument("--duration", type=float, default=None, help="stop after N real seconds")
     return parser
+
+
+SILENCE_HELP = (
+    "hold alerts back at run time (like amtool silence): stored in the store, so every "
+    "replica holds them and they survive restarts"
+)
+
+
+def _silence_commands(silence: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    from watcher.silences import MATCHER_HELP
+
+    actions = silence.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(
+            name, help=text, description=text, parents=[common], formatter_class=_Help
+        )
+        _config_option(sub)
+        return sub
+
+    add = action(
+        "add",
+        "add a silence: the running watchers hold matching alerts back from their next "
+        "cycle on (resolves of incidents already paged still go out)",
+    )
+    add.add_argument("--match", action="append", default=[], metavar="KEY=VALUE", help=MATCHER_HELP)
+    add.add_argument("--comment", required=True, help="why, for the next on-call")
+    add.add_argument(
+        "--author",
+        default=os.environ.get("USER") or "cli",
+        help="who adds it (default: $USER)",
+    )
+    add.add_argument("--for", dest="duration", help="how long: 90s, 30m, 2h, 1d, 1h30m")
+    add.add_argument("--until", help="end time, ISO 8601 with a time zone")
+    add.add_argument("--start", help="start time, ISO 8601 with a time zone (default: now)")
+    add.add_argument(
+        "--every",
+        metavar="CRON",
+        help="recurring windows: when each starts, as a Quartz cron expression "
+        "(`0 0 2 ? * SAT`: Saturdays 02:00); for ever unless --for or --until",
+    )
+    add.add_argument("--window", help="with --every: how long each window lasts (2h)")
+    add.add_argument("--tz", default="UTC", help="with --every: the cron's time zone")
+    _output_option(add)
+    listing = action("list", "show the silences added at run time that are not over")
+    listing.add_argument("--all", action="store_true", help="expired ones too")
+    _output_option(listing)
+    expire = action("expire", "end a silence now")
+    expire.add_argument("silence_id", metavar="ID", help="silence id (or its first 6+ characters)")
+    _output_option(expire)
 
 
 def _output_option(parser: argparse.ArgumentParser, default: str = "table") -> None:
@@ -379,6 +433,63 @@ def _routes_test(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _silence(config: Config, args: argparse.Namespace) -> int:
+    from watcher.notify.cli import silences
+    from watcher.silences import InvalidSilence, parse_duration
+
+    options: dict[str, Any] = {}
+    if args.action == "list":
+        options["show_all"] = args.all
+    elif args.action == "expire":
+        options["silence_id"] = args.silence_id
+    else:
+        try:
+            options = {
+                "matchers": args.match,
+                "comment": args.comment,
+                "created_by": args.author,
+                "starts_at": _moment(args.start, "--start"),
+                "ends_at": _moment(args.until, "--until"),
+                "duration": parse_duration(args.duration) if args.duration else None,
+                "recurring": _recurring(args),
+            }
+        except InvalidSilence as exc:
+            for problem in exc.problems:
+                print(f"watcher: {problem}", file=sys.stderr)
+            return 2
+    return asyncio.run(
+        silences(config.store, args.action, sys.stdout, output=args.output, **options)
+    )
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    from watcher.silences import InvalidSilence
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidSilence(
+            [f"{option} {text!r}: give an ISO 8601 time with a time zone (2026-12-24T02:00Z)"]
+        )
+    return moment
+
+
+def _recurring(args: argparse.Namespace) -> dict[str, Any] | None:
+    from watcher.silences import InvalidSilence, parse_duration
+
+    if args.every is None:
+        if args.window is not None:
+            raise InvalidSilence(["--window is for recurring windows: give --every too"])
+        return None
+    if args.window is None:
+        raise InvalidSilence(["--every needs --window: how long each window lasts"])
+    return {"cron": args.every, "timezone": args.tz, "duration": parse_duration(args.window)}
+
+
 async def _doctor(config: Config, send: bool) -> int:
     from watcher.doctor import diagnose, render
 
@@ -481,10 +592,12 @@ def _command(args: argparse.Namespace, config: Config) -> int:
         )
     if command == "routes":
         return _routes_test(config, args)
+    if command == "silence":
+        return _silence(config, args)
     if command == "status":
         from watcher.statuspage import print_status
 
-        return asyncio.run(print_status(config, args.url, sys.stdout))
+        return asyncio.run(print_status(config, args.url, sys.stdout, output=args.output))
     if command == "incidents":
         from watcher.notify.cli import incidents
 

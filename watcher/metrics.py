@@ -341,6 +341,17 @@ class Metrics:
         self.alerts_silenced = Counter(
             "watcher_alerts_silenced", "Alerts held back by a silence.", ("channel",), registry=r
         )
+        self.silences = Gauge(
+            "watcher_silences",
+            "Silences not over: active now, or pending (not started, or between two windows).",
+            ("source", "state"),
+            registry=r,
+        )
+        self.silence_refresh_failures = Counter(
+            "watcher_silence_refresh_failures",
+            "Reads of the silences added at run time that failed (the last read stays in use).",
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "watcher_outbox_pending", "Alert deliveries waiting to be sent.", registry=r
         )
@@ -388,6 +399,12 @@ class Metrics:
     def observe_routing_failure(self) -> None:
         """Hook for the router: an event's routes could not be evaluated (it failed open)."""
         self.routing_failures.inc()
+
+    def set_silences(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """(source, state) -> silences, as `watcher.silences.counts` gives them."""
+        for source in ("config", "runtime"):
+            for state in ("active", "pending"):
+                self.silences.labels(source, state).set(counts.get((source, state), 0))
 
     def set_outbox(self, stats: OutboxStats) -> None:
         self.outbox_pending.set(stats.pending)

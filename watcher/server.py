@@ -1,10 +1,11 @@
 """The HTTP side of the daemon: /metrics for Prometheus, /healthz and /readyz for
-Kubernetes, and a small JSON /status for humans."""
+Kubernetes, a small JSON /status, the status page at / and whatever routes the
+composition root adds (the silences API)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,10 @@ class StatusServer:
         probes: Probes,
         clock: Clock,
         ready_after_missed_polls: int,
+        extra_routes: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
         self._registry = registry
+        self._extra_routes = extra_routes
         self._probes = probes
         self._clock = clock
         self._missed = ready_after_missed_polls
@@ -72,6 +75,8 @@ class StatusServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status)
         app.router.add_get("/", self._page)
+        for add_routes in self._extra_routes:
+            add_routes(app)  # the silences API (watcher.httpapi)
         return app
 
     async def start(self, host: str, port: int) -> str:

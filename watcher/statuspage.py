@@ -10,9 +10,12 @@ rendered with autoescape on, and the text drops control characters."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -24,6 +27,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.config import Config, SilenceConfig
 from watcher.events import EventType
 from watcher.logs import redact_value
+from watcher.silences import compile_silence
 from watcher.store.base import Store
 from watcher.store.opening import open_store
 
@@ -118,11 +122,18 @@ class DeadLetterRow:
 
 @dataclass(frozen=True, slots=True)
 class SilenceRow:
+    id: str | None
+    """None: a configured silence (runtime ones are expired by id)."""
     active: bool
-    starts_at: float
-    ends_at: float
+    starts_at: float | None
+    ends_at: float | None
+    recurring: str | None
+    """Its windows (`0 0 2 ? * SAT` in Europe/Berlin for 2h), when it recurs."""
+    next_window_at: float | None
+    """When its next window opens, when it recurs."""
     matches: str
     comment: str
+    created_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,7 @@ async def page_data(
     stats = await store.outbox_stats()
     dead = await store.dead_letters(limit=LATEST_DEAD_LETTERS, newest_first=True)
     recent = await store.recent_events(limit=RECENT_EVENTS)
+    stored = await store.silences(now=now)
     return PageData(
         now=now,
         version=(_text(status.get("version")) if status else None) or __version__,
@@ -275,7 +287,14 @@ async def page_data(
             for d in dead
         ),
         outbox_pending=stats.pending,
-        silences=tuple(_silence(s, now) for s in config.silences if s.ends_at.timestamp() > now),
+        silences=tuple(
+            row
+            for row in [
+                *(_silence(None, s, "", now) for s in config.silences),
+                *(_silence(s.id, s.silence, s.created_by, now, s.ends_at) for s in stored),
+            ]
+            if row is not None
+        ),
     )
 
 
@@ -299,7 +318,20 @@ def _job_name(name: str | None, job_id: int | None) -> str:
     return name or (f"job {job_id}" if job_id is not None else "(no job)")
 
 
-def _silence(silence: SilenceConfig, now: float) -> SilenceRow:
+def _silence(
+    silence_id: str | None,
+    silence: SilenceConfig,
+    created_by: str,
+    now: float,
+    ends_at: float | None = None,
+) -> SilenceRow | None:
+    """The row of a silence not over at `now` (None for one that is); `ends_at` is when a
+    stored one was expired, if that is earlier than its own end."""
+    compiled = compile_silence(silence)
+    if ends_at is not None:
+        compiled = replace(compiled, ends_at=ends_at)
+    if compiled.ends_at <= now:
+        return None
     match = silence.match
     parts = [
         *(f"workspace {w}" for w in match.workspaces),
@@ -312,14 +344,24 @@ def _silence(silence: SilenceConfig, now: float) -> SilenceRow:
     ]
     if match.min_consecutive_failures is not None:
         parts.append(f"{match.min_consecutive_failures}+ failures in a row")
-    starts, ends = silence.starts_at.timestamp(), silence.ends_at.timestamp()
+    window = silence.recurring
     return SilenceRow(
-        active=starts <= now,
-        starts_at=starts,
-        ends_at=ends,
+        id=silence_id,
+        active=compiled.active(now),
+        starts_at=_finite(compiled.starts_at),
+        ends_at=_finite(compiled.ends_at),
+        recurring=f"{window.cron} in {window.timezone} for {span(window.duration)}"
+        if window
+        else None,
+        next_window_at=compiled.next_window(now),
         matches=", ".join(parts) or "every event",
         comment=silence.comment,
+        created_by=created_by,
     )
+
+
+def _finite(at: float) -> float | None:
+    return at if math.isfinite(at) else None
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -514,14 +556,18 @@ def render_text(data: PageData) -> str:
     )
     out += ["", f"SILENCES ({len(data.silences)} active or upcoming)"]
     out += _table(
-        ["", "starts", "ends", "matches", "comment"],
+        ["", "id", "starts", "ends", "recurring", "next window", "matches", "comment", "by"],
         [
             [
                 "active" if s.active else "upcoming",
+                s.id or "(config)",
                 when(s.starts_at),
                 when(s.ends_at),
+                s.recurring or "",
+                when(s.next_window_at) if s.recurring else "",
                 s.matches,
                 s.comment,
+                s.created_by,
             ]
             for s in data.silences
         ],
@@ -559,8 +605,10 @@ async def print_status(
     out: TextIO,
     *,
     clock: Clock | None = None,
+    output: str = "table",
 ) -> int:
-    """`watcher status`: the page's information as text. The poll health of each
+    """`watcher status`: the page's information as text (or, `output="json"`, as one
+    JSON object; times in epoch seconds). The poll health of each
     workspace is known to the running daemon alone: it is asked at `url` (default: the
     configured port on this machine); if it does not answer, the store's view is shown
     (watermarks and leases), saying so."""
@@ -587,5 +635,8 @@ async def print_status(
         data = await page_data(status, store, config, clock or SystemClock(), note=note)
     finally:
         await store.close()
-    out.write(render_text(data))
+    if output == "json":
+        out.write(json.dumps(dataclasses.asdict(data)) + "\n")
+    else:
+        out.write(render_text(data))
     return 0

@@ -265,6 +265,21 @@ class HAConfig(Section):
     )
 
 
+class ApiConfig(Section):
+    """The authenticated HTTP API of the status server (`/api/v1/silences`)."""
+
+    token: Secret | None = Field(
+        default=None,
+        description="Bearer token the API asks for (a secret: use token_file, a mounted "
+        "Secret, or `${ENV}`); without one the API is off.",
+    )
+    open_reads: bool = Field(
+        default=False,
+        description="Let anyone who reaches the server list silences without the token "
+        "(adding and expiring always need it).",
+    )
+
+
 class ServerConfig(Section):
     host: Host = Field(
         default="0.0.0.0",  # noqa: S104
@@ -273,6 +288,9 @@ class ServerConfig(Section):
     port: int = Field(default=9108, ge=0, le=65535, description="Port (0 picks a free one).")
     ready_after_missed_polls: int = Field(
         default=3, ge=1, description="/readyz fails when a workspace missed this many intervals."
+    )
+    api: ApiConfig = Field(
+        default_factory=ApiConfig, description="The silences API (off without a token)."
     )
 
 

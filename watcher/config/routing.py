@@ -9,7 +9,8 @@ from pydantic import AwareDatetime, Field, model_validator
 from watcher.config.base import FieldErrors, Section
 from watcher.config.channels import ChannelConfig
 from watcher.config.jobs import JobMatch
-from watcher.events import EventType
+from watcher.events import Event, EventType
+from watcher.schedule import InvalidSchedule, Schedule
 
 
 class RouteMatch(JobMatch):
@@ -23,6 +24,23 @@ class RouteMatch(JobMatch):
         description="Only events of a failing streak at least this long (failures, and the "
         "recovery that ends such a streak).",
     )
+
+    def selects(self, event: Event) -> bool:
+        """Whether every criterion given holds for `event` (a list holds when any of its
+        elements does)."""
+        if self.workspaces and event.workspace not in self.workspaces:
+            return False
+        if self.min_consecutive_failures is not None:
+            streak = event.streak.consecutive_failures if event.streak else 0
+            if streak < self.min_consecutive_failures:
+                return False
+        if self.event_types and event.type not in self.event_types:
+            return False
+        if self.triggers and event.run.trigger not in self.triggers:
+            return False
+        if self.run_types and event.run.run_type not in self.run_types:
+            return False
+        return self.matches(event.job.job_id, event.job.name, event.job.tags)
 
 
 GROUP_FIELDS = ("workspace", "job", "event_type")
@@ -81,18 +99,60 @@ class RouteConfig(Section):
         return self
 
 
+class RecurringWindow(Section):
+    """A silence that holds only in windows that recur: planned maintenance."""
+
+    cron: str = Field(
+        description="When each window starts, as a Quartz cron expression (the syntax of "
+        "Databricks job schedules): `0 0 2 ? * SAT` is every Saturday at 02:00."
+    )
+    timezone: str = Field(
+        default="UTC",
+        description="Time zone the cron expression is read in (`Europe/Berlin`): a window "
+        "keeps its wall-clock start across daylight saving changes.",
+    )
+    duration: float = Field(gt=0, description="Seconds each window lasts.")
+
+    @model_validator(mode="after")
+    def _parses(self) -> RecurringWindow:
+        try:
+            Schedule.parse(self.cron, self.timezone)
+        except InvalidSchedule as exc:
+            field = "timezone" if "time zone:" in str(exc) else "cron"
+            raise FieldErrors([(field, str(exc))]) from None
+        return self
+
+    def schedule(self) -> Schedule:
+        return Schedule.parse(self.cron, self.timezone)
+
+
 class SilenceConfig(Section):
     match: RouteMatch = Field(
         default_factory=RouteMatch, description="Events the silence holds back (empty: all)."
     )
     # Aware only: a naive time cannot be compared with the clock's (every cycle would fail).
-    starts_at: AwareDatetime = Field(description="ISO 8601 start time, with a time zone.")
-    ends_at: AwareDatetime = Field(description="ISO 8601 end time, with a time zone.")
+    starts_at: AwareDatetime | None = Field(
+        default=None,
+        description="ISO 8601 start time, with a time zone (optional with `recurring`).",
+    )
+    ends_at: AwareDatetime | None = Field(
+        default=None,
+        description="ISO 8601 end time, with a time zone (optional with `recurring`: "
+        "without it the windows recur for ever).",
+    )
+    recurring: RecurringWindow | None = Field(
+        default=None,
+        description="Hold only in these recurring windows, between starts_at and ends_at.",
+    )
     comment: str = Field(default="", description="Why, for the next on-call.")
 
     @model_validator(mode="after")
-    def _ends_after_start(self) -> SilenceConfig:
-        if self.ends_at <= self.starts_at:
+    def _window(self) -> SilenceConfig:
+        if self.recurring is None:
+            missing = [f for f in ("starts_at", "ends_at") if getattr(self, f) is None]
+            if missing:
+                raise FieldErrors([(f, "required unless `recurring` is set") for f in missing])
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
             raise FieldErrors([("ends_at", "must be after starts_at (the silence is empty)")])
         return self
 

@@ -1,19 +1,21 @@
-"""The alert commands of the CLI: `watcher test-alert`, `watcher alerts list|retry` and
-`watcher incidents list|resolve`."""
+"""The alert commands of the CLI: `watcher test-alert`, `watcher alerts list|retry`,
+`watcher incidents list|resolve` and `watcher silence add|list|expire`."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from watcher.clock import SystemClock
 from watcher.config import RoutingConfig, StoreConfig
 from watcher.notify.deadletters import list_dead_letters, retry_dead_letters
 from watcher.notify.incidents import IncidentNotFound, incident_rows, resolve_manually
 from watcher.notify.testalert import TestAlertError, send_test_alert
-from watcher.store.base import Delivery, Store
+from watcher.notify.text import human_seconds, one_line
+from watcher.silences import InvalidSilence, new_silence, silence_json
+from watcher.store.base import Delivery, Store, StoredSilence
 from watcher.store.opening import open_store
 
 
@@ -139,3 +141,84 @@ async def incidents(
         return 0
     finally:
         await store.close()
+
+
+async def silences(
+    store_config: StoreConfig, action: str, out: TextIO, *, output: str = "table", **args: Any
+) -> int:
+    """`add` stores a new silence (the running watchers hold matching events back from
+    their next cycle on), `list` shows those not over (`show_all`: expired ones too),
+    `expire` ends one now. Exit code 2 for a silence that cannot be added, 1 for an
+    unknown id."""
+    now = time.time()
+    if action == "add":
+        try:
+            silence = new_silence(now=now, **args)
+        except InvalidSilence as exc:
+            for problem in exc.problems:
+                print(f"watcher: {problem}", file=out)
+            return 2
+    store = await _open_existing(store_config)
+    try:
+        if action == "add":
+            await store.add_silence(silence)
+            _print_silences([silence], now, out, output, footer=False)
+            return 0
+        if action == "expire":
+            wanted: str = args["silence_id"]
+            found = [s for s in await store.silences(now=now) if s.id.startswith(wanted)]
+            if len(found) != 1 or len(wanted) < MIN_ID_PREFIX:
+                why = "matches several" if len(found) > 1 else "is no silence still in force"
+                if found and len(wanted) < MIN_ID_PREFIX:
+                    why = f"is shorter than {MIN_ID_PREFIX} characters"
+                print(f"watcher: {wanted!r} {why}", file=out)
+                return 1
+            expired = await store.expire_silence(found[0].id, now=now)
+            if expired is None:  # ended meanwhile
+                print(f"watcher: {wanted!r} is no silence still in force", file=out)
+                return 1
+            _print_silences([expired], now, out, output, footer=False)
+            return 0
+        listed = await store.silences(now=now, ended=bool(args.get("show_all")))
+        _print_silences(listed, now, out, output)
+        return 0
+    finally:
+        await store.close()
+
+
+MIN_ID_PREFIX = 6
+"""`silence expire` takes an id's first characters, at least this many."""
+
+
+def _print_silences(
+    found: Sequence[StoredSilence], now: float, out: TextIO, output: str, *, footer: bool = True
+) -> None:
+    shown = [silence_json(s, now) for s in found]
+    if output == "json":
+        for entry in shown:
+            print(json.dumps(entry), file=out)
+        return
+    for entry in shown:
+        window = entry["recurring"]
+        when = f"{entry['starts_at'] or '-'} .. {entry['ends_at'] or 'no end'}"
+        if window:
+            when += (
+                f", windows {window['cron']} ({window['timezone']}) "
+                f"for {human_seconds(window['duration'])}, next {entry['next_window_at'] or '-'}"
+            )
+        print(
+            "\t".join(
+                one_line(str(v))
+                for v in (
+                    entry["id"],
+                    entry["state"],
+                    " ".join(entry["matchers"]) or "(every event)",
+                    when,
+                    entry["created_by"],
+                    entry["comment"],
+                )
+            ),
+            file=out,
+        )
+    if footer:
+        print(f"silences: {len(shown)}", file=out)

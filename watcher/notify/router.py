@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 
 import structlog
 
 from watcher.clock import Clock
-from watcher.config import JobMatch, RouteConfig, RouteMatch, RoutingConfig
+from watcher.config import RouteConfig, RoutingConfig
 from watcher.config.channels import (
     ADDRESS,
     AlertmanagerChannelConfig,
@@ -33,6 +33,7 @@ from watcher.config.channels import (
 from watcher.databricks.models import JobEmailNotifications, JobSettings, WebhookNotifications
 from watcher.events import Event, EventType
 from watcher.notify.base import excerpt
+from watcher.silences import LiveSilences, Silence, compile_silence
 from watcher.store.base import DeliveryKey, DeliveryPolicy, Routed
 
 log = structlog.get_logger(__name__)
@@ -59,45 +60,6 @@ _NOT_GROUPED = (PagerDutyChannelConfig, AlertmanagerChannelConfig)
 
 
 @dataclass(frozen=True, slots=True)
-class Match:
-    """A compiled `RouteMatch`: every criterion given must hold; sets match when any
-    element does. The job criteria are a private copy of the configured ones."""
-
-    workspaces: frozenset[str]
-    event_types: frozenset[str]
-    triggers: frozenset[str]
-    run_types: frozenset[str]
-    job: JobMatch
-    min_consecutive_failures: int | None = None
-
-    @classmethod
-    def of(cls, match: RouteMatch) -> Match:
-        return cls(
-            workspaces=frozenset(match.workspaces),
-            event_types=frozenset(match.event_types),
-            triggers=frozenset(match.triggers),
-            run_types=frozenset(match.run_types),
-            job=match.model_copy(deep=True),
-            min_consecutive_failures=match.min_consecutive_failures,
-        )
-
-    def __call__(self, event: Event) -> bool:
-        if self.workspaces and event.workspace not in self.workspaces:
-            return False
-        if self.min_consecutive_failures is not None:
-            streak = event.streak.consecutive_failures if event.streak else 0
-            if streak < self.min_consecutive_failures:
-                return False
-        if self.event_types and event.type not in self.event_types:
-            return False
-        if self.triggers and event.run.trigger not in self.triggers:
-            return False
-        if self.run_types and event.run.run_type not in self.run_types:
-            return False
-        return self.job.matches(event.job.job_id, event.job.name, event.job.tags)
-
-
-@dataclass(frozen=True, slots=True)
 class Route:
     match: Callable[[Event], bool]
     channels: tuple[str, ...]
@@ -112,7 +74,8 @@ class Route:
     @classmethod
     def of(cls, config: RouteConfig, index: int) -> Route:
         return cls(
-            Match.of(config.match),
+            # A private copy: the table stays as compiled whatever happens to the config.
+            config.match.model_copy(deep=True).selects,
             tuple(config.channels),
             config.continue_,
             config.repeat_interval,
@@ -151,15 +114,6 @@ def group_labels(group_key: str) -> dict[str, str]:
     return labels
 
 
-@dataclass(frozen=True, slots=True)
-class Silence:
-    match: Callable[[Event], bool]
-    starts_at: float
-    """Epoch seconds, inclusive."""
-    ends_at: float
-    """Epoch seconds, exclusive."""
-
-
 _DEFAULT_POLICY = DeliveryPolicy()
 
 
@@ -194,15 +148,6 @@ def job_email_channels(config: RoutingConfig) -> list[str]:
     return marked or list(emails)[:1]
 
 
-def _epoch(moment: datetime, where: str) -> float:
-    if moment.tzinfo is None:
-        # The configuration asks for a time zone; one without is read as UTC rather than
-        # compared with aware times later (which raises).
-        log.warning("silence_without_time_zone", silence=where, read_as="UTC")
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     """Routes, silences and channels compiled from a configuration, immutable."""
@@ -210,12 +155,15 @@ class RoutingTable:
     channels: Mapping[str, BaseChannelConfig]
     routes: tuple[Route, ...]
     silences: tuple[Silence, ...] = ()
+    """The configured ones."""
+    live: LiveSilences | None = None
+    """Those added at run time, as last read from the store."""
     destinations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     job_emails: tuple[str, ...] | None = None
     """Email channels carrying jobs' own addresses; None unless honour_job_notifications."""
 
     @classmethod
-    def compile(cls, config: RoutingConfig) -> RoutingTable:
+    def compile(cls, config: RoutingConfig, live: LiveSilences | None = None) -> RoutingTable:
         """Raises for a configuration that cannot be compiled: at start, not per event."""
         routes = [Route.of(r, i) for i, r in enumerate(config.routes)]
         return cls(
@@ -223,13 +171,9 @@ class RoutingTable:
             # Without routes every channel gets every event it accepts.
             routes=tuple(routes) or (Route(lambda _: True, tuple(config.channels)),),
             silences=tuple(
-                Silence(
-                    Match.of(s.match),
-                    _epoch(s.starts_at, f"silences.{i}.starts_at"),
-                    _epoch(s.ends_at, f"silences.{i}.ends_at"),
-                )
-                for i, s in enumerate(config.silences)
+                compile_silence(s, where=f"silences.{i}") for i, s in enumerate(config.silences)
             ),
+            live=live,
             destinations=MappingProxyType(dict(config.destinations)),
             job_emails=tuple(job_email_channels(config))
             if config.honour_job_notifications
@@ -272,7 +216,12 @@ class RoutingTable:
     def silenced(self, event: Event, now: float) -> bool:
         """Whether a silence active at `now` matches `event` (reminders ask this; raises
         like `route` for a silence that cannot be evaluated)."""
-        return any(s.starts_at <= now < s.ends_at and s.match(event) for s in self.silences)
+        return any(s.holds(event, now) for s in self.all_silences)
+
+    @property
+    def all_silences(self) -> tuple[Silence, ...]:
+        """The configured silences and those added at run time."""
+        return self.silences + (self.live.current if self.live else ())
 
     def _expresses(self, key: DeliveryKey, event: Event) -> bool:
         return serves(key, self.channels) and self.channels[key.channel].accepts(event.type)

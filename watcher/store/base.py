@@ -1,16 +1,18 @@
 """The store's protocols and the records they carry. Each user asks for the narrow part it
 needs: the cycle (`CycleStore`), the dispatcher (`Outbox`), the reminder loop
-(`ReminderStore`), the lease keeper (`LeaseStore`) and housekeeping and the CLI
-(`Maintenance`). `Store` is all of them: SQLite is the embedded default for one replica,
-PostgreSQL serves several; both pass the same contract suite, and nothing outside
-`watcher/store/` knows which one runs."""
+(`ReminderStore`), the lease keeper (`LeaseStore`), the silences added at run time
+(`SilenceStore`) and housekeeping and the CLI (`Maintenance`). `Store` is all of them:
+SQLite is the embedded default for one replica, PostgreSQL serves several; both pass the
+same contract suite, and nothing outside `watcher/store/` knows which one runs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from watcher.config import SilenceConfig
 from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 
@@ -451,5 +453,66 @@ class Maintenance(Protocol):
     async def close(self) -> None: ...
 
 
-class Store(CycleStore, Outbox, ReminderStore, LeaseStore, Maintenance, Protocol):
+@dataclass(frozen=True, slots=True)
+class StoredSilence:
+    """A silence added at run time (`watcher silence add`, the HTTP API): kept in the
+    store, so it survives restarts and every replica holds the same events back."""
+
+    id: str
+    silence: SilenceConfig
+    created_by: str
+    created_at: float
+    expired_at: float | None = None
+    """When it was expired by hand (None: it runs its course)."""
+
+    @property
+    def ends_at(self) -> float | None:
+        """When it stops holding anything (None: a recurring window without end)."""
+        ends = [self.silence.ends_at.timestamp()] if self.silence.ends_at else []
+        if self.expired_at is not None:
+            ends.append(self.expired_at)
+        return min(ends) if ends else None
+
+    def ended(self, now: float) -> bool:
+        ends = self.ends_at
+        return ends is not None and ends <= now
+
+    def record(self) -> str:
+        """What the store keeps besides the columns it selects on."""
+        return json.dumps(
+            {"created_by": self.created_by, "silence": self.silence.model_dump(mode="json")},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_row(
+        cls, silence_id: str, created_at: float, expired_at: float | None, record: str
+    ) -> StoredSilence:
+        data: dict[str, Any] = json.loads(record)
+        return cls(
+            id=silence_id,
+            silence=SilenceConfig.model_validate(data["silence"]),
+            created_by=str(data.get("created_by", "")),
+            created_at=created_at,
+            expired_at=expired_at,
+        )
+
+
+class SilenceStore(Protocol):
+    """Silences added at run time, shared by every replica."""
+
+    async def add_silence(self, silence: StoredSilence) -> None:
+        """Store a new silence (its id is new: an id already stored raises StoreConflict)."""
+
+    async def silences(self, *, now: float, ended: bool = False) -> list[StoredSilence]:
+        """The silences not ended at `now` (with `ended`, the ended ones not yet pruned
+        too), oldest first. A row that cannot be read is logged and left out: a silence
+        unread holds nothing back, which pages rather than hides."""
+
+    async def expire_silence(self, silence_id: str, *, now: float) -> StoredSilence | None:
+        """End a silence at `now`; the silence as it is now, or None when there is none
+        of that id not already ended."""
+
+
+class Store(CycleStore, Outbox, ReminderStore, LeaseStore, SilenceStore, Maintenance, Protocol):
     """Every part: what a backend implements."""

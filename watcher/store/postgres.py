@@ -31,6 +31,7 @@ from watcher.store.base import (
     PruneResult,
     ReminderCommit,
     StoreConflict,
+    StoredSilence,
     StoreError,
     StoreFenced,
     StoreNotMigrated,
@@ -54,6 +55,7 @@ from watcher.store.rows import (
     read_job_times,
     read_outbox_stats,
     read_run,
+    read_silences,
     run_row,
     target_rows,
     upsert_jobs,
@@ -191,6 +193,16 @@ MIGRATIONS: list[str] = [
     CREATE TABLE replicas (
         replica TEXT COLLATE "C" PRIMARY KEY,
         expires_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    # SQLite's migration 6: silences added at run time.
+    """
+    CREATE TABLE silences (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        created_at DOUBLE PRECISION NOT NULL,
+        ends_at DOUBLE PRECISION,
+        expired_at DOUBLE PRECISION,
+        record TEXT NOT NULL
     );
     """,
 ]
@@ -1186,7 +1198,48 @@ class PostgresStore:
                 "AND d.group_key = delivery_groups.group_key AND d.status = 'pending')",
                 event_cutoff,
             )
+            await conn.execute("DELETE FROM silences WHERE ends_at < $1", event_cutoff)
         return PruneResult(runs=_count(runs), events=_count(events))
+
+    # -- silences (watcher.notify.silences) ----------------------------------------------
+
+    async def add_silence(self, silence: StoredSilence) -> None:
+        async with self._connection() as conn:
+            try:
+                await conn.execute(
+                    "INSERT INTO silences (id, created_at, ends_at, expired_at, record) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    silence.id,
+                    silence.created_at,
+                    silence.ends_at,
+                    silence.expired_at,
+                    silence.record(),
+                )
+            except asyncpg.UniqueViolationError:
+                raise StoreConflict(f"silence {silence.id} exists already") from None
+
+    async def silences(self, *, now: float, ended: bool = False) -> list[StoredSilence]:
+        # Expiring a silence sets its ends_at too: this is all a live one needs.
+        return read_silences(
+            await self._fetch(
+                "SELECT id, created_at, expired_at, record FROM silences "
+                "WHERE $1 OR ends_at IS NULL OR ends_at > $2 ORDER BY created_at, id",
+                ended,
+                now,
+            )
+        )
+
+    async def expire_silence(self, silence_id: str, *, now: float) -> StoredSilence | None:
+        found = read_silences(
+            await self._fetch(
+                "UPDATE silences SET expired_at = $1, ends_at = $1 "
+                "WHERE id = $2 AND (ends_at IS NULL OR ends_at > $1) "
+                "RETURNING id, created_at, expired_at, record",
+                now,
+                silence_id,
+            )
+        )
+        return found[0] if found else None
 
     # -- leases (watcher.leases) ----------------------------------------------------------
 

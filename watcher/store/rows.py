@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+import structlog
 from pydantic import ValidationError
 
 from watcher.databricks.models import Run
@@ -23,6 +24,7 @@ from watcher.store.base import (
     EventDeliveries,
     JobTimes,
     OutboxStats,
+    StoredSilence,
 )
 
 
@@ -339,3 +341,18 @@ def read_outbox_stats(statuses: Iterable[Row], kinds: Iterable[Row]) -> OutboxSt
         silenced=counts.get("silenced", 0),
         incidents_open={str(r[0]): int(r[1]) for r in kinds},
     )
+
+
+def read_silences(rows: Iterable[Row]) -> list[StoredSilence]:
+    """From (id, created_at, expired_at, record) rows; one that cannot be read is logged
+    and left out (a silence unread holds nothing back: a page rather than a hidden one)."""
+    found: list[StoredSilence] = []
+    for row in rows:
+        try:
+            expired = None if row[2] is None else float(row[2])
+            found.append(StoredSilence.from_row(str(row[0]), float(row[1]), expired, str(row[3])))
+        except (ValueError, TypeError, KeyError, ValidationError) as exc:
+            structlog.get_logger(__name__).error(
+                "silence_unreadable", silence=str(row[0]), error=str(exc)[:300]
+            )
+    return found

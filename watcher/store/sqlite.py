@@ -29,6 +29,7 @@ from watcher.store.base import (
     PruneResult,
     ReminderCommit,
     StoreConflict,
+    StoredSilence,
     StoreError,
     StoreFenced,
     WorkspaceState,
@@ -50,6 +51,7 @@ from watcher.store.rows import (
     read_job_times,
     read_outbox_stats,
     read_run,
+    read_silences,
     run_row,
     target_rows,
     upsert_jobs,
@@ -217,6 +219,17 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;
     ALTER TABLE deliveries ADD COLUMN claimed_until REAL;
+    """,
+    # Silences added at run time (`watcher silence add`): ends_at NULL is a recurring
+    # window without end; the rest of the silence is the record.
+    """
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        ends_at REAL,
+        expired_at REAL,
+        record TEXT NOT NULL
+    );
     """,
 ]
 
@@ -957,11 +970,59 @@ class SQLiteStore:
                 "AND d.group_key = delivery_groups.group_key AND d.status = 'pending')",
                 (event_cutoff,),
             )
+            await self._db.execute("DELETE FROM silences WHERE ends_at < ?", (event_cutoff,))
             await self._db.execute("COMMIT")
         except BaseException:
             await self._rollback()
             raise
         return PruneResult(runs=runs.rowcount, events=events.rowcount)
+
+    # -- silences (watcher.notify.silences) ----------------------------------------------
+
+    @_locked
+    async def add_silence(self, silence: StoredSilence) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO silences (id, created_at, ends_at, expired_at, record) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    silence.id,
+                    silence.created_at,
+                    silence.ends_at,
+                    silence.expired_at,
+                    silence.record(),
+                ),
+            )
+            await self._db.commit()
+        except sqlite3.IntegrityError:
+            await self._db.rollback()
+            raise StoreConflict(f"silence {silence.id} exists already") from None
+
+    @_locked
+    async def silences(self, *, now: float, ended: bool = False) -> list[StoredSilence]:
+        # Expiring a silence sets its ends_at too: this is all a live one needs.
+        async with self._db.execute(
+            "SELECT id, created_at, expired_at, record FROM silences "
+            "WHERE ?1 OR ends_at IS NULL OR ends_at > ?2 ORDER BY created_at, id",
+            (ended, now),
+        ) as cursor:
+            return read_silences(await cursor.fetchall())
+
+    @_locked
+    async def expire_silence(self, silence_id: str, *, now: float) -> StoredSilence | None:
+        cursor = await self._db.execute(
+            "UPDATE silences SET expired_at = ?1, ends_at = ?1 "
+            "WHERE id = ?2 AND (ends_at IS NULL OR ends_at > ?1)",
+            (now, silence_id),
+        )
+        await self._db.commit()
+        if cursor.rowcount == 0:
+            return None
+        async with self._db.execute(
+            "SELECT id, created_at, expired_at, record FROM silences WHERE id = ?", (silence_id,)
+        ) as cursor:
+            found = read_silences(await cursor.fetchall())
+        return found[0] if found else None
 
     # -- leases (watcher.leases) ----------------------------------------------------------
 
