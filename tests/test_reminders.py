@@ -33,6 +33,7 @@ from watcher.incidents import IncidentBook, incident_ref
 from watcher.notify import reminders
 from watcher.notify.reminders import Decision, Reminders, decide, next_due, reminder_id
 from watcher.notify.router import EMAIL_REPEAT_INTERVAL, RoutingTable
+from watcher.silences import new_silence
 from watcher.simulator import Simulator
 from watcher.store.base import CycleCommit, DeliveryKey, DeliveryPolicy, DueReminder
 from watcher.store.sqlite import SQLiteStore
@@ -594,6 +595,32 @@ async def test_a_silence_holds_reminders(
     assert [e["reason"] for e in held] == ["silenced", "silenced"]
     await w.run_for(4 * HOUR, step=HOUR / 2)  # the 12 h reminder, after the silence
     assert mail_ids(smtp) == [failed.id, reminder_id(failed.incident.id, MAIL, 1)]
+
+
+async def test_a_runtime_silence_holds_reminders_without_a_cycle_to_read_it(
+    watch: WatchFactory, smtp: SmtpServer, clock: ManualClock
+) -> None:
+    """Reminders go out on every replica, also one that polls nothing and so never reads
+    the silences for a cycle: a silence added at run time after the failure holds the
+    4 h reminder though no cycle ran since."""
+    w = await watch({"mail": mail_channel(smtp)}, MAIL_ROUTES)
+    job = w.sim.workspace.create_job("nightly")
+    w.fail(job)
+    (failed,) = [e for e in await w.cycle() if e.type is EventType.RUN_FAILED]
+    await w.daemon.dispatcher.drain()
+    assert mail_ids(smtp) == [failed.id]
+    silence = new_silence(
+        matchers=["job=nightly"],
+        comment="fixing it",
+        created_by="me",
+        now=clock.time(),
+        duration=9 * HOUR,
+    )
+    await w.daemon.store.add_silence(silence)
+    clock.advance(4 * HOUR + 60)
+    with structlog.testing.capture_logs() as logs:
+        assert await w.daemon.reminders._pass() == (0, reminders.MAX_IDLE)
+    assert [e["reason"] for e in logs if e["event"] == "reminder_held"] == ["silenced"]
 
 
 async def test_a_crash_or_replay_never_doubles_a_reminder(

@@ -6,17 +6,19 @@ cycle on, survives a restart, and stops holding when expired."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, redirect_stdout
+from contextlib import asynccontextmanager, redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -43,9 +45,18 @@ from watcher.silences import (
     silence_json,
 )
 from watcher.simulator import Simulator
-from watcher.statuspage import page_data, render_text
-from watcher.store.base import Store, StoreConflict, StoredSilence
+from watcher.statuspage import page_data, render_page, render_text
+from watcher.store.base import Store, StoreConflict, StoredSilence, StoreUnavailable
 from watcher.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """`main` configures logging to the stderr of the moment (pytest's capture, closed
+    after the test): put back what was there."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def utc(text: str) -> float:
@@ -90,13 +101,13 @@ def test_matchers_that_cannot_be_read_are_each_named() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400)]
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1d", 86400)]
 )
 def test_durations_read_in_seconds(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "2x", "h", "-5", "0", "2h 30"])
+@pytest.mark.parametrize("text", ["", "2x", "h", "-5", "0s", "2h 30", "90"])
 def test_a_duration_that_cannot_be_read_is_refused(text: str) -> None:
     with pytest.raises(InvalidSilence):
         parse_duration(text)
@@ -116,18 +127,41 @@ def test_a_weekly_window_keeps_its_wall_clock_time_across_the_spring_change() ->
     assert silence.next_window(utc("2027-03-27T12:00")) == utc("2027-04-03T00:00")
 
 
-def test_a_window_in_the_skipped_hour_does_not_open_and_one_in_the_repeated_hour_opens_once() -> (
-    None
-):
-    """As Databricks' own schedules (Quartz) fire: 02:30 does not exist on 2027-03-28 in
-    Berlin, so that Sunday has no window; 02:30 happens twice on 2026-10-25, and the
-    window opens at the second (CET, 01:30 UTC)."""
-    silence = compile_silence(recurring("0 30 2 ? * SUN", 1800))
-    assert not any(silence.active(utc(f"2027-03-28T0{h}:45")) for h in range(4))
-    assert silence.active(utc("2027-04-04T00:45"))  # 02:45 CEST a week later
-    assert not silence.active(utc("2026-10-25T00:45"))  # 02:45 CEST, the first pass
-    assert silence.active(utc("2026-10-25T01:45"))  # 02:45 CET, the second
-    assert not silence.active(utc("2026-10-25T02:15"))
+def test_on_the_nights_clocks_change_a_window_is_what_the_wall_clock_says() -> None:
+    """Sundays 02:00-04:00 in Berlin, as Alertmanager's time intervals read it: on
+    2027-03-28 02:00-03:00 does not exist, so the window holds 03:00-04:00 CEST (01:00-02:00
+    UTC); on 2026-10-25 02:00-03:00 happens twice and the window holds through both passes,
+    02:00 CEST to 04:00 CET (00:00-03:00 UTC)."""
+    silence = compile_silence(recurring("0 0 2 ? * SUN", 7200))
+    spring = {"00:59": False, "01:00": True, "01:59": True, "02:00": False}
+    autumn = {"23:59": False, "00:00": True, "01:30": True, "02:59": True, "03:00": False}
+    for hhmm, active in spring.items():
+        assert silence.active(utc(f"2027-03-28T{hhmm}")) is active, hhmm
+    for hhmm, active in autumn.items():
+        day = "2026-10-24" if hhmm == "23:59" else "2026-10-25"
+        assert silence.active(utc(f"{day}T{hhmm}")) is active, hhmm
+    # An ordinary Sunday: two hours, 00:00-02:00 UTC in summer.
+    assert silence.active(utc("2027-04-04T01:59"))
+    assert not silence.active(utc("2027-04-04T02:00"))
+
+
+def test_a_window_that_opens_with_the_silence_is_its_next_one() -> None:
+    config = SilenceConfig.model_validate(
+        {
+            "starts_at": "2026-12-05T01:00:00Z",  # Saturday 02:00 in Berlin
+            "recurring": {"cron": "0 0 2 ? * SAT", "timezone": "Europe/Berlin", "duration": 60},
+        }
+    )
+    silence = compile_silence(config)
+    assert silence.next_window(utc("2026-12-04T12:00")) == utc("2026-12-05T01:00")
+    assert silence.active(utc("2026-12-05T01:00"))
+    assert silence.next_window(utc("2026-12-05T01:00")) == utc("2026-12-12T01:00")
+
+
+def test_a_recurring_silence_whose_windows_are_all_past_is_over() -> None:
+    silence = compile_silence(recurring("0 0 2 * * ? 2020", 60, timezone="UTC"))
+    assert silence.over(utc("2026-01-01T00:00"))
+    assert counts([silence], utc("2026-01-01T00:00")) == {}
 
 
 def test_a_recurring_window_holds_only_between_the_silences_own_start_and_end() -> None:
@@ -195,16 +229,26 @@ def test_a_new_silence_says_everything_that_is_wrong_with_it() -> None:
         "give an end time or a duration (or a recurring window)",
         "matcher 'nope': write KEY=VALUE",
     ]
+    with pytest.raises(InvalidSilence, match="at least one matcher"):
+        new_silence(matchers=[], comment="x", created_by="me", now=now, duration=60)
+    with pytest.raises(InvalidSilence, match="ends_at: must lie between 1970 and the year 9999"):
+        new_silence(
+            matchers=["job=a"],
+            comment="x",
+            created_by="me",
+            now=now,
+            ends_at=datetime.fromisoformat("9999-12-31T23:00:00-14:00"),
+        )
     with pytest.raises(InvalidSilence, match="already past"):
         new_silence(
-            matchers=[],
+            matchers=["job=a"],
             comment="x",
             created_by="me",
             now=now,
             ends_at=datetime.fromtimestamp(now - 1, UTC),
         )
     with pytest.raises(InvalidSilence, match="at most 3650 days"):
-        new_silence(matchers=[], comment="x", created_by="me", now=now, duration=1e12)
+        new_silence(matchers=["job=a"], comment="x", created_by="me", now=now, duration=1e12)
     made = new_silence(matchers=["job=a*"], comment="deploy", created_by="me", now=now, duration=60)
     shown = silence_json(made, now)
     assert (shown["state"], shown["matchers"], shown["comment"]) == ("active", ["job=a*"], "deploy")
@@ -373,6 +417,8 @@ async def test_a_silence_added_from_the_cli_holds_from_the_next_cycle_and_surviv
     )
     assert code == 0
     assert [s["id"] for s in json.loads(out)["silences"]] == [added["id"]]
+    status = await watch.daemon.status()  # the server's /status
+    assert [(s["id"], s["state"]) for s in status["silences"]] == [(added["id"], "active")]
 
     code, out = await asyncio.to_thread(_cli, "silence", "expire", "-c", str(path), added["id"][:6])
     assert code == 0
@@ -410,18 +456,19 @@ async def test_a_read_that_ends_after_a_newer_one_does_not_bring_back_its_older_
     silence = _stored(now_clock.time())
     await sqlite_store.add_silence(silence)
     live = LiveSilences(sqlite_store, now_clock)
-    gate = asyncio.Event()
+    gate, waiting = asyncio.Event(), asyncio.Event()
     real = sqlite_store.silences
 
     async def slow_first(**options: Any) -> list[StoredSilence]:
-        found = await real(**options)
         sqlite_store.silences = real  # type: ignore[method-assign]
+        found = await real(**options)
+        waiting.set()
         await gate.wait()
         return found
 
     sqlite_store.silences = slow_first  # type: ignore[method-assign]
     older = asyncio.create_task(live.refresh())
-    await asyncio.sleep(0)  # the first read has its rows and waits
+    await waiting.wait()  # the first read has its rows and waits
     await sqlite_store.expire_silence(silence.id, now=now_clock.time())
     await live.refresh()
     assert live.current == ()
@@ -537,6 +584,138 @@ async def test_the_api_names_each_problem_of_a_bad_request(api: Any) -> None:
     ):
         assert response.status == 400
         assert await response.json() == {"errors": ["the body is not JSON"]}
+
+
+async def test_what_the_api_cannot_use_is_a_400_never_a_500(api: Any) -> None:
+    url = await api(token=API_TOKEN)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    huge = b'{"matchers": ["job=a"], "comment": "x", "duration": 1' + b"0" * 400 + b"}"
+    deep = b"[" * 100_000
+    async with aiohttp.ClientSession() as session:
+        for body, content_type in [
+            (huge, "application/json"),
+            (b'{"matchers": ["job=a"]}', "application/json; charset=no-such-charset"),
+            (deep, "application/json"),
+        ]:
+            headers = {**auth, "Content-Type": content_type}
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 400, await response.text()
+    # A token header that is not UTF-8 is only a wrong token.
+    reader, writer = await asyncio.open_connection(*url.split("//")[1].split("/")[0].split(":"))
+    writer.write(
+        b"GET /api/v1/silences HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"401"
+
+
+async def test_a_store_that_cannot_answer_is_a_503_that_names_no_database(
+    api: Any, sqlite_store: SQLiteStore
+) -> None:
+    url = await api(token=API_TOKEN)
+
+    async def down(**_: Any) -> list[StoredSilence]:
+        raise StoreUnavailable("the PostgreSQL database db.internal:5432/watcher is down")
+
+    sqlite_store.silences = down  # type: ignore[method-assign]
+    status, body, _ = await _call("GET", url, API_TOKEN)
+    assert status == 503
+    assert body == {"errors": ["the store cannot answer now (see the watcher's log)"]}
+
+
+@pytest.mark.parametrize(
+    ("api_config", "error"),
+    [
+        ({"open_reads": True}, "open_reads: the API is off without a token"),
+        ({"token": "short"}, "token: at least 16 characters"),
+    ],
+)
+def test_an_api_configuration_that_would_not_do_what_it_says_is_refused(
+    api_config: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        ApiConfig.model_validate(api_config)
+
+
+def test_cli_problems_go_to_stderr_naming_the_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    auth = {"type": "pat", "token": "t"}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "workspaces": [{"name": "w", "host": "https://x.example", "auth": auth}],
+                "store": {"path": str(tmp_path / "absent.db")},
+            }
+        )
+    )
+    add = ["silence", "add", "-c", str(path), "--match", "job=a", "--comment", "x"]
+    assert main([*add, "--every", "0 0 2 ? * SAT", "--window", "2h", "--tz", "Mars/Base"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("watcher: --tz: '0 0 2 ? * SAT' in 'Mars/Base': time zone:")
+    assert main([*add, "--for", "2h", "--tz", "UTC"]) == 2
+    assert "give --every" in capsys.readouterr().err
+    assert main([*add, "--for", "2"]) == 2
+    assert "duration '2': write e.g. 90s" in capsys.readouterr().err
+    # Nothing was wrong with this one but the store: no database there is an error too.
+    assert main([*add, "--for", "2h"]) == 1
+    assert "absent.db" in capsys.readouterr().err
+
+
+async def test_expire_wants_a_prefix_long_enough_and_one_silence_only(
+    watched: tuple[Watched, Path],
+) -> None:
+    watch, path = watched
+    now = watch.clock.time()
+    for silence_id in ("abcdef01", "abcdef02"):
+        await watch.daemon.store.add_silence(dataclasses.replace(_stored(now), id=silence_id))
+    expire = ("silence", "expire", "-c", str(path))
+    code, _, err = await asyncio.to_thread(_cli_err, *expire, "abcde")
+    assert (code, err) == (1, "watcher: 'abcde' is shorter than 6 characters\n")
+    code, _, err = await asyncio.to_thread(_cli_err, *expire, "abcdef")
+    assert (code, err) == (1, "watcher: 'abcdef' matches several\n")
+    code, out, _ = await asyncio.to_thread(_cli_err, *expire, "abcdef01")
+    assert code == 0
+    assert out.startswith("abcdef01\texpired\t")
+    assert [s.id for s in await watch.daemon.store.silences(now=now)] == ["abcdef02"]
+
+
+def _cli_err(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_the_page_shows_a_recurring_configured_silence_without_start_or_end(
+    sqlite_store: SQLiteStore, now_clock: ManualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    auth = {"type": "pat", "token": "t"}
+    window = {"cron": "0 0 2 ? * SAT", "timezone": "Europe/Berlin", "duration": 7200}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "workspaces": [{"name": "w", "host": "https://x.example", "auth": auth}],
+                "silences": [{"match": {"names": ["<b>nightly</b>"]}, "recurring": window}],
+            }
+        )
+    )
+    config = load_config(path)
+    data = await page_data(None, sqlite_store, config, now_clock)
+    (row,) = data.silences
+    assert (row.id, row.starts_at, row.ends_at) == (None, None, None)
+    assert row.recurring == "0 0 2 ? * SAT in Europe/Berlin for 2h 00m"
+    assert row.next_window_at is not None
+    assert "0 0 2 ? * SAT in Europe/Berlin" in render_text(data)
+    html = render_page(data)
+    assert "&lt;b&gt;nightly&lt;/b&gt;" in html
+    assert "<b>nightly" not in html
 
 
 # -- a running daemon (a real process) and the CLI (another) ------------------------------

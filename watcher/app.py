@@ -33,7 +33,7 @@ from watcher.notify.router import RoutingTable, table_router
 from watcher.pipeline import CommitReport, Pipeline
 from watcher.poller import Poller, PollStatus, run_poll_loop
 from watcher.server import Probes, StatusServer, WorkspaceHealth
-from watcher.silences import LiveSilences
+from watcher.silences import LiveSilences, silence_json
 from watcher.silences import counts as silence_counts
 from watcher.statuspage import page_for
 from watcher.store.base import (
@@ -119,6 +119,7 @@ class Daemon:
 
     async def status(self) -> dict[str, Any]:
         stats = await self.store.outbox_stats()
+        now = self.silences.clock.time()
         held = self.keeper.held if self.keeper is not None else {}
         return {
             "version": __version__,
@@ -147,6 +148,8 @@ class Daemon:
             "outbox_pending": stats.pending,
             "dead_letters": stats.dead,
             "incidents_open": dict(stats.incidents_open),
+            # Those added at run time; the configured ones are in the configuration.
+            "silences": [silence_json(s, now) for s in await self.store.silences(now=now)],
         }
 
 
@@ -517,7 +520,7 @@ async def close(daemon: Daemon) -> None:
 
 
 async def _housekeeping(daemon: Daemon, clock: Clock, stop: asyncio.Event) -> None:
-    """Keep the outbox gauges fresh and prune the database now and then."""
+    """Keep the outbox and silence gauges fresh and prune the database now and then."""
     last_prune = float("-inf")
     store_problem: str | None = None
     while not stop.is_set():
@@ -532,6 +535,8 @@ async def _housekeeping(daemon: Daemon, clock: Clock, stop: asyncio.Event) -> No
         store_problem = problem
         # A database outage is /readyz's to report and the poll loops' to ride out: it
         # must not end this task, which would stop the daemon.
+        # Also where this replica polls nothing: the silence gauges stay true.
+        await daemon.silences.refresh()
         try:
             daemon.metrics.set_outbox(await daemon.store.outbox_stats())
             if clock.monotonic() - last_prune >= PRUNE_EVERY:

@@ -249,7 +249,7 @@ def _silence_commands(silence: argparse.ArgumentParser, common: argparse.Argumen
         "(`0 0 2 ? * SAT`: Saturdays 02:00); for ever unless --for or --until",
     )
     add.add_argument("--window", help="with --every: how long each window lasts (2h)")
-    add.add_argument("--tz", default="UTC", help="with --every: the cron's time zone")
+    add.add_argument("--tz", help="with --every: the time zone of its wall clock (default UTC)")
     _output_option(add)
     listing = action("list", "show the silences added at run time that are not over")
     listing.add_argument("--all", action="store_true", help="expired ones too")
@@ -458,7 +458,7 @@ def _silence(config: Config, args: argparse.Namespace) -> int:
                 print(f"watcher: {problem}", file=sys.stderr)
             return 2
     return asyncio.run(
-        silences(config.store, args.action, sys.stdout, output=args.output, **options)
+        silences(config.store, args.action, sys.stdout, sys.stderr, output=args.output, **options)
     )
 
 
@@ -482,12 +482,16 @@ def _recurring(args: argparse.Namespace) -> dict[str, Any] | None:
     from watcher.silences import InvalidSilence, parse_duration
 
     if args.every is None:
-        if args.window is not None:
-            raise InvalidSilence(["--window is for recurring windows: give --every too"])
+        if args.window is not None or args.tz is not None:
+            raise InvalidSilence(["--window and --tz are for recurring windows: give --every"])
         return None
     if args.window is None:
         raise InvalidSilence(["--every needs --window: how long each window lasts"])
-    return {"cron": args.every, "timezone": args.tz, "duration": parse_duration(args.window)}
+    return {
+        "cron": args.every,
+        "timezone": args.tz or "UTC",
+        "duration": parse_duration(args.window),
+    }
 
 
 async def _doctor(config: Config, send: bool) -> int:

@@ -10,9 +10,9 @@ adds, lists and expires them (docs/alerts.md, "Silences").
      "starts_at": "ISO 8601", "recurring": {"cron": "0 0 2 ? * SAT",
      "timezone": "Europe/Berlin", "duration": "2h"}}
 
-Every request needs `Authorization: Bearer <server.api.token>`, except reads where
-`server.api.open_reads` says so; without a configured token the API is off (403). A
-refused request is logged (never with what it sent as a token)."""
+Without a configured token the API is off (403). Every request needs `Authorization:
+Bearer <server.api.token>`, except reads where `server.api.open_reads` says so. A refused
+request is logged (never with what it sent as a token)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from aiohttp import web
 from watcher.clock import Clock
 from watcher.config.daemon import ApiConfig
 from watcher.silences import InvalidSilence, new_silence, parse_duration, silence_json
-from watcher.store.base import SilenceStore, StoreError
+from watcher.store.base import SilenceStore
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -41,7 +41,8 @@ class SilenceApi:
     def __init__(self, store: SilenceStore, clock: Clock, config: ApiConfig) -> None:
         self._store = store
         self._clock = clock
-        self._token = config.token.get_secret_value().encode() if config.token else None
+        token = config.token.get_secret_value().strip() if config.token else None
+        self._token = token.encode() if token else None
         self._open_reads = config.open_reads
 
     def add_routes(self, app: web.Application) -> None:
@@ -51,14 +52,14 @@ class SilenceApi:
 
     def _authorize(self, request: web.Request, *, read: bool) -> None:
         """Raise the HTTP error that refuses `request`, unless it may go on."""
-        if read and self._open_reads:
-            return
         if self._token is None:
             raise _error(web.HTTPForbidden, "the API is off: set server.api.token (token_file)")
+        if read and self._open_reads:
+            return
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self._token
-        ):
+        # Headers arrive decoded with surrogateescape: any byte sent compares, none raises.
+        sent = given.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, self._token):
             log.warning(
                 "api_unauthorized",
                 method=request.method,
@@ -83,7 +84,8 @@ class SilenceApi:
         self._authorize(request, read=False)
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, LookupError, RecursionError):
+            # Not JSON, a charset nobody knows, or nested past any use.
             raise _error(web.HTTPBadRequest, "the body is not JSON") from None
         if not isinstance(body, dict):
             raise _error(web.HTTPBadRequest, "the body must be a JSON object")
@@ -158,20 +160,28 @@ def _moment(value: object) -> datetime:
 
 
 def _seconds(value: object) -> float | None:
-    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-        return None if value is None else float(value)
-    if isinstance(value, str):
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer of 400 digits
+            pass
+    elif isinstance(value, str):
         return parse_duration(value)
-    raise InvalidSilence([f"duration {value!r}: seconds, or a text like 2h"])
+    raise InvalidSilence(["duration: a number of seconds, or a text like 2h"])
 
 
 async def _stored(operation: Awaitable[_T]) -> _T:
-    """Await a store call; a store that cannot answer is a 503 saying so."""
+    """Await a store call; a store that cannot answer is a 503 (what failed is logged,
+    not told: it names the database)."""
     try:
         return await operation
-    except StoreError as exc:
-        log.error("api_store_failed", error=str(exc))
-        raise _error(web.HTTPServiceUnavailable, f"the store cannot answer: {exc}") from None
+    except Exception as exc:
+        log.error("api_store_failed", error_type=type(exc).__name__, error=str(exc))
+        raise _error(
+            web.HTTPServiceUnavailable, "the store cannot answer now (see the watcher's log)"
+        ) from None
 
 
 def _error(

@@ -17,12 +17,13 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
+from watcher.aio import within
 from watcher.clock import Clock
 from watcher.config import RouteMatch, SilenceConfig
 from watcher.config.errors import describe
@@ -32,6 +33,37 @@ from watcher.store.base import SilenceStore, StoredSilence
 
 log = structlog.get_logger(__name__)
 
+REFRESH_TIMEOUT = 5.0
+"""Seconds a cycle waits for the stored silences before it commits with the last read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Recurring windows on a time zone's wall clock, as a maintenance window is meant
+    ("Saturdays 02:00-04:00 Berlin time"): each opens when the cron expression's wall time
+    comes and lasts `duration` seconds of wall time. A window over the hour skipped when
+    clocks go forward opens when that gap ends (and is an hour shorter); one over the hour
+    repeated when they go back holds through both passes (an hour longer)."""
+
+    wall: Schedule
+    """The cron expression read in UTC: plain wall-clock arithmetic, no DST."""
+    zone: tzinfo
+    duration: float
+
+    def _wall(self, now: float) -> datetime:
+        return datetime.fromtimestamp(now, self.zone).replace(tzinfo=UTC)
+
+    def open_at(self, now: float) -> bool:
+        wall = self._wall(now)
+        began = self.wall.latest_at_or_before(wall)
+        return began is not None and wall < began + timedelta(seconds=self.duration)
+
+    def next_open(self, after: float) -> float | None:
+        """When the next window opens after `after` (a start in a skipped hour: as that
+        wall time is read before the change)."""
+        opens = self.wall.next_after(self._wall(after))
+        return None if opens is None else opens.replace(tzinfo=self.zone).timestamp()
+
 
 @dataclass(frozen=True, slots=True)
 class Silence:
@@ -40,29 +72,32 @@ class Silence:
     """Epoch seconds, inclusive."""
     ends_at: float = math.inf
     """Epoch seconds, exclusive."""
-    window: tuple[Schedule, float] | None = None
-    """Recurring windows: when each starts, and how many seconds it lasts."""
+    window: Window | None = None
+    """Recurring windows: it holds only inside them."""
     source: str = "config"
     """`config`, or `runtime` for one added at run time."""
 
     def active(self, now: float) -> bool:
         if not self.starts_at <= now < self.ends_at:
             return False
-        if self.window is None:
-            return True
-        schedule, duration = self.window
-        began = schedule.latest_at_or_before(datetime.fromtimestamp(now, UTC))
-        return began is not None and now < began.timestamp() + duration
+        return self.window is None or self.window.open_at(now)
 
     def next_window(self, now: float) -> float | None:
         """When the next recurring window opens after `now` (None: not recurring, or no
         window is left before the silence ends)."""
         if self.window is None:
             return None
-        opens = self.window[0].next_after(datetime.fromtimestamp(max(now, self.starts_at), UTC))
-        if opens is None or opens.timestamp() >= self.ends_at:
+        # A window opening at the very start of the silence counts too.
+        opens = self.window.next_open(now if now >= self.starts_at else self.starts_at - 1e-3)
+        if opens is None or opens >= self.ends_at:
             return None
-        return opens.timestamp()
+        return opens
+
+    def over(self, now: float) -> bool:
+        """Whether it will never hold again."""
+        if now >= self.ends_at:
+            return True
+        return self.window is not None and not self.active(now) and self.next_window(now) is None
 
     def holds(self, event: Event, now: float) -> bool:
         return self.active(now) and self.match(event)
@@ -78,7 +113,13 @@ def compile_silence(
         match=config.match.model_copy(deep=True).selects,
         starts_at=_epoch(config.starts_at, f"{where}.starts_at") if config.starts_at else -math.inf,
         ends_at=_epoch(config.ends_at, f"{where}.ends_at") if config.ends_at else math.inf,
-        window=(window.schedule(), window.duration) if window else None,
+        window=Window(
+            wall=Schedule.parse(window.cron, "UTC"),
+            zone=window.schedule().zone,
+            duration=window.duration,
+        )
+        if window
+        else None,
         source=source,
     )
 
@@ -116,7 +157,7 @@ class LiveSilences:
         on_failure: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
-        self._clock = clock
+        self.clock = clock
         self._on_refresh = on_refresh
         self._on_failure = on_failure
         self._reads = 0
@@ -127,14 +168,16 @@ class LiveSilences:
         self._reads += 1
         read = self._reads
         try:
-            stored = await self._store.silences(now=self._clock.time())
-            compiled = tuple(runtime_silence(s) for s in stored)
+            stored = await within(
+                self.clock, REFRESH_TIMEOUT, self._store.silences(now=self.clock.time())
+            )
         except Exception as exc:
             log.warning("silences_refresh_failed", error_type=type(exc).__name__, error=str(exc))
             if self._on_failure is not None:
                 with contextlib.suppress(Exception):
                     self._on_failure()
             return
+        compiled = tuple(c for c in map(_compiled, stored) if c is not None)
         # Workspaces' cycles read side by side: a read that began earlier and ended
         # later must not put back what a newer read no longer has.
         if read > self._applied:
@@ -144,12 +187,20 @@ class LiveSilences:
                 self._on_refresh()
 
 
+def _compiled(stored: StoredSilence) -> Silence | None:
+    try:
+        return runtime_silence(stored)
+    except Exception as exc:  # one silence that cannot be compiled holds nothing back
+        log.error("silence_unreadable", silence=stored.id, error=str(exc)[:300])
+        return None
+
+
 def counts(silences: Sequence[Silence], now: float) -> dict[tuple[str, str], int]:
     """(source, state) -> how many silences: `active` now, or `pending` (they will hold
     later: not started yet, or between two recurring windows)."""
     found: dict[tuple[str, str], int] = {}
     for silence in silences:
-        if now >= silence.ends_at:
+        if silence.over(now):
             continue
         state = "active" if silence.active(now) else "pending"
         found[silence.source, state] = found.get((silence.source, state), 0) + 1
@@ -191,7 +242,7 @@ def parse_matchers(texts: Sequence[str]) -> RouteMatch:
     problems: list[str] = []
     for text in texts:
         key, eq, value = text.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if not eq or not key or not value:
             problems.append(f"matcher {text!r}: write KEY=VALUE")
         elif key.startswith("tag:") and len(key) > 4:
@@ -229,12 +280,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds of `90s`, `30m`, `2h`, `1d`, `1h30m` (a plain number is seconds)."""
+    """Seconds of `90s`, `30m`, `2h`, `1d`, `1h30m` (a unit is required: `--window 2`
+    could be meant as anything)."""
     text = text.strip()
-    with contextlib.suppress(ValueError):
-        seconds = float(text)
-        if math.isfinite(seconds) and seconds > 0:
-            return seconds
     parts = _DURATION.findall(text)
     if not text or "".join(n + u for n, u in parts) != text:
         raise InvalidSilence([f"duration {text!r}: write e.g. 90s, 30m, 2h, 1d or 1h30m"])
@@ -271,6 +319,9 @@ def new_silence(
         problems.append(f"duration: more than 0 and at most {MAX_DURATION / 86400:g} days")
     if recurring is None and ends_at is None and duration is None:
         problems.append("give an end time or a duration (or a recurring window)")
+    if not matchers:
+        # As amtool: a silence of everything is one typo away from a silent night.
+        problems.append("give at least one matcher (--match KEY=VALUE)")
     try:
         match = parse_matchers(matchers)
     except InvalidSilence as exc:

@@ -330,7 +330,7 @@ def _silence(
     compiled = compile_silence(silence)
     if ends_at is not None:
         compiled = replace(compiled, ends_at=ends_at)
-    if compiled.ends_at <= now:
+    if compiled.over(now):
         return None
     match = silence.match
     parts = [

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from watcher.config.base import NAME_PATTERN, Section, require_unique
+from watcher.config.base import NAME_PATTERN, FieldErrors, Section, require_unique
 from watcher.config.fields import Host, Secret
 from watcher.config.jobs import JobFilter, JobMatch
 
@@ -276,8 +276,16 @@ class ApiConfig(Section):
     open_reads: bool = Field(
         default=False,
         description="Let anyone who reaches the server list silences without the token "
-        "(adding and expiring always need it).",
+        "(adding and expiring always need it; the status page at / shows them anyway).",
     )
+
+    @model_validator(mode="after")
+    def _token(self) -> ApiConfig:
+        if self.token is not None and len(self.token.get_secret_value().strip()) < 16:
+            raise FieldErrors([("token", "at least 16 characters: a short token is guessed")])
+        if self.open_reads and self.token is None:
+            raise FieldErrors([("open_reads", "the API is off without a token: set token too")])
+        return self
 
 
 class ServerConfig(Section):

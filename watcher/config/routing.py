@@ -99,6 +99,10 @@ class RouteConfig(Section):
         return self
 
 
+_YEAR_10000 = 253_402_300_800.0
+"""Epoch seconds of 10000-01-01T00:00Z, the first instant a datetime cannot hold."""
+
+
 class RecurringWindow(Section):
     """A silence that holds only in windows that recur: planned maintenance."""
 
@@ -108,10 +112,12 @@ class RecurringWindow(Section):
     )
     timezone: str = Field(
         default="UTC",
-        description="Time zone the cron expression is read in (`Europe/Berlin`): a window "
-        "keeps its wall-clock start across daylight saving changes.",
+        description="Time zone the cron expression is read in (`Europe/Berlin`): windows "
+        "are wall-clock times there, across daylight saving changes.",
     )
-    duration: float = Field(gt=0, description="Seconds each window lasts.")
+    duration: float = Field(
+        gt=0, le=366 * 86400, description="Seconds of wall-clock time each window lasts."
+    )
 
     @model_validator(mode="after")
     def _parses(self) -> RecurringWindow:
@@ -154,6 +160,14 @@ class SilenceConfig(Section):
                 raise FieldErrors([(f, "required unless `recurring` is set") for f in missing])
         if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
             raise FieldErrors([("ends_at", "must be after starts_at (the silence is empty)")])
+        # Times every display can show: from 1970 through the year 9999, in UTC.
+        outside = [
+            (f, "must lie between 1970 and the year 9999 (UTC)")
+            for f in ("starts_at", "ends_at")
+            if (at := getattr(self, f)) is not None and not 0 <= at.timestamp() < _YEAR_10000
+        ]
+        if outside:
+            raise FieldErrors(outside)
         return self
 
 

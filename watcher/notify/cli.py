@@ -144,19 +144,25 @@ async def incidents(
 
 
 async def silences(
-    store_config: StoreConfig, action: str, out: TextIO, *, output: str = "table", **args: Any
+    store_config: StoreConfig,
+    action: str,
+    out: TextIO,
+    err: TextIO,
+    *,
+    output: str = "table",
+    **args: Any,
 ) -> int:
     """`add` stores a new silence (the running watchers hold matching events back from
     their next cycle on), `list` shows those not over (`show_all`: expired ones too),
     `expire` ends one now. Exit code 2 for a silence that cannot be added, 1 for an
-    unknown id."""
+    unknown id; what went wrong goes to `err`."""
     now = time.time()
     if action == "add":
         try:
             silence = new_silence(now=now, **args)
         except InvalidSilence as exc:
             for problem in exc.problems:
-                print(f"watcher: {problem}", file=out)
+                print(f"watcher: {option_names(problem)}", file=err)
             return 2
     store = await _open_existing(store_config)
     try:
@@ -171,11 +177,11 @@ async def silences(
                 why = "matches several" if len(found) > 1 else "is no silence still in force"
                 if found and len(wanted) < MIN_ID_PREFIX:
                     why = f"is shorter than {MIN_ID_PREFIX} characters"
-                print(f"watcher: {wanted!r} {why}", file=out)
+                print(f"watcher: {wanted!r} {why}", file=err)
                 return 1
             expired = await store.expire_silence(found[0].id, now=now)
             if expired is None:  # ended meanwhile
-                print(f"watcher: {wanted!r} is no silence still in force", file=out)
+                print(f"watcher: {wanted!r} is no silence still in force", file=err)
                 return 1
             _print_silences([expired], now, out, output, footer=False)
             return 0
@@ -184,6 +190,24 @@ async def silences(
         return 0
     finally:
         await store.close()
+
+
+_OPTIONS = {
+    "recurring.cron": "--every",
+    "recurring.timezone": "--tz",
+    "recurring.duration": "--window",
+    "starts_at": "--start",
+    "ends_at": "--until",
+    "duration": "--for",
+    "comment": "--comment",
+}
+
+
+def option_names(problem: str) -> str:
+    """A problem of a silence as the CLI's user wrote it: `--tz: ...`, not
+    `recurring.timezone: ...`."""
+    field, colon, rest = problem.partition(":")
+    return f"{_OPTIONS[field]}:{rest}" if colon and field in _OPTIONS else problem
 
 
 MIN_ID_PREFIX = 6

@@ -183,6 +183,10 @@ class Reminders:
         """Decide and commit one batch; (reminders queued, seconds until the next pass)."""
         now = self._clock.time()
         due = await self._store.due_reminders(now=now, limit=BATCH)
+        if due and self._table.live is not None:
+            # Reminders run on every replica, also one that polls nothing (and so reads
+            # no silences for its cycles): those added at run time hold them too.
+            await self._table.live.refresh()
         queued = 0
         for target in due:
             queued += await self._remind(target, now)
