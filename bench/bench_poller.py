@@ -1,30 +1,47 @@
-"""Poller benchmark: requests per steady cycle against the theoretical minimum, CPU time
-per 1,000 observed runs, and what the reconciliation sweep adds, on a large simulated workspace.
+"""Poller benchmark: requests per steady cycle, by endpoint, against the theoretical
+minimum; CPU and memory as the workspace grows; and what the reconciliation sweep adds.
 
-    .venv/bin/python bench/bench_poller.py [--cycles 45] [--versions 2.0 2.1]
-        [--overlaps 300 30] [--lookback 900] [--jobs 2]
+    .venv/bin/python bench/bench_poller.py [requests] [--cycles 12] [--versions 2.0 2.1 2.2]
+        [--orders start_time end_time] [--workloads long short] [--overlaps 300 30]
+        [--save FILE] [--compare FILE]
+    .venv/bin/python bench/bench_poller.py growth [--cycles 4]
+    .venv/bin/python bench/bench_poller.py sweep [--cycles 45] [--lookback 900]
 
-The workspace (2,000 jobs, about 1,000 active runs, about 100 runs ending per 30 s cycle)
-is served by the simulator on its own thread and event loop, so the CPU time reported is
-the poller's thread alone (client, parsing, the cycle); simulated time, no sleeping.
+Workloads, on 2,000 jobs, about 100 runs ending per 30 s cycle: `long` runs of 60..540 s
+(about 1,000 active, most of them outlasting the walk's overlap), `short` runs of 5..25 s
+(about 50 active: they start and end between two cycles). The simulator lists finished
+runs by start time (the reference) or by end time (newer docs): both are measured.
 
-Each version and overlap is run twice on the same seeded workload: with the reconciliation
-sweep off and on (interval, max_share and min_pages at their defaults, lookback from
---lookback). The difference is the sweep's cost; the sweep's own duration comes from
-Poller.status. Prints figures, asserts nothing.
+Minimum per cycle (`issue`): ceil(active / limit) + ceil(ended since the last cycle /
+limit). It is reachable only where ended runs are listed together: by end time. `floor`
+is what any poller keeping the documented guarantees must read: the issue's, plus the
+settings of the jobs whose runs ended (read afresh at a run's end: min(one jobs/get each,
+the pages of one jobs/list)), and, by start time, instead of ceil(ended / limit) the fewest
+pages that hold every run ended since the last cycle and every completed run that started
+within the overlap (a short repair of one of them is news): pages of `limit` consecutive
+runs in start order (2.1+ start each page where it likes, with start_time_to; 2.0 reads
+from the top).
+
+The workspace is served by the simulator on its own thread and event loop, so the CPU
+time reported is the poller's thread alone (client, parsing, the cycle); simulated time,
+no sleeping. `--save` writes the means, `--compare` prints a saved run's beside them (the
+figures of the code before a change). Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import random
+import resource
 import statistics
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -35,12 +52,12 @@ from pydantic import SecretStr
 from watcher.clock import ManualClock
 from watcher.config import ReconcileConfig, StartupConfig, WorkspaceConfig
 from watcher.databricks import JobsClient, StaticToken
-from watcher.databricks.client import MAX_RUNS_LIMIT
+from watcher.databricks.client import MAX_JOBS_LIMIT, MAX_RUNS_LIMIT
 from watcher.domain import PollResult
 from watcher.logs import configure_logging
 from watcher.poller import Poller
 from watcher.simulator import Simulator
-from watcher.simulator.workspace import Workspace
+from watcher.simulator.workspace import SimRun, Workspace
 from watcher.store.base import WorkspaceState
 
 TOKEN = "dapi-bench"  # noqa: S105 - the simulator's own
@@ -53,6 +70,9 @@ TARGET_VERSION = "2.1"  # the issue's requirement: the sweep costs <= 10% extra 
 TARGET_SHARE = 0.10
 SWEEP = "sweep"  # the sweep's runs/list pages, counted apart from the endpoint's others
 ENDPOINTS = ("runs/list", SWEEP, "runs/get", "jobs/get", "jobs/list")
+SKEW_SLACK_MS = 2_000  # the poller's: the walk reaches back this much past the cut-off
+# Run durations (seconds) of each workload.
+WORKLOADS = {"long": (60.0, 2 * MEAN_DURATION - 60), "short": (5.0, 25.0)}
 
 
 @dataclass
@@ -83,16 +103,19 @@ class State:
         self.news_since = result.news_since_ms
 
 
-def steady_arrivals(seed: int, start_ms: int) -> Callable[[Workspace, int], None]:
-    """A ticker starting runs at a constant rate on random jobs, durations 60..540 s."""
+def steady_arrivals(
+    seed: int, start_ms: int, durations: tuple[float, float] = WORKLOADS["long"], scale: float = 1
+) -> Callable[[Workspace, int], None]:
+    """A ticker starting runs at a constant rate (ENDING_PER_CYCLE per interval, times
+    `scale`) on random jobs, durations uniform within `durations`."""
     rng = random.Random(seed)
-    gap_ms = INTERVAL * 1000 / ENDING_PER_CYCLE
+    gap_ms = INTERVAL * 1000 / ENDING_PER_CYCLE / scale
     due = float(start_ms)
 
     def tick(workspace: Workspace, now: int) -> None:
         nonlocal due
         while due <= now:
-            duration = rng.uniform(60, 2 * MEAN_DURATION - 60)
+            duration = rng.uniform(*durations)
             workspace.start_run(
                 rng.randint(1, JOBS),
                 start_ms=int(due),
@@ -104,6 +127,28 @@ def steady_arrivals(seed: int, start_ms: int) -> Callable[[Workspace, int], None
             due += gap_ms
 
     return tick
+
+
+def floor_pages(
+    completed: list[SimRun], ended: set[int], cutoff_ms: int, limit: int, time_filters: bool
+) -> int:
+    """The fewest runs/list pages (completed runs newest start first) holding every run in
+    `ended` and every run that started at or after `cutoff_ms`. Greedy from the newest is
+    optimal for covering points with windows of `limit` consecutive runs; 2.0 cannot start a
+    page where it likes, so reads from the top."""
+    needed = [
+        i for i, run in enumerate(completed) if run.run_id in ended or run.start_ms >= cutoff_ms
+    ]
+    if not needed:
+        return 1  # one page says there is nothing
+    if not time_filters:
+        return math.ceil((needed[-1] + 1) / limit)
+    pages, covered = 0, -1
+    for index in needed:
+        if index > covered:
+            pages += 1
+            covered = index + limit - 1
+    return pages
 
 
 @contextmanager
@@ -137,6 +182,10 @@ class Cycle:
     by_endpoint: dict[str, int]
     """Requests per endpoint; runs/list without the sweep's pages, which are under SWEEP."""
     minimum: int
+    """The issue's: ceil(active / limit) + ceil(ended / limit)."""
+    floor: int
+    """What a poller keeping the guarantees must read (see the module's docstring)."""
+    active: int
     bound: int
     observed: int
     cpu: float
@@ -160,18 +209,34 @@ class Trial:
     cycles: list[Cycle]
     first_sweep_done: bool
     """Whether the sweep begun by the first start (its backfill cycle) ended there."""
+    rss_mb: float = 0.0
+    """The worker process's peak RSS: the simulator's too (it holds every run)."""
+    retained_mb: float = 0.0
+    """Memory held after the last cycle by what watcher/poller.py and watcher/databricks/
+    allocated (tracemalloc; measured only when asked)."""
 
 
 async def bench(
-    version: str, overlap: float, cycles: int, reconcile: ReconcileConfig, history: float
+    version: str,
+    overlap: float,
+    cycles: int,
+    reconcile: ReconcileConfig,
+    history: float,
+    order: str = "start_time",
+    workload: str = "long",
+    scale: float = 1,
+    memory: bool = False,
 ) -> Trial:
+    if memory:
+        tracemalloc.start()
     clock = ManualClock()
-    sim = Simulator(clock=clock, tokens={TOKEN})
+    sim = Simulator(clock=clock, tokens={TOKEN}, completed_order=order)  # type: ignore[arg-type]
     for index in range(JOBS):
         sim.workspace.create_job(f"job-{index:04d}", tags={"team": f"t{index % 7}"})
     start_ms = sim.workspace.now_ms() - int(history * 1000)
-    sim.workspace.tickers.append(steady_arrivals(7, start_ms))
+    sim.workspace.tickers.append(steady_arrivals(7, start_ms, WORKLOADS[workload], scale))
     limit = MAX_RUNS_LIMIT[version]
+    lookback_ms = int(reconcile.lookback * 1000)
     state = State()
     results: list[Cycle] = []
     with served(sim) as url:
@@ -211,8 +276,26 @@ async def bench(
                 now_ms = sim.workspace.now_ms()
                 runs = list(sim.workspace.runs.values())
                 active_ids = {r.run_id for r in runs if sim.workspace.is_active(r, now_ms)}
-                ended = sum(1 for r in runs if previous_ms < (r.end_ms or 0) <= now_ms)
+                ended_runs = [r for r in runs if previous_ms < (r.end_ms or 0) <= now_ms]
+                ended = len(ended_runs)
                 gone = len(state.active - active_ids)
+                floor = math.ceil(len(active_ids) / limit) + settings_pages(version, ended_runs)
+                if order == "end_time":
+                    floor += math.ceil(ended / limit)
+                else:
+                    completed = sorted(
+                        (r for r in runs if r.ended_by(now_ms)),
+                        key=lambda r: r.sort_key,
+                        reverse=True,
+                    )
+                    cutoff = (state.watermark or 0) - int(overlap * 1000) - SKEW_SLACK_MS
+                    floor += floor_pages(
+                        completed,
+                        {r.run_id for r in ended_runs},
+                        cutoff,
+                        limit,
+                        version != "2.0",
+                    )
                 mark = len(sim.requests)
                 swept_at = poller.status.last_sweep_at
                 cpu = time.thread_time()
@@ -225,9 +308,12 @@ async def bench(
                     endpoint = request.endpoint
                     if endpoint == "runs/list" and "completed_only" in request.params:
                         completed_lists += 1
-                        # On 2.1+ only the sweep bounds start times from above (the cheap
-                        # walk reads up to now). 2.0 has no time filters: see attribute_sweep.
-                        if "start_time_to" in request.params:
+                        # On 2.1+ the sweep reads from `lookback` back; the cheap path's
+                        # pages of vanished runs bound start times too, but from no further
+                        # back than the longest run (shorter than the bench's lookback).
+                        # 2.0 has no time filters: see attribute_sweep.
+                        since = request.params.get("start_time_from")
+                        if reconcile.enabled and since and int(since) <= now_ms - lookback_ms:
                             endpoint = SWEEP
                     by_endpoint[endpoint] = by_endpoint.get(endpoint, 0) + 1
                 minimum = math.ceil(len(active_ids) / limit) + math.ceil(ended / limit)
@@ -240,6 +326,8 @@ async def bench(
                         requests=result.requests,
                         by_endpoint=by_endpoint,
                         minimum=minimum,
+                        floor=floor,
+                        active=len(active_ids),
                         bound=minimum + gone + new_jobs + 1,
                         observed=len(result.runs),
                         cpu=cpu,
@@ -248,9 +336,28 @@ async def bench(
                     )
                 )
                 previous_ms = now_ms
+            retained = 0
+            if memory:
+                snapshot = tracemalloc.take_snapshot().filter_traces(
+                    [
+                        tracemalloc.Filter(True, "*/watcher/poller.py"),
+                        tracemalloc.Filter(True, "*/watcher/databricks/*"),
+                    ]
+                )
+                retained = sum(stat.size for stat in snapshot.statistics("filename"))
+                tracemalloc.stop()
         finally:
             await client.close()
-    return Trial(version, overlap, reconcile, results, first_sweep_done)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return Trial(version, overlap, reconcile, results, first_sweep_done, rss, retained / 2**20)
+
+
+def settings_pages(version: str, ended: list[SimRun]) -> int:
+    """Reading afresh the settings of the jobs whose runs ended: one jobs/get each, or one
+    jobs/list walk (one answer on 2.0), whichever is cheaper."""
+    jobs = len({r.job_id for r in ended})
+    walk = 1 if version == "2.0" else math.ceil(JOBS / MAX_JOBS_LIMIT)
+    return min(jobs, walk)
 
 
 def attribute_sweep(off: Trial, on: Trial) -> None:
@@ -419,31 +526,169 @@ def report_sweep(off: Trial, on: Trial) -> Share:
 
 
 def run_trial(
-    version: str, overlap: float, cycles: int, reconcile: ReconcileConfig, history: float
+    version: str,
+    overlap: float,
+    cycles: int,
+    reconcile: ReconcileConfig,
+    history: float,
+    order: str = "start_time",
+    workload: str = "long",
+    scale: float = 1,
+    memory: bool = False,
 ) -> Trial:
     """One trial, in a worker process. The sweep logs each completion at INFO: stdout is
     kept to the figures, warnings go to stderr."""
     configure_logging(level="WARNING", fmt="console", stream=sys.stderr)
-    return asyncio.run(bench(version, overlap, cycles, reconcile, history))
+    return asyncio.run(
+        bench(version, overlap, cycles, reconcile, history, order, workload, scale, memory)
+    )
+
+
+def pool(jobs: int) -> ProcessPoolExecutor:
+    # A fresh process per trial: each one's peak RSS is its own.
+    return ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1)
+
+
+def figures(trial: Trial) -> dict[str, float]:
+    """Means per steady cycle: by endpoint, total, and both minima."""
+    cycles = trial.cycles
+    means = {e: mean([c.by_endpoint.get(e, 0) for c in cycles]) for e in ENDPOINTS if e != SWEEP}
+    means["total"] = mean([c.requests - c.sweep_pages for c in cycles])
+    means["issue"] = mean([c.minimum for c in cycles])
+    means["floor"] = mean([c.floor for c in cycles])
+    return means
+
+
+def requests_main(args: argparse.Namespace) -> None:
+    off = ReconcileConfig(enabled=False)
+    cases = [
+        (w, o, v, overlap)
+        for w in args.workloads
+        for o in args.orders
+        for v in args.versions
+        for overlap in args.overlaps
+    ]
+    before: dict[str, dict[str, float]] = {}
+    if args.compare:
+        with open(args.compare, encoding="utf-8") as file:
+            before = json.load(file)
+    print(
+        f"{JOBS} jobs, ~{ENDING_PER_CYCLE} runs ending per {INTERVAL:.0f} s cycle; "
+        f"{args.cycles} steady cycles after the first start, reconciliation sweep off "
+        "(its pages are its own budget: `sweep`)\n"
+        "requests/cycle by endpoint (mean); issue = ceil(active/limit) + ceil(ended/limit); "
+        "floor = what the guarantees require (module docstring); "
+        "runs x issue: runs/list and runs/get alone (the issue's minimum has no job settings)"
+        + (f"; `was`: {args.compare}" if before else "")
+    )
+    header = (
+        f"{'workload':<6} {'order':<10} {'API':<4} {'overlap':>7} | {'list':>6} {'get':>6} "
+        f"{'jobs/get':>8} {'jobs/list':>9} {'total':>6} | {'issue':>6} {'floor':>6} "
+        f"{'x issue':>7} {'x floor':>7} {'runs x issue':>12}"
+    )
+    if before:
+        header += (
+            f" | {'was: list':>9} {'get':>6} {'jobs':>6} {'total':>6} {'x issue':>7} {'runs x':>7}"
+        )
+    print(header)
+    saved: dict[str, dict[str, float]] = {}
+    with pool(args.jobs) as executor:
+        futures = [
+            executor.submit(run_trial, v, overlap, args.cycles, off, HISTORY, o, w, 1.0, False)
+            for w, o, v, overlap in cases
+        ]
+        for (w, o, v, overlap), future in zip(cases, futures, strict=True):
+            means = figures(future.result())
+            key = f"{w} {o} {v} {overlap:g}"
+            saved[key] = means
+            line = (
+                f"{w:<6} {o:<10} {v:<4} {overlap:>6.0f}s | {means['runs/list']:6.1f} "
+                f"{means['runs/get']:6.1f} {means['jobs/get']:8.1f} {means['jobs/list']:9.1f} "
+                f"{means['total']:6.1f} | {means['issue']:6.1f} {means['floor']:6.1f} "
+                f"{means['total'] / means['issue']:6.2f}x {means['total'] / means['floor']:6.2f}x "
+                f"{(means['runs/list'] + means['runs/get']) / means['issue']:11.2f}x"
+            )
+            if was := before.get(key):
+                jobs = was["jobs/get"] + was["jobs/list"]
+                line += (
+                    f" | {was['runs/list']:9.1f} {was['runs/get']:6.1f} {jobs:6.1f} "
+                    f"{was['total']:6.1f} {was['total'] / was['issue']:6.2f}x "
+                    f"{(was['runs/list'] + was['runs/get']) / was['issue']:6.2f}x"
+                )
+            print(line, flush=True)
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as file:
+            json.dump(saved, file, indent=1)
+
+
+def growth_main(args: argparse.Namespace) -> None:
+    """Requests, CPU and memory at 100, 1,000 and 10,000 active runs (the long workload,
+    arrivals scaled): per 1,000 active runs, each should stay flat or fall."""
+    off = ReconcileConfig(enabled=False)
+    scales = [0.1, 1.0, 10.0]
+    print(
+        f"growth: long workload, API {args.versions[-1]}, {args.orders[0]}, overlap "
+        f"{args.overlaps[0]:.0f} s, {args.cycles} steady cycles; RSS is the process's peak "
+        "(the simulator's runs included); retained (--trace-memory): what watcher/poller.py "
+        "and watcher/databricks/ allocated and still hold after the last cycle (tracemalloc, "
+        "which slows everything several times)"
+    )
+    print(
+        f"{'active':>7} {'req/cycle':>9} {'per 1k':>7} {'CPU ms/cycle':>12} {'per 1k':>7} "
+        f"{'RSS MB':>7} {'retained MB':>11} {'per 1k':>7}"
+    )
+    with pool(args.jobs) as executor:
+        futures = [
+            executor.submit(
+                run_trial,
+                args.versions[-1],
+                args.overlaps[0],
+                args.cycles,
+                off,
+                HISTORY,
+                args.orders[0],
+                "long",
+                scale,
+                args.trace_memory,
+            )
+            for scale in scales
+        ]
+        for future in futures:
+            trial = future.result()
+            cycles = trial.cycles
+            active = mean([c.active for c in cycles])
+            requests = mean([c.requests for c in cycles])
+            cpu = 1000 * mean([c.cpu for c in cycles])
+            per = 1000 / max(active, 1)
+            print(
+                f"{active:7.0f} {requests:9.1f} {requests * per:7.1f} {cpu:12.1f} "
+                f"{cpu * per:7.1f} {trial.rss_mb:7.0f} {trial.retained_mb:11.2f} "
+                f"{trial.retained_mb * per:7.3f}",
+                flush=True,
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--cycles",
-        type=int,
-        default=45,
-        help="steady cycles measured; enough for a sweep begun after the first start "
-        "(at reconcile.interval) to complete",
+        "mode", nargs="?", default="requests", choices=["requests", "growth", "sweep"]
     )
-    parser.add_argument("--versions", nargs="+", default=["2.0", "2.1"])
+    parser.add_argument("--cycles", type=int, default=None, help="steady cycles measured")
+    parser.add_argument("--versions", nargs="+", default=None)
+    parser.add_argument("--orders", nargs="+", default=["start_time", "end_time"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--overlaps", nargs="+", type=float, default=[300.0, 30.0])
+    parser.add_argument(
+        "--trace-memory", action="store_true", help="growth: measure the poller's own memory"
+    )
+    parser.add_argument("--save", help="requests: write the means to this JSON file")
+    parser.add_argument("--compare", help="requests: print a saved run's means beside")
     parser.add_argument(
         "--lookback",
         type=float,
         default=HISTORY,
-        help="reconcile.lookback in seconds (default: the simulated history at the first "
-        "start, which the workspace keeps holding, so every sweep walks a whole lookback)",
+        help="sweep: reconcile.lookback in seconds (default: the simulated history at the "
+        "first start, which the workspace keeps holding, so every sweep walks a whole lookback)",
     )
     parser.add_argument(
         "--jobs",
@@ -452,6 +697,23 @@ def main() -> None:
         help="trials run at once, one process each (default: 2, or 1 on one core)",
     )
     args = parser.parse_args()
+    if args.mode == "requests":
+        args.cycles = args.cycles or 12
+        args.versions = args.versions or ["2.0", "2.1", "2.2"]
+        requests_main(args)
+    elif args.mode == "growth":
+        args.cycles = args.cycles or 4
+        args.versions = args.versions or ["2.1"]
+        growth_main(args)
+    else:
+        args.cycles = args.cycles or 45
+        args.versions = args.versions or ["2.0", "2.1"]
+        sweep_main(args)
+
+
+def sweep_main(args: argparse.Namespace) -> None:
+    """The sweep's cost: each version and overlap twice on the same seeded workload (long
+    runs, by start time), with the reconciliation sweep off and on."""
     off = ReconcileConfig(enabled=False, lookback=args.lookback)
     on = ReconcileConfig(enabled=True, lookback=args.lookback)
     history = max(HISTORY, args.lookback)
@@ -466,18 +728,18 @@ def main() -> None:
         f"sweep on: interval {on.interval:.0f} s, lookback {on.lookback:.0f} s (the workspace "
         f"holds runs from {history:.0f} s before the first start on), max_share {on.max_share},"
         f" min_pages {on.min_pages}; off: the same workload without it.\n"
-        "Sweep pages: runs/list with start_time_to (2.1+); on 2.0 the completed_only requests "
-        "beyond those of the sweep-off run's same cycle"
+        "Sweep pages: runs/list from start_time_from lookback back (2.1+); on 2.0 the "
+        "completed_only requests beyond those of the sweep-off run's same cycle"
     )
     checks: list[str] = []
     pairs = [(v, o) for v in args.versions for o in args.overlaps]
     # Trials are independent (a simulator each, simulated time): one process per core halves
     # the wall time. The CPU figures are each poller thread's own, so they hold either way.
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    with pool(args.jobs) as executor:
         futures = [
             (
-                pool.submit(run_trial, version, overlap, args.cycles, off, history),
-                pool.submit(run_trial, version, overlap, args.cycles, on, history),
+                executor.submit(run_trial, version, overlap, args.cycles, off, history),
+                executor.submit(run_trial, version, overlap, args.cycles, on, history),
             )
             for version, overlap in pairs
         ]

@@ -280,8 +280,9 @@ async def test_long_run_started_before_the_watermark_is_observed_finished(
     make_world: WorldFactory, clock: ManualClock, version: str, order: str
 ) -> None:
     """A run that started hours before the watermark and ends now is observed finished:
-    where start_time_from hides it from the completed walk (2.1+), through runs/get of the
-    runs the store holds active; on 2.0 the walk itself returns it."""
+    where start_time_from hides it from the completed walk (2.1+), through one runs/list
+    page of the completed runs that started when it did (no dearer than its runs/get); on
+    2.0 the walk itself returns it."""
     w = await make_world(version=version, order=order)
     job = w.ws.create_job("long")
     long_id = w.ws.start_run(job, execution_s=5 * 3600)
@@ -296,7 +297,9 @@ async def test_long_run_started_before_the_watermark_is_observed_finished(
     result = await w.cycle()
     assert by_id(result)[long_id].result_state == "FAILED"
     assert w.store.active["ws"] == set()
-    assert w.calls(mark)["runs/get"] == (0 if version == "2.0" else 1)
+    assert w.calls(mark)["runs/get"] == 0
+    starts = [r.params.get("start_time_to") for r in w.sim.requests[mark:]]
+    assert starts.count(str(w.ws.runs[long_id].start_ms)) == (0 if version == "2.0" else 1)
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1"])
@@ -386,7 +389,8 @@ async def test_completed_walk_stops_at_the_first_page_wholly_before_the_cutoff(
     """Under either ordering the completed walk stops at the first page on which every run
     started and ended before watermark - overlap: two requests on 2.0 with 2,100 old runs,
     one on 2.1 where start_time_from cuts the list. A long run finishing now is at the top
-    when ordered by end time, else fetched with runs/get."""
+    when ordered by end time; else 2.0 reads on to it (a third page, instead of its
+    runs/get), and 2.1 reads one page of the runs that started when it did."""
     w = await make_world(version=version, order=order)
     job = w.ws.create_job("busy")
     long_id = w.ws.start_run(job, start_ms=w.ws.now_ms() - 3 * 3600_000, execution_s=4 * 3600)
@@ -402,10 +406,10 @@ async def test_completed_walk_stops_at_the_first_page_wholly_before_the_cutoff(
     result = await w.cycle()
     assert set(by_id(result)) == {*fresh, long_id}
     completed = [r.params for r in w.sim.requests[mark:] if "completed_only" in r.params]
-    assert len(completed) == (2 if version == "2.0" else 1)
-    assert all(("start_time_from" in p) == (version != "2.0") for p in completed)
     by_end = order == "end_time" and version == "2.0"
-    assert w.calls(mark)["runs/get"] == (0 if by_end else 1)
+    assert len(completed) == (2 if by_end else 3 if version == "2.0" else 2)
+    assert all(("start_time_from" in p) == (version != "2.0") for p in completed)
+    assert w.calls(mark)["runs/get"] == 0
 
 
 async def test_restart_after_downtime_sees_what_happened_meanwhile(
@@ -571,8 +575,10 @@ async def test_steady_cycle_request_count_is_bounded(
     assert set(quick + ending) <= by_id(result).keys()
     assert result.vanished == [steady[0]]
     assert w.calls(mark) == {
-        "runs/list": math.ceil(active / limit) + 1,
-        "runs/get": 1 if version == "2.0" else 5,  # the walk returns the older runs on 2.0
+        # On 2.1+ one more page: the completed runs that started when the 4 older ones
+        # did, which start_time_from kept from the walk (2.0's walk returns them).
+        "runs/list": math.ceil(active / limit) + (1 if version == "2.0" else 2),
+        "runs/get": 1,  # the deleted run
         # The settings of the 7 jobs whose runs ended are read afresh, and the new job's:
         # one jobs/list page is cheaper than 8 jobs/get.
         "jobs/list": 1,
@@ -703,7 +709,9 @@ async def test_multitask_runs_keep_their_tasks(
     clock.advance(3600)
     mark = len(w.sim.requests)
     result = await w.cycle()
-    assert w.calls(mark)["runs/get"] == 1  # `slow` started before the watermark
+    # `slow` started before the watermark: a page of the runs that started when it did
+    # (expand_tasks, like the walk) instead of its runs/get.
+    assert w.calls(mark)["runs/get"] == 0
     for run_id in (quick, slow):
         run = by_id(result)[run_id]
         assert [t.task_key for t in run.tasks] == keys
@@ -885,13 +893,18 @@ async def test_loop_backs_off_logs_without_secrets_and_keeps_status(
     make_world: WorldFactory, clock: ManualClock
 ) -> None:
     """Failed cycles are logged as poll_cycle_failed (workspace, error; never the token)
-    and retried after 1, 2, 4, 8, then at most 10 intervals; a success resets the back-off
-    and later cycles keep the interval plus at most `jitter` of it. A failing handle
-    counts as a failed cycle. The status object tells readiness checks all of it."""
+    and retried after 1, 2, 4 intervals (at most 10); while the API is what fails, one
+    probe (runs/list, limit 1, not retried) goes out every interval between, and the first
+    one answered starts the cycle at once. A failing handle counts as a failed cycle, but
+    is no reason to probe: it waits out its back-off (8 intervals). A success resets the
+    back-off and later cycles keep the interval plus at most `jitter` of it. The status
+    object tells readiness checks all of it."""
     w = await make_world(poll_interval=30)
     w.restart(budget=0)
     w.ws.create_job("etl")
     w.sim.faults.add(Fault(kind="status", status=503, endpoint="runs/list", times=6))
+    sent: list[tuple[float, bool, int]] = []  # (time, probe, status)
+    w.sim.on_request = lambda r: sent.append((clock.time(), r.params.get("limit") == "1", r.status))
     stop = asyncio.Event()
     handled: list[PollResult] = []
 
@@ -902,22 +915,34 @@ async def test_loop_backs_off_logs_without_secrets_and_keeps_status(
         if len(handled) == 4:
             stop.set()
 
+    t0 = clock.time()
     with structlog.testing.capture_logs() as logs:
         await run_poll_loop(
             poller=w.poller, handle=handle, clock=clock, stop=stop, rng=random.Random(1)
         )
     failures = [e for e in logs if e["event"] == "poll_cycle_failed"]
-    assert len(failures) == 7
+    assert len(failures) == 4
     assert all(e["workspace"] == "ws" for e in failures)
     assert "503" in failures[0]["error"]
     assert "store is full" in failures[-1]["error"]
     assert TOKEN not in repr(logs)
-    backoffs = [min(2**n, 10) * 30 for n in range(7)]
-    assert [math.floor(s) // 30 * 30 for s in clock.slept[:7]] == backoffs
-    assert all(b <= s <= b + 3 for s, b in zip(clock.slept, backoffs, strict=False))
-    assert all(30 <= s <= 33 for s in clock.slept[7:])
+    # Simulated time stands still within a cycle (no retries): a cycle is an instant.
+    cycles = sorted({round(t - t0) for t, probe, _ in sent if not probe})
+    probes = [(round(t - t0), code) for t, probe, code in sent if probe]
+    # Cycles 1..3 fail (1, 2 and 4 intervals of back-off, no jitter: the probes keep to
+    # the interval); the probes between them fail too, until the one 3 intervals past
+    # cycle 3 is answered: cycle 4 runs there and then, its handle fails, and cycle 5
+    # comes 8 intervals (plus jitter, below 3 s; no probes) later.
+    assert [code for _, code in probes] == [503, 503, 503, 200]
+    assert len(cycles) == 7
+    gaps = [b - a for a, b in itertools.pairwise(cycles)]
+    assert gaps[:2] == [30, 60]
+    assert [t for t, _ in probes] == [cycles[1] + 30, cycles[2] + 30, cycles[2] + 60, cycles[3]]
+    assert cycles[3] == cycles[2] + 90  # not 4 intervals: the API answered
+    assert 240 <= gaps[3] <= 243
+    assert all(30 <= g <= 33 for g in gaps[4:])
     status = w.poller.status
-    assert (status.cycles, status.failures, status.consecutive_failures) == (10, 7, 0)
+    assert (status.cycles, status.failures, status.consecutive_failures) == (7, 4, 0)
     assert status.last_success_at == clock.time()
     assert "store is full" in (status.last_error or "")
 

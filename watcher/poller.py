@@ -7,6 +7,7 @@ tracker decides what they mean.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
@@ -27,6 +28,8 @@ from watcher.tracker import classify
 
 log = structlog.get_logger(__name__)
 
+Order = Literal["start", "end"]
+
 # The Date header has whole-second resolution, so the skew estimate (and with it a
 # watermark) can be a second or so ahead of the instant it stands for. The completed walk
 # reaches back this much further, so even completed_overlap = 0 cannot hide a run.
@@ -39,6 +42,8 @@ MAX_BACKOFF_INTERVALS = 10
 # burst of jobs/get in one cycle: each entry's TTL is shortened by up to this share instead.
 _TTL_SPREAD = 0.25
 _FORGET_AFTER = 86_400.0
+# Float sums of intervals: a wait that is a whole number of intervals stays one.
+_TIME_SLACK = 1e-6
 
 
 class StateSource(Protocol):
@@ -133,6 +138,11 @@ class Poller:
         self._last_sweep_start: float | None = None
         # (kind, id) -> (cycles it was unreadable in, when last)
         self._rejected: dict[tuple[str, int], tuple[int, float]] = {}
+        # How the server orders finished runs, as its pages showed (None: not known yet).
+        self.completed_order: Order | None = None
+        # Start times of the runs the active list showed, so a run that vanished from it
+        # can be looked for by its start time (runs/list pages instead of runs/get each).
+        self._starts: dict[int, int] = {}
         self.status = PollStatus(workspace=config.name)
 
     @property
@@ -142,6 +152,16 @@ class Poller:
     @property
     def interval(self) -> float:
         return self._config.poll_interval
+
+    async def probe(self) -> bool:
+        """Whether the API answers now (one request, not retried)."""
+        try:
+            return await self._client.probe()
+        except Exception as exc:
+            # A probe that cannot even be sent (credentials, say) is one not answered: the
+            # back-off goes on, and the next cycle says what is wrong.
+            log.debug("poll_probe_failed", workspace=self.workspace, error=_describe(exc))
+            return False
 
     @property
     def _overlap(self) -> int:
@@ -163,6 +183,8 @@ class Poller:
             rejected.extend(page.rejected)
             for run in page.runs:
                 got.add(run)
+                if run.start_time is not None:
+                    self._starts[run.run_id] = run.start_time
         # The start instant in server time, with the skew this cycle's answers measured:
         # a fresh client knows none before its first answer.
         offset = client.server_offset or 0.0
@@ -170,6 +192,11 @@ class Poller:
         news_since = self._news_since(state, now_ms, offset)
         window = self._window(state.watermark_ms, now_ms, news_since)
         await self._walk_completed(got, window, stored_active, rejected)
+        # Starts of the runs that may vanish later: those listed now, and those still
+        # stored active (should this cycle fail before its commit).
+        self._starts = {
+            r: s for r, s in self._starts.items() if r in got.runs or r in stored_active
+        }
         spent = client.requests - requests_before
         swept = await self._reconcile(
             got, now_ms, window, news_since, stored_active, rejected, spent
@@ -302,7 +329,7 @@ class Poller:
         floor = now_ms - _ms(self._startup.max_catchup)
         if watermark_ms is None:
             first = max(floor, min(now_ms - _ms(self._startup.lookback), news_since_ms))
-            return _Window(first, first)
+            return _Window(first, first, first)
         cutoff = watermark_ms - _ms(self._config.completed_overlap) - _SKEW_SLACK_MS
         if cutoff < floor:
             log.warning(
@@ -311,8 +338,8 @@ class Poller:
                 skipped_seconds=(floor - cutoff) / 1000,
                 max_catchup=self._startup.max_catchup,
             )
-            return _Window(floor, cutoff)
-        return _Window(cutoff, cutoff)
+            return _Window(floor, cutoff, max(floor, watermark_ms - _SKEW_SLACK_MS))
+        return _Window(cutoff, cutoff, watermark_ms - _SKEW_SLACK_MS)
 
     async def _walk_completed(
         self,
@@ -321,8 +348,17 @@ class Poller:
         stored_active: Collection[int],
         rejected: list[RejectedItem],
     ) -> None:
+        """The runs completed since the watermark. Where the server lists finished runs by
+        end time (as its pages showed), the walk reads what ended since the watermark,
+        whatever its start (a long run, a repair, a run born blocked: each sorts ahead by
+        its new end), and stops there. Otherwise (by start time, as the reference says, or
+        not known yet) it reads what started since the cut-off, and the stored-active runs
+        that ended but started earlier are looked for by their start times."""
         client = self._client
-        start_from = window.start_from_ms if client.supports_time_filters else None
+        by_end = self.completed_order == "end"
+        time_filters = client.supports_time_filters
+        start_from = window.start_from_ms if time_filters and not by_end else None
+        extra = 0  # pages read past the walk's own end for vanished runs (2.0)
         # Leaving the walk early is safe: the client holds no connection between pages.
         async for page in client.list_runs(
             completed_only=True,
@@ -330,12 +366,85 @@ class Poller:
             expand_tasks=self._expand_tasks,
             overlap=self._overlap,
         ):
-            rejected.extend(page.rejected)
-            for run in page.runs:
-                if run.run_id in stored_active or not _ended_before(run, window.floor_ms):
-                    got.add(run)
-            if window.passed(page.runs):
+            self._take(got, page, window, stored_active, rejected)
+            runs = page.runs
+            if self.completed_order == "end" and by_end:
+                # Every later run ended before this page's last: seen by an earlier cycle.
+                done = bool(runs) and (runs[-1].end_time or 0) < window.since_ms
+            elif self.completed_order == "start":
+                # Every later run started before this page's last, so before the cut-off.
+                done = bool(runs) and (runs[-1].start_time or 0) < window.start_from_ms
+            else:
+                done = window.passed(runs)
+            if done and not time_filters and self.completed_order != "end":
+                # 2.0 cannot ask by start time: reading on is the only way to the vanished
+                # runs that started before the cut-off, worth it while a page costs less
+                # than the runs/get it saves (each such page holds one at least).
+                missing = [(s, r) for s, r in self._missing(got, stored_active) if s <= _last(runs)]
+                done = not missing or extra >= len(missing)
+                extra += 1
+            if done:
                 break
+        if time_filters and self.completed_order != "end":
+            await self._find_vanished(got, window, stored_active, rejected)
+
+    def _missing(self, got: _Gathered, stored_active: Collection[int]) -> list[tuple[int, int]]:
+        """(start, run_id) of the stored-active runs no list showed yet, newest first; those
+        of unknown start (a restart) are left to runs/get."""
+        starts = self._starts
+        found = got.runs
+        return sorted(
+            ((starts[r], r) for r in stored_active if r not in found and r in starts), reverse=True
+        )
+
+    def _take(
+        self,
+        got: _Gathered,
+        page: ListedRunsPage,
+        window: _Window,
+        stored_active: Collection[int],
+        rejected: list[RejectedItem],
+    ) -> None:
+        """A completed_only page: its runs that may be news, and what it shows of the
+        server's order."""
+        rejected.extend(page.rejected)
+        for run in page.runs:
+            if run.run_id in stored_active or not _ended_before(run, window.floor_ms):
+                got.add(run)
+        self.completed_order = _order_shown(page.runs, self.completed_order)
+
+    async def _find_vanished(
+        self,
+        got: _Gathered,
+        window: _Window,
+        stored_active: Collection[int],
+        rejected: list[RejectedItem],
+    ) -> None:
+        """Stored-active runs that ended but started before the walk's cut-off. One runs/get
+        each would do; a page of the completed runs that started at or before the newest of
+        them may hold several at once, and costs no more than the get it replaces when it
+        holds that newest one. Whatever no page shows (deleted, or held in a state no list
+        calls active) is left to runs/get: that one costs a page and a get."""
+        missing = self._missing(got, stored_active)
+        while missing:
+            newest = missing[0][0]
+            pages = self._client.list_runs(
+                completed_only=True,
+                start_time_from=missing[-1][0],
+                start_time_to=newest,
+                expand_tasks=self._expand_tasks,
+            )
+            page = await anext(pages, None)
+            await pages.aclose()
+            if page is None:
+                return
+            self._take(got, page, window, stored_active, rejected)
+            more = page.has_more or page.next_page_token is not None
+            reached = _last(page.runs) if more else -1
+            # Still missing: not found, and older than what this page covered (a tie with
+            # its last start may be on the next page). The newest goes either way, so
+            # every page costs at most the runs/get it replaces.
+            missing = [(s, r) for s, r in missing[1:] if r not in got.runs and s <= reached]
 
     async def _reconcile(
         self,
@@ -574,6 +683,9 @@ class _Window:
 
     floor_ms: int
     start_from_ms: int
+    since_ms: int
+    """Where the server lists finished runs by end time: what ended before this was seen
+    by an earlier cycle (the watermark, less the Date header's slack)."""
 
     def passed(self, runs: Sequence[Run]) -> bool:
         """Whether the walk may stop after this page. Newest first by start time (the
@@ -601,19 +713,28 @@ async def run_poll_loop(
 
     A failed cycle (poll or handle) is logged and retried later, backing off exponentially
     up to MAX_BACKOFF_INTERVALS intervals; the next good cycle covers the gap, since the
-    watermark only moves when `handle` commits. `stop` interrupts a poll or a wait at once;
-    a `handle` in progress is left to finish, so a commit is never cut short by it.
-    `on_cycle(status, ok)` is told of every finished cycle (metrics). `before_cycle()`
-    is asked before each cycle (renewing the workspace's lease): False ends the loop, as
-    does `handle` raising aio.Stopped (a commit refused: no cycle is counted).
+    watermark only moves when `handle` commits. While a failure of the API's own keeps the
+    loop backing off, it probes the API (one request, not retried) every interval, and a
+    probe that is answered starts the cycle at once: the API's recovery is seen within an
+    interval, never a back-off later, yet a failing API gets one request an interval (a
+    probe, or a cycle's first), not a cycle each. When a cycle a probe started fails too
+    (the probe answered, the cycle's requests not: a partial outage), later probes wait for
+    the back-off, until one fails. Back-off waits have no jitter, so probes keep to the
+    interval. `stop` interrupts a poll, a probe or a wait at once; a `handle` in progress
+    is left to finish, so a commit is never cut short by it. `on_cycle(status, ok)` is
+    told of every finished cycle (metrics). `before_cycle()` is asked before each cycle
+    (renewing the workspace's lease): False ends the loop, as does `handle` raising
+    aio.Stopped (a commit refused: no cycle is counted).
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     status = poller.status
     interval = poller.interval
+    armed = True  # an answered probe may start the next cycle early
     while not stop.is_set():
         if before_cycle is not None and not await before_cycle():
             return
         began = clock.monotonic()
+        api_down = False
         try:
             result = await aio.unless_stopped(poller.poll(), stop)
             await handle(result)
@@ -626,7 +747,8 @@ async def run_poll_loop(
             status.last_error = _describe(exc)
             # The API's outages heal by themselves; anything else is the watcher unable to
             # make progress (a bug, a store that cannot be read): /healthz says so.
-            if isinstance(exc, DatabricksError):
+            api_down = isinstance(exc, DatabricksError)
+            if api_down:
                 status.consecutive_internal_failures = 0
             else:
                 status.consecutive_internal_failures += 1
@@ -643,6 +765,7 @@ async def run_poll_loop(
             backoff = min(2 ** (status.consecutive_failures - 1), MAX_BACKOFF_INTERVALS)
             delay = interval * backoff
         else:
+            armed = True
             elapsed = clock.monotonic() - began
             status.cycles += 1
             if status.consecutive_failures:
@@ -666,11 +789,58 @@ async def run_poll_loop(
             if on_cycle is not None:
                 on_cycle(status, True)
             delay = max(0.0, interval - elapsed)  # a fixed cadence, not interval + duration
-        delay += rng.uniform(0.0, jitter * interval)
         try:
-            await aio.unless_stopped(clock.sleep(delay), stop)
+            if api_down:
+                # No jitter: the probes keep to the interval, so a recovery is seen within
+                # one (the first failure already set this workspace apart from others).
+                armed = await _probe_while_backing_off(poller, clock, stop, delay, armed)
+            else:
+                delay += rng.uniform(0.0, jitter * interval)
+                await aio.unless_stopped(clock.sleep(delay), stop)
         except aio.Stopped:
             return
+
+
+async def _probe_while_backing_off(
+    poller: Poller, clock: Clock, stop: asyncio.Event, delay: float, armed: bool
+) -> bool:
+    """Wait `delay`, probing the API every interval meanwhile (not in the last: the cycle
+    that ends the wait probes too), so the API gets one request an interval; return early
+    when a probe is answered and `armed`. Whether the next cycle's failure leaves probes
+    armed: not when a probe started it, unless a probe failed since."""
+    interval = poller.interval
+    deadline = clock.monotonic() + delay
+    while (left := deadline - clock.monotonic()) > interval + _TIME_SLACK:
+        await aio.unless_stopped(clock.sleep(interval), stop)
+        if await aio.unless_stopped(poller.probe(), stop):
+            if armed:
+                log.info("poll_probe_answered", workspace=poller.workspace)
+                return False
+        else:
+            armed = True
+    await aio.unless_stopped(clock.sleep(max(0.0, left)), stop)
+    return armed
+
+
+def _order_shown(runs: Sequence[Run], known: Order | None) -> Order | None:
+    """The order of finished runs a completed_only page shows (newest first): by end time
+    when, down the page, a start time rises while end times keep falling; by start time
+    when an end time rises while start times keep falling; neither (None) when both rise.
+    A page that tells nothing (both fall: a short page, or runs of equal durations) leaves
+    `known` as it was. Within a page only: offset pages overlap, so two pages' runs are
+    not in sequence."""
+    starts_fall = ends_fall = True
+    for newer, older in itertools.pairwise(runs):
+        starts_fall &= (newer.start_time or 0) >= (older.start_time or 0)
+        ends_fall &= (newer.end_time or 0) >= (older.end_time or 0)
+    if not ends_fall:
+        return "start" if starts_fall else None
+    return known if starts_fall else "end"
+
+
+def _last(runs: Sequence[Run]) -> int:
+    """The start of a page's last run (pages are newest first)."""
+    return (runs[-1].start_time or 0) if runs else -1
 
 
 def _progress(run: Run) -> tuple[bool, int]:

@@ -427,7 +427,9 @@ class WorkspaceConfig(Section):
     completed_overlap: float = Field(
         default=300.0,
         ge=0,
-        description="Seconds the completed-runs walk reaches back past the watermark.",
+        description="Seconds the completed-runs walk reaches back past the watermark where "
+        "the server lists finished runs by start time (the reference); by end time it reads "
+        "what ended since the watermark, whatever the start.",
     )
     job_settings_ttl: float = Field(
         default=600.0, ge=0, description="Seconds job settings (rules, notifications) are cached."

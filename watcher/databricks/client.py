@@ -262,6 +262,16 @@ class JobsClient:
             update={"tasks": tasks, "next_page_token": None, "repair_history": history}
         )
 
+    async def probe(self) -> bool:
+        """Whether the API answers now: one runs/list request for a single active run, not
+        retried (the poll loop asks this once an interval while it backs off)."""
+        params = {"active_only": _bool(True), "limit": "1"}
+        try:
+            await self._call("runs/list", params, ListedRunsPage, retry=False)
+        except DatabricksError:
+            return False
+        return True
+
     async def list_runs(
         self,
         *,
@@ -405,8 +415,11 @@ class JobsClient:
             )
         return self._session
 
-    async def _call(self, endpoint: str, params: Mapping[str, str], model: type[_M]) -> _M:
-        """GET one endpoint with retries inside the budget; parse the 2xx body."""
+    async def _call(
+        self, endpoint: str, params: Mapping[str, str], model: type[_M], *, retry: bool = True
+    ) -> _M:
+        """GET one endpoint with retries inside the budget (none without `retry`); parse the
+        2xx body."""
         session = self._get_session()
         # runs/* endpoints live under jobs/: /api/2.1/jobs/runs/list, /api/2.1/jobs/get.
         path = endpoint if endpoint.startswith("jobs/") else f"jobs/{endpoint}"
@@ -492,9 +505,11 @@ class JobsClient:
             malformed += code == "malformed"
             # A garbled body is retried once (a truncated transfer); one that stays garbled
             # will not heal within the budget.
-            if waited + delay > self._retry.budget or malformed > 1:
+            if not retry or waited + delay > self._retry.budget or malformed > 1:
                 self._report(endpoint, code, started, False, throttled)
-                self._log.warning(
+                self._log.log(
+                    # A probe that is not retried fails quietly: the loop is backing off.
+                    logging.WARNING if retry else logging.DEBUG,
                     "api_retry_budget_exhausted",
                     host=self.host,
                     endpoint=endpoint,
