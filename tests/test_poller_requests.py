@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.conftest import TOKEN
 from tests.test_poller import FakeStore, by_id, new_client, workspace_config
+from watcher.app import make_client
 from watcher.clock import ManualClock
 from watcher.config import StartupConfig
 from watcher.databricks import JobsClient
 from watcher.domain import PollResult
+from watcher.metrics import Metrics
 from watcher.poller import MAX_BACKOFF_INTERVALS, Poller, run_poll_loop
 from watcher.simulator import Fault, Simulator
 from watcher.simulator.workspace import Workspace
@@ -289,6 +292,33 @@ async def test_after_an_api_storm_the_next_cycle_runs_within_one_interval(storm:
         # Back-offs of 1, 2, 4 and 8 intervals: the fifth failure's is the cap.
         assert poller.status.failures >= 5
         assert min(2**4, MAX_BACKOFF_INTERVALS) == MAX_BACKOFF_INTERVALS
+
+
+async def test_a_cycle_retrying_when_the_api_recovers_is_answered_within_one_interval() -> None:
+    """The API fails mid-cycle and recovers 100 s later; the cycle's own retries, with
+    the client as `watcher run` builds it, wait at most an interval each: the cycle
+    ends within one interval of the recovery (retries of up to 60 s would not)."""
+    interval = 30.0
+    t0 = 1_700_000_000.0
+    storm = 100.0
+    clock = StormClock(t0 + storm, t0)
+    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
+        clock.faults.append(sim.faults)
+        sim.workspace.create_job("etl")
+        config = workspace_config(host=sim.url, poll_interval=interval, requests_per_second=1000)
+        client = make_client(
+            config, Metrics(registry=CollectorRegistry()).attempt_hook("ws"), clock
+        )
+        poller = Poller(
+            config=config, startup=StartupConfig(), client=client, state=FakeStore(), clock=clock
+        )
+        sim.faults.add(Fault(kind="status", status=500, times=None))  # back-off, no Retry-After
+        try:
+            await poller.poll()
+        finally:
+            await client.close()
+    assert max(clock.slept) <= interval
+    assert storm <= clock.time() - t0 <= storm + interval
 
 
 async def test_a_partial_outage_keeps_the_back_off() -> None:

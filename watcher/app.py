@@ -67,7 +67,12 @@ def make_client(workspace: WorkspaceConfig, hooks: ClientHooks, clock: Clock) ->
         api_version=workspace.api_version,
         requests_per_second=workspace.requests_per_second,
         timeouts=Timeouts(connect=workspace.connect_timeout, total=workspace.request_timeout),
-        retry=RetryPolicy(budget=workspace.retry_budget),
+        # Back-off between retries never longer than an interval: an API that answers
+        # again is polled again within one (issue 17's recovery goal), Retry-After aside.
+        retry=RetryPolicy(
+            budget=workspace.retry_budget,
+            max_delay=min(RetryPolicy().max_delay, workspace.poll_interval),
+        ),
         ca_bundle=workspace.ca_bundle,
         clock=clock,
         on_attempt=hooks,
