@@ -27,6 +27,7 @@ from watcher.app import run_once
 from watcher.clock import ManualClock
 from watcher.simulator import Simulator, TaskPlan
 from watcher.simulator.server import LoggedRequest
+from watcher.store.rows import unpack
 
 STEPS = 24
 STEP_SECONDS = 60
@@ -123,7 +124,7 @@ def _describe(db: Path, ids: set[str]) -> str:
     described = []
     for event_id, payload in rows:
         if event_id in ids:
-            event = json.loads(payload)
+            event = json.loads(unpack(payload))
             state = event["run"]["state"]
             described.append(
                 f"{event['type']} run={event['run']['run_id']} job={event['job']['job_id']} "

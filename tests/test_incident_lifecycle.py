@@ -28,6 +28,7 @@ from watcher.app import Daemon, run_once, serve
 from watcher.clock import ManualClock, SystemClock
 from watcher.events import Event, EventType
 from watcher.simulator import Simulator
+from watcher.store.rows import read_event
 
 PAGING = ["run_failed", "run_duration_exceeded", "job_recovered", "incident_resolved"]
 
@@ -73,12 +74,10 @@ def notified(hook: Receiver, status: str, job_id: int) -> list[dict[str, Any]]:
 def reminders_stored(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        row = conn.execute(
-            "SELECT COUNT(*) FROM events WHERE json_extract(payload, '$.repeat') > 0"
-        ).fetchone()
+        payloads = [row[0] for row in conn.execute("SELECT payload FROM events")]
     finally:
         conn.close()
-    return int(row[0])
+    return sum(1 for p in payloads if read_event(p).repeat > 0)
 
 
 def parse(text: str) -> datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -476,3 +477,160 @@ def test_delivery_keys_read_back_as_shown() -> None:
         assert DeliveryKey.parse(str(key)) == key
     with pytest.raises(ValueError, match="an address must follow"):
         DeliveryKey.parse("mail:")
+
+
+RICH_RUN = {
+    "run_id": 9,
+    "job_id": 7,
+    "run_name": "nightly",
+    "number_in_job": 9,
+    "attempt_number": 0,
+    "state": {"life_cycle_state": "TERMINATED", "result_state": "FAILED", "state_message": "x"},
+    "status": {"state": "TERMINATED", "termination_details": {"code": "RUN_EXECUTION_ERROR"}},
+    "start_time": 1_000,
+    "end_time": 0,
+    "setup_duration": 0,
+    "cluster_instance": {"cluster_id": "c-1"},
+    "overriding_parameters": {"notebook_params": {"day": "2024-01-01"}},
+    "trigger": "PERIODIC",
+    "run_page_url": "https://adb-1.2.azuredatabricks.net/?o=1#job/7/run/9",
+    "tasks": [{"task_key": "a", "run_id": 91, "start_time": 1_100, "state": {}}],
+    "repair_history": [{"type": "ORIGINAL", "start_time": 1_000}],
+}
+
+
+def version_6_state(path: Path) -> tuple[RunRecord, Event]:
+    """A database as the release before packing left it: a run whose snapshot and an
+    event whose payload are JSON text (as that release wrote them), the event pending."""
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:6]:
+        conn.executescript(script)
+    run = record(9, terminal=True).model_copy(
+        update={"snapshot": Run.model_validate(RICH_RUN), "emitted": frozenset({"terminal"})}
+    )
+    old = event(9).model_copy(update={"run": run.snapshot})
+    conn.execute(
+        "INSERT INTO runs (workspace, run_id, job_id, life_cycle_state, result_state, "
+        "start_time, end_time, attempt_number, terminal, backfill, emitted, snapshot, "
+        "updated_at) VALUES ('prod', 9, 7, 'TERMINATED', NULL, 1000, 1010, 0, 1, 0, ?, ?, 0)",
+        (json.dumps(sorted(run.emitted)), run.snapshot.model_dump_json(exclude_none=True)),
+    )
+    conn.execute(
+        "INSERT INTO events (id, workspace, job_id, type, payload, created_at) "
+        "VALUES (?, 'prod', 7, ?, ?, ?)",
+        (old.id, old.type.value, old.model_dump_json(exclude_none=True), NOW),
+    )
+    conn.execute(
+        "INSERT INTO deliveries (event_id, channel, status, created_at, next_attempt_at) "
+        "VALUES (?, 'ops', 'pending', ?, ?)",
+        (old.id, NOW, NOW),
+    )
+    conn.execute("PRAGMA user_version = 6")
+    conn.commit()
+    conn.close()
+    return run, old
+
+
+async def test_rows_of_the_release_before_packing_stay_readable(tmp_path: Path) -> None:
+    """A store written before snapshots and payloads were packed opens, migrates, and
+    reads its JSON text rows as they were; what it writes from then on is packed (smaller
+    than the JSON) and reads back equal; the unused start-time index is gone."""
+    path = tmp_path / "v6.db"
+    run, old = version_6_state(path)
+    store = await SQLiteStore.open(path)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS) == 7
+        assert (await store.get_runs("prod", [9]))[9] == run
+        assert await store.get_event(old.id) == old
+        assert [d.event for d in await store.due_deliveries(now=NOW, limit=10)] == [old]
+        updated = run.model_copy(update={"emitted": frozenset({"terminal", "run_started"})})
+        new = event(10).model_copy(update={"run": run.snapshot})
+        await store.commit_cycle(commit(runs=[updated], events=[new], channels={new.id: [OPS]}))
+        assert (await store.get_runs("prod", [9]))[9] == updated
+        assert await store.get_event(new.id) == new
+        assert [e.event.id for e in await store.recent_events(limit=5)] == [new.id, old.id]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    snapshot, payload = conn.execute(
+        "SELECT snapshot, (SELECT payload FROM events WHERE id = ?) FROM runs", (new.id,)
+    ).fetchone()
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    conn.close()
+    assert isinstance(snapshot, bytes)
+    assert len(snapshot) < len(run.snapshot.model_dump_json(exclude_none=True)) / 2
+    assert isinstance(payload, bytes)
+    assert len(payload) < len(new.model_dump_json(exclude_none=True)) / 2
+    assert "runs_start" not in indexes
+
+
+async def test_a_damaged_packed_payload_is_dead_lettered_not_blocking(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """A packed payload that cannot be unpacked is as unreadable as a wrong one: its
+    delivery is dead-lettered and the other alerts still come due."""
+    events = [event(1, job_id=7), event(2, job_id=8)]
+    await sqlite_store.commit_cycle(commit(events=events, channels={e.id: [OPS] for e in events}))
+    conn = sqlite3.connect(sqlite_store.path)
+    conn.execute("UPDATE events SET payload = ? WHERE id = ?", (b"\x01not deflate", events[0].id))
+    conn.commit()
+    conn.close()
+    due = await sqlite_store.due_deliveries(now=NOW, limit=10)
+    assert [d.event for d in due] == [events[1]]
+    assert (await sqlite_store.outbox_stats()).dead == 1
+    assert await sqlite_store.get_event(events[1].id) == events[1]
+
+
+async def test_a_cycle_commit_is_one_hop_with_no_statement_per_item(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many runs and events a cycle commits, it takes one hop to the database's
+    thread, and besides one row per item written it reads only which events are stored
+    already (one query): no statement per run or event."""
+    db = sqlite_store._db
+    hops: list[object] = []
+    execute: Callable[..., Awaitable[object]] = db._execute  # every hop aiosqlite makes
+
+    async def counted(fn: object, *args: object) -> object:
+        hops.append(fn)
+        return await execute(fn, *args)
+
+    statements: list[str] = []
+    await db.set_trace_callback(statements.append)
+    monkeypatch.setattr(db, "_execute", counted)
+    for count in (10, 100):
+        hops.clear()
+        statements.clear()
+        ids = range(count, 2 * count)  # new runs and events each time
+        events = [event(i) for i in ids]
+        keys = {e.id: [OPS, MAIL] for e in events}
+        await sqlite_store.commit_cycle(
+            commit(runs=[record(i) for i in ids], events=events, channels=keys)
+        )
+        assert len(hops) == 1
+        other = [s.split()[:2] for s in statements if not s.startswith("INSERT")]
+        assert other == [["BEGIN", "IMMEDIATE"], ["SELECT", "id"], ["COMMIT"]]
+        inserts = [s.split(" (", 1)[0] for s in statements if s.startswith("INSERT")]
+        assert sorted(set(inserts)) == [
+            "INSERT INTO runs",
+            "INSERT INTO watermarks",
+            "INSERT OR IGNORE INTO deliveries",
+            "INSERT OR IGNORE INTO events",
+        ]
+        assert len(inserts) == count * 4 + 1  # a run, an event, two deliveries each
+
+
+async def test_pruning_gives_the_wal_back_to_the_disk(sqlite_store: SQLiteStore) -> None:
+    """What a prune deletes goes through the WAL at once; the WAL is emptied after it,
+    so the files on disk are the database's live pages, not its largest transaction."""
+    day_ms = 86_400_000
+    old = int(NOW * 1000) - 90 * day_ms
+    runs = [record(i, terminal=True, start=old) for i in range(2_000)]
+    events = [event(i) for i in range(2_000)]
+    await sqlite_store.commit_cycle(commit(runs=runs, events=events, at=NOW - 90 * 86_400))
+    wal = sqlite_store.path.with_name(sqlite_store.path.name + "-wal")
+    assert wal.stat().st_size > 500_000
+    result = await sqlite_store.prune(now=NOW, run_retention_days=60, event_retention_days=14)
+    assert (result.runs, result.events) == (2_000, 2_000)
+    assert wal.stat().st_size == 0
+    assert await sqlite_store.get_runs("prod", [0, 1_999]) == {}

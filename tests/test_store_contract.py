@@ -1067,3 +1067,41 @@ async def test_a_dsn_password_never_shows_in_an_error() -> None:
 )
 def test_redacted_hides_the_password(dsn: str, shown: str) -> None:
     assert redacted(dsn) == shown
+
+
+# -- stored documents --------------------------------------------------------------------
+
+
+async def test_records_and_events_read_back_equal_with_their_defaults_and_values(
+    store: Backend,
+) -> None:
+    """A run record and an event read back equal to what was written, however rich the
+    snapshot (tasks, repair history, the newer status object, raw parameters, text
+    beyond ASCII) and whatever holds a default value (0, False, an empty list, an empty
+    state); a record and an event committed in one cycle with many others come back
+    each as its own."""
+    snapshot = Run.model_validate(
+        {
+            "run_id": 5,
+            "job_id": 7,
+            "attempt_number": 0,
+            "state": {"life_cycle_state": "RUNNING", "user_cancelled_or_timedout": False},
+            "status": {"state": "RUNNING", "queue_details": {"code": "X", "message": "é\u2603"}},
+            "start_time": 1_000,
+            "end_time": 0,
+            "setup_duration": 0,
+            "overriding_parameters": {"notebook_params": {"k": "v"}, "n": [1, None]},
+            "tasks": [{"task_key": "a", "state": {}, "depends_on": []}],
+            "repair_history": [{"type": "ORIGINAL", "task_run_ids": []}],
+        }
+    )
+    rich = run(5).model_copy(update={"snapshot": snapshot, "emitted": frozenset()})
+    plain = [run(i) for i in range(100, 150)]
+    event = failed(5).model_copy(update={"run": snapshot, "observed_seconds": 0.0})
+    others = [failed(i) for i in range(100, 150)]
+    await store.commit_cycle(commit([event, *others], runs=[rich, *plain]))
+    stored = await store.get_runs(WS, [5, *range(100, 150)])
+    assert stored == {r.run_id: r for r in [rich, *plain]}
+    assert stored[5].snapshot.end_time == 0
+    assert await store.get_event(event.id) == event
+    assert [d.event for d in await store.due_deliveries(now=NOW, limit=1)] == [event]

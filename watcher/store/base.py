@@ -304,6 +304,12 @@ class Outbox(Protocol):
         """Drop every claim `owner` holds (its attempts were cancelled, or belonged to a
         former life of this replica): those deliveries are due again at once. How many."""
 
+    async def expedite(self, channel: str, *, now: float, at: float, limit: int) -> int:
+        """Make due at `at` the channel's pending deliveries that wait on a failed
+        attempt's back-off (attempted, next attempt after `at`, no claim held at `now`):
+        those of its `limit` oldest waiting slots, a slot being a delivery or all of a
+        group's waiting members to one recipient (a digest is retried whole). How many."""
+
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
         """Record a pending delivery delivered (and its claim settled)."""
 

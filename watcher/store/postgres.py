@@ -49,6 +49,7 @@ from watcher.store.rows import (
     job_row,
     read_delivery,
     read_due_reminder,
+    read_event,
     read_event_deliveries,
     read_incident,
     read_job,
@@ -204,6 +205,11 @@ MIGRATIONS: list[str] = [
         expired_at DOUBLE PRECISION,
         record TEXT NOT NULL
     );
+    """,
+    # SQLite's migration 7 (run snapshots and event payloads stay JSON text here: they are
+    # packed in SQLite only).
+    """
+    DROP INDEX runs_start;
     """,
 ]
 
@@ -674,7 +680,7 @@ class PostgresStore:
     async def get_event(self, event_id: str) -> Event | None:
         async with self._connection() as conn:
             payload = await conn.fetchval("SELECT payload FROM events WHERE id = $1", event_id)
-        return None if payload is None else Event.model_validate_json(payload)
+        return None if payload is None else read_event(payload)
 
     async def known_events(self, event_ids: Collection[str]) -> set[str]:
         """Those of `event_ids` already stored."""
@@ -709,7 +715,8 @@ class PostgresStore:
                 await self._check_epoch(conn, commit.workspace, commit.epoch)
             await self._write_incidents(conn, commit.incidents, now)
             await conn.executemany(
-                upsert_runs(_placeholders(16)), [run_row(r, now) for r in commit.runs]
+                upsert_runs(_placeholders(16)),
+                [run_row(r, now, packed=False) for r in commit.runs],
             )
             await conn.executemany(
                 upsert_jobs(_placeholders(15)), [job_row(j, now) for j in commit.jobs]
@@ -989,6 +996,26 @@ class PostgresStore:
             )
         return _count(status)
 
+    async def expedite(self, channel: str, *, now: float, at: float, limit: int) -> int:
+        # A slot: a delivery, or a group's waiting members to one recipient.
+        waiting = (
+            "status = 'pending' AND attempts > 0 AND next_attempt_at > $1 "
+            "AND (claimed_until IS NULL OR claimed_until <= $3)"
+        )
+        slot = "CASE WHEN group_key = '' THEN 'e' || event_id ELSE 'g' || group_key END"
+        async with self._connection() as conn:
+            status = await conn.execute(
+                f"UPDATE deliveries SET next_attempt_at = $1 WHERE channel = $2 AND {waiting} "  # noqa: S608 - constants and $n placeholders only
+                f"AND (recipient, {slot}) IN (SELECT recipient, {slot} FROM deliveries "
+                f"JOIN events e ON e.id = event_id WHERE channel = $2 AND {waiting} "
+                "GROUP BY 1, 2 ORDER BY MIN(e.seq) LIMIT $4)",
+                at,
+                channel,
+                now,
+                limit,
+            )
+        return _count(status)
+
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
         async with self._connection() as conn:
             await conn.execute(_MARK_DELIVERED, at, key.channel, key.recipient, [event_id])
@@ -1201,7 +1228,7 @@ class PostgresStore:
             await conn.execute("DELETE FROM silences WHERE ends_at < $1", event_cutoff)
         return PruneResult(runs=_count(runs), events=_count(events))
 
-    # -- silences (watcher.notify.silences) ----------------------------------------------
+    # -- silences (watcher.silences) ----------------------------------------------------
 
     async def add_silence(self, silence: StoredSilence) -> None:
         async with self._connection() as conn:

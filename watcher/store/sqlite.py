@@ -40,11 +40,14 @@ from watcher.store.rows import (
     NO_POLICY,
     RECENT_EVENTS_COLUMNS,
     RUN_COLUMNS,
+    event_document,
     group_due,
     incident_row,
     job_row,
+    pack,
     read_delivery,
     read_due_reminder,
+    read_event,
     read_event_deliveries,
     read_incident,
     read_job,
@@ -231,6 +234,11 @@ MIGRATIONS: list[str] = [
         record TEXT NOT NULL
     );
     """,
+    # Run snapshots and event payloads are packed from now on (`rows.pack`); rows written
+    # before stay JSON text, read as they are. Nothing reads runs by start time.
+    """
+    DROP INDEX runs_start;
+    """,
 ]
 
 _P = ParamSpec("_P")
@@ -263,6 +271,28 @@ _MARK_FAILED = (
     "AND (? IS NULL OR claimed_by IS NULL OR claimed_by = ?)"
 )
 _UNCLAIMED = "(d.claimed_until IS NULL OR d.claimed_until <= ?)"
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, created_at, "
+    "incident_id) VALUES (?,?,?,?,?,?,?)"
+)
+_INSERT_DELIVERY = (
+    "INSERT OR IGNORE INTO deliveries (event_id, channel, recipient, status, "
+    "created_at, next_attempt_at, group_key) VALUES (?,?,?,?,?,?,?)"
+)
+# The deliveries of a channel waiting on back-off, by slot (a delivery, or a group's
+# members to one recipient): see Outbox.expedite. Values: at, channel, at, now, channel,
+# at, now, limit.
+_WAITING = (
+    "status = 'pending' AND attempts > 0 AND next_attempt_at > ? "
+    "AND (claimed_until IS NULL OR claimed_until <= ?)"
+)
+_SLOT = "CASE WHEN group_key = '' THEN 'e' || event_id ELSE 'g' || group_key END"
+_EXPEDITE = (
+    f"UPDATE deliveries SET next_attempt_at = ? WHERE channel = ? AND {_WAITING} "  # noqa: S608 - constants and ? placeholders only
+    f"AND (recipient, {_SLOT}) IN (SELECT recipient, {_SLOT} FROM deliveries "
+    f"JOIN events e ON e.id = event_id WHERE channel = ? AND {_WAITING} "
+    "GROUP BY 1, 2 ORDER BY MIN(e.seq) LIMIT ?)"
+)
 
 
 class SQLiteStore:
@@ -299,6 +329,9 @@ class SQLiteStore:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=2000")
+            # The WAL keeps the size of its largest transaction (a day's pruning) unless
+            # told to shrink back after a checkpoint: the disk would hold it for ever.
+            await db.execute("PRAGMA journal_size_limit=8388608")
             async with db.execute("PRAGMA quick_check") as cursor:
                 check = await cursor.fetchone()
             if check is None or check[0] != "ok":
@@ -471,7 +504,7 @@ class SQLiteStore:
             "SELECT payload FROM events WHERE id = ?", (event_id,)
         ) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else Event.model_validate_json(row[0])
+        return None if row is None else read_event(row[0])
 
     @_locked
     async def known_events(self, event_ids: Collection[str]) -> set[str]:
@@ -481,15 +514,15 @@ class SQLiteStore:
 
     async def _select_in(self, sql: str, ids: Collection[Any], *params: Any) -> list[sqlite3.Row]:
         """`sql` (its `{}` the placeholders of an IN list) over `ids` in chunks, `params`
-        bound before them."""
-        rows: list[Any] = []
-        ids = list(ids)
-        for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
-            chunk = ids[start : start + 500]
-            query = sql.format(",".join("?" * len(chunk)))
-            async with self._db.execute(query, (*params, *chunk)) as cursor:
-                rows.extend(await cursor.fetchall())
-        return rows
+        bound before them: every chunk in one hop to the connection's thread."""
+        return await self._in_thread(functools.partial(_select_in, sql=sql, ids=ids, params=params))
+
+    async def _in_thread(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """`work` on the connection, in aiosqlite's thread: a whole transaction or read in
+        one hop instead of one (or three) per statement, the hops being most of a cycle's
+        cost. aiosqlite has no public call for it: `_execute` is what its own methods use."""
+        execute: Callable[..., Coroutine[Any, Any, _T]] = self._db._execute
+        return await execute(work, self._db._conn)
 
     @_locked
     async def job_times(self, workspace: str | None = None) -> list[JobTimes]:
@@ -508,134 +541,11 @@ class SQLiteStore:
 
     @_locked
     async def commit_cycle(self, commit: CycleCommit) -> list[Event]:
-        now = commit.committed_at
-        inserted: list[Event] = []
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if commit.epoch is not None:
-                await self._check_epoch(commit.workspace, commit.epoch)
-            await self._write_incidents(commit.incidents, now)
-            await self._db.executemany(
-                upsert_runs(",".join("?" * 16)), [run_row(r, now) for r in commit.runs]
-            )
-            await self._db.executemany(
-                upsert_jobs(",".join("?" * 15)), [job_row(j, now) for j in commit.jobs]
-            )
-            for event in commit.events:
-                cursor = await self._insert_event(event, now)
-                if cursor.rowcount != 1:
-                    continue  # committed by an earlier cycle: never twice
-                inserted.append(event)
-                policies = commit.policies.get(event.id, {})
-                keys = commit.channels.get(event.id, ())
-                await self._add_deliveries(event.id, keys, "pending", now, policies)
-                await self._add_deliveries(
-                    event.id, commit.silenced.get(event.id, ()), "silenced", now, {}
-                )
-                if event.incident is not None and event.incident.state == "open":
-                    await self._add_targets(event.incident.id, keys, policies, now)
-            if commit.watermark_ms is not None:
-                await self._commit_watermark(commit)
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._rollback()
-            raise
-        return inserted
-
-    async def _check_epoch(self, workspace: str, epoch: int) -> None:
-        """StoreFenced unless the workspace's lease is still at `epoch` (BEGIN IMMEDIATE
-        holds the write lock: no takeover lands between this check and the commit)."""
-        async with self._db.execute(
-            "SELECT epoch FROM leases WHERE workspace = ?", (workspace,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None or int(row[0]) != epoch:
-            held = "no lease" if row is None else f"epoch {row[0]}"
-            raise StoreFenced(
-                f"workspace {workspace}: the cycle ran under lease epoch {epoch}, the lease "
-                f"is now at {held}: another replica owns it"
-            )
+        return await self._in_thread(functools.partial(_commit_cycle, commit=commit))
 
     async def _insert_event(self, event: Event, now: float) -> aiosqlite.Cursor:
         """Insert an event unless its id is stored (rowcount 0 then)."""
-        return await self._db.execute(
-            "INSERT OR IGNORE INTO events (id, workspace, job_id, type, payload, created_at, "
-            "incident_id) VALUES (?,?,?,?,?,?,?)",
-            (
-                event.id,
-                event.workspace,
-                event.job.job_id,
-                event.type.value,
-                event.model_dump_json(exclude_none=True),
-                now,
-                event.incident.id if event.incident else None,
-            ),
-        )
-
-    async def _write_incidents(self, incidents: Iterable[Incident], now: float) -> None:
-        """Insert new incidents (version 0) and update the others only where the stored
-        version is still the one they were read at: else StoreConflict."""
-        for incident in incidents:
-            values = incident_row(incident, now)
-            if incident.version == 0:
-                try:
-                    await self._db.execute(
-                        "INSERT INTO incidents (state, version, record, resolved_at, updated_at, "
-                        "id, workspace, key, job_id, opened_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            *values,
-                            incident.id,
-                            incident.workspace,
-                            incident.key,
-                            incident.job_id,
-                            incident.opened_at_ms / 1000,
-                        ),
-                    )
-                except sqlite3.IntegrityError:
-                    raise StoreConflict(
-                        f"incident {incident.key} was opened by another writer"
-                    ) from None
-                continue
-            cursor = await self._db.execute(
-                "UPDATE incidents SET state = ?, version = ?, record = ?, resolved_at = ?, "
-                "updated_at = ? WHERE id = ? AND version = ?",
-                (*values, incident.id, incident.version),
-            )
-            if cursor.rowcount != 1:
-                raise StoreConflict(f"incident {incident.key} was changed by another writer")
-            if not incident.is_open:
-                # No reminder is due for it any more: keep the due-reminder scans short.
-                await self._db.execute(
-                    "UPDATE incident_targets SET next_repeat_at = NULL WHERE incident_id = ?",
-                    (incident.id,),
-                )
-
-    async def _add_targets(
-        self,
-        incident_id: str,
-        keys: Iterable[DeliveryKey],
-        policies: Mapping[DeliveryKey, DeliveryPolicy],
-        now: float,
-    ) -> None:
-        """Where an open incident's events go (`rows.target_rows`)."""
-        await self._db.executemany(
-            "INSERT INTO incident_targets (incident_id, channel, recipient, repeat_every, "
-            "next_repeat_at) VALUES (?,?,?,?,?) ON CONFLICT (incident_id, channel, recipient) "
-            "DO UPDATE SET repeat_every=excluded.repeat_every, "
-            "next_repeat_at=excluded.next_repeat_at",
-            target_rows(incident_id, keys, policies, now),
-        )
-
-    async def _commit_watermark(self, commit: CycleCommit) -> None:
-        await self._db.execute(
-            "INSERT INTO watermarks (workspace, watermark_ms, updated_at, news_since_ms) "
-            "VALUES (?,?,?,?) ON CONFLICT (workspace) DO UPDATE SET "
-            "watermark_ms=MAX(watermark_ms, excluded.watermark_ms), "
-            "updated_at=excluded.updated_at, news_since_ms="
-            "MAX(COALESCE(news_since_ms, excluded.news_since_ms), "
-            "COALESCE(excluded.news_since_ms, news_since_ms))",
-            (commit.workspace, commit.watermark_ms, commit.committed_at, commit.news_since_ms),
-        )
+        return await self._db.execute(_INSERT_EVENT, _event_row(event, now))
 
     async def _rollback(self) -> None:
         # After a failed COMMIT (disk full, I/O error) the transaction may still be
@@ -651,40 +561,9 @@ class SQLiteStore:
         now: float,
         policies: Mapping[DeliveryKey, DeliveryPolicy],
     ) -> None:
-        rows = []
-        for key in dict.fromkeys(keys):
-            policy = policies.get(key, NO_POLICY)
-            due = now
-            if policy.group_key and status == "pending":
-                due = await self._group_due(key, policy, now)
-            rows.append((event_id, key.channel, key.recipient, status, now, due, policy.group_key))
-        await self._db.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel, recipient, status, "
-            "created_at, next_attempt_at, group_key) VALUES (?,?,?,?,?,?,?)",
-            rows,
+        await self._in_thread(
+            lambda db: _add_deliveries(db, [(event_id, keys, status, policies)], now)
         )
-
-    async def _group_due(self, key: DeliveryKey, policy: DeliveryPolicy, now: float) -> float:
-        """When a new member of a delivery group goes out (`rows.group_due` says why,
-        rule by rule), from its group's last digest and pending members."""
-        async with self._db.execute(
-            "SELECT last_sent_at FROM delivery_groups WHERE channel = ? AND recipient = ? "
-            "AND group_key = ?",
-            (key.channel, key.recipient, policy.group_key),
-        ) as cursor:
-            row = await cursor.fetchone()
-        last = None if row is None else float(row[0])
-        async with self._db.execute(
-            "SELECT MIN(next_attempt_at), "
-            "MIN(CASE WHEN attempts > 0 AND next_attempt_at > ? THEN next_attempt_at END), "
-            "MIN(CASE WHEN attempts = 0 AND next_attempt_at > ? THEN next_attempt_at END) "
-            "FROM deliveries WHERE channel = ? AND recipient = ? AND group_key = ? "
-            "AND status = 'pending'",
-            (last, last, key.channel, key.recipient, policy.group_key),
-        ) as cursor:
-            row = await cursor.fetchone()
-        waiting, retry, scheduled = (None if v is None else float(v) for v in row or (None,) * 3)
-        return group_due(policy, now, last=last, waiting=waiting, retry=retry, scheduled=scheduled)
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -784,6 +663,11 @@ class SQLiteStore:
             "WHERE claimed_by = ? AND status = 'pending'",
             (owner,),
         )
+        return cursor.rowcount
+
+    @_locked
+    async def expedite(self, channel: str, *, now: float, at: float, limit: int) -> int:
+        cursor = await self._db.execute(_EXPEDITE, (at, channel, at, now, channel, at, now, limit))
         return cursor.rowcount
 
     # -- digests (watcher.notify.dispatcher) -------------------------------------------
@@ -975,9 +859,12 @@ class SQLiteStore:
         except BaseException:
             await self._rollback()
             raise
+        # The pruning went through the WAL (all of it, at once): give that back to the
+        # disk now rather than after the next cycle. Busy (a reader): it waits for then.
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return PruneResult(runs=runs.rowcount, events=events.rowcount)
 
-    # -- silences (watcher.notify.silences) ----------------------------------------------
+    # -- silences (watcher.silences) ----------------------------------------------------
 
     @_locked
     async def add_silence(self, silence: StoredSilence) -> None:
@@ -1234,3 +1121,197 @@ def _failed_rows(
         (status, error[:1000], next_attempt_at, event_id, key.channel, key.recipient, owner, owner)
         for event_id in event_ids
     ]
+
+
+# -- one cycle's commit, in the connection's thread (`SQLiteStore._in_thread`) ----------
+
+
+def _select_in(
+    db: sqlite3.Connection, *, sql: str, ids: Collection[Any], params: Iterable[Any]
+) -> list[sqlite3.Row]:
+    rows: list[Any] = []
+    ids = list(ids)
+    for start in range(0, len(ids), 500):  # stay under SQLite's bound-variable limit
+        chunk = ids[start : start + 500]
+        rows.extend(db.execute(sql.format(",".join("?" * len(chunk))), (*params, *chunk)))
+    return rows
+
+
+def _commit_cycle(db: sqlite3.Connection, *, commit: CycleCommit) -> list[Event]:
+    """The whole commit (`Store.commit_cycle`): one statement per table for the runs,
+    jobs, events, deliveries and targets of the cycle, whatever their number. Statements
+    per item are only for incidents (each checked against its version) and grouped
+    deliveries (each one's due time depends on the group's members before it)."""
+    now = commit.committed_at
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if commit.epoch is not None:
+            _check_epoch(db, commit.workspace, commit.epoch)
+        _write_incidents(db, commit.incidents, now)
+        db.executemany(
+            upsert_runs(",".join("?" * 16)), [run_row(r, now, packed=True) for r in commit.runs]
+        )
+        db.executemany(upsert_jobs(",".join("?" * 15)), [job_row(j, now) for j in commit.jobs])
+        inserted = _insert_events(db, commit.events, now)
+        deliveries: list[tuple[str, Iterable[DeliveryKey], DeliveryStatus, Policies]] = []
+        targets: list[tuple[str, str, str, float | None, float | None]] = []
+        for event in inserted:
+            policies = commit.policies.get(event.id, {})
+            keys = commit.channels.get(event.id, ())
+            deliveries.append((event.id, keys, "pending", policies))
+            deliveries.append((event.id, commit.silenced.get(event.id, ()), "silenced", {}))
+            if event.incident is not None and event.incident.state == "open":
+                targets.extend(target_rows(event.incident.id, keys, policies, now))
+        _add_deliveries(db, deliveries, now)
+        # In event order: a later event of the incident sets its targets' wait.
+        db.executemany(
+            "INSERT INTO incident_targets (incident_id, channel, recipient, repeat_every, "
+            "next_repeat_at) VALUES (?,?,?,?,?) ON CONFLICT (incident_id, channel, recipient) "
+            "DO UPDATE SET repeat_every=excluded.repeat_every, "
+            "next_repeat_at=excluded.next_repeat_at",
+            targets,
+        )
+        if commit.watermark_ms is not None:
+            db.execute(
+                "INSERT INTO watermarks (workspace, watermark_ms, updated_at, news_since_ms) "
+                "VALUES (?,?,?,?) ON CONFLICT (workspace) DO UPDATE SET "
+                "watermark_ms=MAX(watermark_ms, excluded.watermark_ms), "
+                "updated_at=excluded.updated_at, news_since_ms="
+                "MAX(COALESCE(news_since_ms, excluded.news_since_ms), "
+                "COALESCE(excluded.news_since_ms, news_since_ms))",
+                (commit.workspace, commit.watermark_ms, now, commit.news_since_ms),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        # After a failed COMMIT (disk full, I/O error) the transaction may still be
+        # open; if it is already gone, ROLLBACK fails harmlessly.
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return inserted
+
+
+Policies = Mapping[DeliveryKey, DeliveryPolicy]
+
+
+def _check_epoch(db: sqlite3.Connection, workspace: str, epoch: int) -> None:
+    """StoreFenced unless the workspace's lease is still at `epoch` (BEGIN IMMEDIATE
+    holds the write lock: no takeover lands between this check and the commit)."""
+    row = db.execute("SELECT epoch FROM leases WHERE workspace = ?", (workspace,)).fetchone()
+    if row is None or int(row[0]) != epoch:
+        held = "no lease" if row is None else f"epoch {row[0]}"
+        raise StoreFenced(
+            f"workspace {workspace}: the cycle ran under lease epoch {epoch}, the lease "
+            f"is now at {held}: another replica owns it"
+        )
+
+
+def _event_row(event: Event, now: float) -> tuple[Any, ...]:
+    """The values of `_INSERT_EVENT`."""
+    return (
+        event.id,
+        event.workspace,
+        event.job.job_id,
+        event.type.value,
+        pack(event_document(event)),
+        now,
+        event.incident.id if event.incident else None,
+    )
+
+
+def _insert_events(db: sqlite3.Connection, events: Iterable[Event], now: float) -> list[Event]:
+    """Insert the events whose id is not stored yet, in order (their `seq`); those
+    inserted, each once (a second copy in the same commit is skipped)."""
+    fresh: dict[str, Event] = {}
+    for event in events:
+        fresh.setdefault(event.id, event)
+    # Read under the write lock (BEGIN IMMEDIATE): nobody stores one meanwhile.
+    stored = _select_in(db, sql="SELECT id FROM events WHERE id IN ({})", ids=fresh, params=())
+    for row in stored:
+        del fresh[row[0]]
+    db.executemany(_INSERT_EVENT, [_event_row(e, now) for e in fresh.values()])
+    return list(fresh.values())
+
+
+def _write_incidents(db: sqlite3.Connection, incidents: Iterable[Incident], now: float) -> None:
+    """Insert new incidents (version 0) and update the others only where the stored
+    version is still the one they were read at: else StoreConflict."""
+    for incident in incidents:
+        values = incident_row(incident, now)
+        if incident.version == 0:
+            try:
+                db.execute(
+                    "INSERT INTO incidents (state, version, record, resolved_at, updated_at, "
+                    "id, workspace, key, job_id, opened_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        *values,
+                        incident.id,
+                        incident.workspace,
+                        incident.key,
+                        incident.job_id,
+                        incident.opened_at_ms / 1000,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreConflict(
+                    f"incident {incident.key} was opened by another writer"
+                ) from None
+            continue
+        cursor = db.execute(
+            "UPDATE incidents SET state = ?, version = ?, record = ?, resolved_at = ?, "
+            "updated_at = ? WHERE id = ? AND version = ?",
+            (*values, incident.id, incident.version),
+        )
+        if cursor.rowcount != 1:
+            raise StoreConflict(f"incident {incident.key} was changed by another writer")
+        if not incident.is_open:
+            # No reminder is due for it any more: keep the due-reminder scans short.
+            db.execute(
+                "UPDATE incident_targets SET next_repeat_at = NULL WHERE incident_id = ?",
+                (incident.id,),
+            )
+
+
+def _add_deliveries(
+    db: sqlite3.Connection,
+    wanted: Iterable[tuple[str, Iterable[DeliveryKey], DeliveryStatus, Policies]],
+    now: float,
+) -> None:
+    """(event id, keys, status, policies) each, in order: a grouped pending delivery is
+    written at once (the members before it decide when it is due; it precedes the
+    event's other rows, as it did when every row was written in order), the others in
+    one statement."""
+    rows = []
+    for event_id, keys, status, policies in wanted:
+        for key in dict.fromkeys(keys):
+            policy = policies.get(key, NO_POLICY)
+            row = (event_id, key.channel, key.recipient, status, now, now, policy.group_key)
+            if policy.group_key and status == "pending":
+                due = _group_due(db, key, policy, now)
+                db.execute(_INSERT_DELIVERY, (*row[:5], due, policy.group_key))
+            else:
+                rows.append(row)
+    db.executemany(_INSERT_DELIVERY, rows)
+
+
+def _group_due(
+    db: sqlite3.Connection, key: DeliveryKey, policy: DeliveryPolicy, now: float
+) -> float:
+    """When a new member of a delivery group goes out (`rows.group_due` says why, rule by
+    rule), from its group's last digest and pending members."""
+    row = db.execute(
+        "SELECT last_sent_at FROM delivery_groups WHERE channel = ? AND recipient = ? "
+        "AND group_key = ?",
+        (key.channel, key.recipient, policy.group_key),
+    ).fetchone()
+    last = None if row is None else float(row[0])
+    row = db.execute(
+        "SELECT MIN(next_attempt_at), "
+        "MIN(CASE WHEN attempts > 0 AND next_attempt_at > ? THEN next_attempt_at END), "
+        "MIN(CASE WHEN attempts = 0 AND next_attempt_at > ? THEN next_attempt_at END) "
+        "FROM deliveries WHERE channel = ? AND recipient = ? AND group_key = ? "
+        "AND status = 'pending'",
+        (last, last, key.channel, key.recipient, policy.group_key),
+    ).fetchone()
+    waiting, retry, scheduled = (None if v is None else float(v) for v in row or (None,) * 3)
+    return group_due(policy, now, last=last, waiting=waiting, retry=retry, scheduled=scheduled)
