@@ -26,6 +26,17 @@ Policy is decided here, once, from the channels' results:
 - `Failed` (a permanent error), the `max_attempts`-th failure, or a retry that would fall
   past `max_age` after the alert was queued -> dead letter (kept, counted, replayable).
 
+A success after RECOVERY_FAILURES failed attempts in a row on a lane, or of a retry,
+shows the channel answers again: the lane's deliveries waiting on back-off become due at
+once (`Outbox.expedite`; not before the end of the channel's latest Retry-After), paced by
+its token bucket, so a backlog left by an outage drains within a poll interval plus the
+rate limit instead of over minutes of back-off. Each success releases at most
+`concurrency` waiting slots (the released ones' successes release the next): a success
+that was a fluke costs a dead receiver that many attempts, the others keep their
+back-off, and each released one resumes its own (from its attempt count) at its next
+failure. One alert the receiver refuses while it accepts the others is not an outage:
+the others' first attempts succeeding between its failures release nothing.
+
 For a digest the attempt number is its most tried member's, plus one, and `max_age`
 counts from its oldest member: no member is tried more often or longer than configured.
 A result's `reason` (a redirect, an implausible 2xx) is logged and passed to the observer.
@@ -34,6 +45,7 @@ A result's `reason` (a redirect, an implausible 2xx) is logged and passed to the
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +81,11 @@ CLAIM_MARGIN = 30.0
 """Seconds a claim outlives the attempt's timeout: a replica that dies mid-attempt holds
 its deliveries this much longer than the attempt could have taken, then another replica
 sends them."""
+
+RECOVERY_FAILURES = 2
+"""Failed attempts in a row on a lane after which a success counts as its recovery. A
+new dispatcher starts there: its lanes' history (a former life's, another replica's) is
+unknown, so their first success may release what a former failure left waiting."""
 
 _Slot = tuple[str, str, DeliveryKey]
 """What a lane has in flight: ("event", event id, key) or ("group", group key, key)."""
@@ -131,6 +148,10 @@ class _Lane:
     channel: Channel
     bucket: TokenBucket
     inflight: dict[_Slot, asyncio.Task[None]] = field(default_factory=dict)
+    failures: int = RECOVERY_FAILURES
+    """Failed attempts since the lane's latest success."""
+    not_before: float = 0.0
+    """The end of the channel's latest Retry-After: nothing is expedited before it."""
 
 
 class Dispatcher:
@@ -168,6 +189,7 @@ class Dispatcher:
         }
         self._configs = {name: channel.config for name, channel in channels.items()}
         self._wake = asyncio.Event()
+        self._discovered_at = -math.inf
 
     # -- control ---------------------------------------------------------------------
 
@@ -235,7 +257,11 @@ class Dispatcher:
     async def dispatch_due(self) -> int:
         """One pass: start every due delivery a lane has room for; returns how many."""
         now = self._clock.time()
-        await self._discover(now)
+        if now - self._discovered_at >= self._poll_interval:
+            # Once per tick, not on every pass: a pass follows every attempt's end, and
+            # reading all that is due each time slows a burst's delivery down.
+            self._discovered_at = now
+            await self._discover(now)
         started = 0
         for name, lane in self._lanes.items():
             room = lane.channel.config.concurrency - len(lane.inflight)
@@ -387,11 +413,19 @@ class Dispatcher:
             await self._mark_delivered(batch, now)
             log.info("alert_sent", attempt=batch.attempt, detail=result.detail or None, **fields)
             self._observe(name, "sent", seconds, None)
+            recovered = lane.failures >= RECOVERY_FAILURES or batch.attempt > 1
+            lane.failures = 0
+            if recovered:
+                await self._expedite(name, lane, now)
             return
         if result.reason is not None:
             fields["reason"] = result.reason
         error, next_at = self._after_failure(lane, batch, result, now)
         await self._mark_failed(batch, error, next_at)
+        if isinstance(result, Retry) and next_at is not None:
+            lane.failures += 1
+            if result.after is not None:
+                lane.not_before = max(lane.not_before, now + result.after)
         if next_at is None:
             log.error("alert_dead", attempt=batch.attempt, error=error, **fields)
             self._observe(name, "dead", seconds, result.reason)
@@ -404,6 +438,20 @@ class Dispatcher:
                 **fields,
             )
             self._observe(name, "failed", seconds, result.reason)
+
+    async def _expedite(self, name: str, lane: _Lane, now: float) -> None:
+        """Release up to `concurrency` of the lane's slots waiting on back-off (see the
+        module docstring)."""
+        limit = lane.channel.config.concurrency
+        try:
+            count = await self._store.expedite(
+                name, now=now, at=max(now, lane.not_before), limit=limit
+            )
+        except Exception as exc:  # they keep their back-off: late, not lost
+            log.warning("expedite_failed", channel=name, error=str(exc))
+            return
+        if count:
+            log.info("deliveries_expedited", channel=name, deliveries=count)
 
     def _after_failure(
         self, lane: _Lane, batch: _Batch, result: Retry | Failed, now: float

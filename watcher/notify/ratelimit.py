@@ -30,7 +30,10 @@ class TokenBucket:
         async with self._lock:
             while True:
                 self._refill()
-                if self._tokens >= 1:
+                # A hair short counts as a token: on an epoch-sized clock a refill of
+                # (1 - tokens) / rate seconds can come out 1e-7 short, and the wait for
+                # the rest would be too small to move the clock at all.
+                if self._tokens >= 1 - 1e-6:
                     self._tokens -= 1
                     return waited
                 delay = (1 - self._tokens) / self._rate
