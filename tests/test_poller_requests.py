@@ -23,16 +23,22 @@ from watcher.app import make_client
 from watcher.clock import ManualClock
 from watcher.config import StartupConfig
 from watcher.databricks import JobsClient
+from watcher.databricks.errors import DatabricksError
+from watcher.databricks.models import Run
 from watcher.domain import PollResult
 from watcher.metrics import Metrics
-from watcher.poller import MAX_BACKOFF_INTERVALS, Poller, run_poll_loop
+from watcher.poller import MAX_BACKOFF_INTERVALS, Poller, _order_shown, run_poll_loop
 from watcher.simulator import Fault, Simulator
+from watcher.simulator.server import LoggedRequest
 from watcher.simulator.workspace import Workspace
 
 LIMIT = {"2.0": 60, "2.1": 25, "2.2": 25}
 """runs/list page sizes: the simulator states 60 on 2.0 (the client adopts it), so that
 pages matter with a hundred runs."""
 HOUR_MS = 3_600_000
+OVERLAP_MS = 302_000
+"""completed_overlap (300 s by default) and the Date header's 2 s: how far before the
+watermark a walk reads, by either order."""
 
 
 @dataclass
@@ -60,6 +66,19 @@ class World:
 WorldFactory = Callable[..., Awaitable[World]]
 
 
+class AheadClient(JobsClient):
+    """A client whose Date-header estimate runs `ahead` seconds ahead of the times the jobs
+    service stamps on runs: a slow answer (its Date is taken for the round trip's
+    midpoint), or the front end's clock ahead of the jobs service's."""
+
+    ahead = 0.0
+
+    def _note_server_time(self, date_header: str | None, round_trip: float) -> None:
+        super()._note_server_time(date_header, round_trip)
+        if self.server_offset is not None:
+            self.server_offset += self.ahead
+
+
 def order_of(poller: Poller) -> str | None:
     """The order the poller has seen (read anew each time: a cycle may change it)."""
     return poller.completed_order
@@ -69,7 +88,7 @@ def order_of(poller: Poller) -> str | None:
 async def make_world(clock: ManualClock) -> AsyncIterator[WorldFactory]:
     async with AsyncExitStack() as stack:
 
-        async def factory(*, version: str, order: str, **config: Any) -> World:
+        async def factory(*, version: str, order: str, ahead: float = 0.0, **config: Any) -> World:
             sim = Simulator(
                 clock=clock,
                 tokens={TOKEN},
@@ -77,7 +96,9 @@ async def make_world(clock: ManualClock) -> AsyncIterator[WorldFactory]:
                 runs_limit_max=dict(LIMIT),
             )
             await stack.enter_async_context(sim)
-            client = new_client(sim, clock, version)
+            client = new_client(sim, clock, version, cls=AheadClient)
+            assert isinstance(client, AheadClient)
+            client.ahead = ahead
             stack.push_async_callback(client.close)
             store = FakeStore()
             poller = Poller(
@@ -148,26 +169,41 @@ async def end_thirty(w: World, long: list[int]) -> tuple[PollResult, Counter[str
 # -- by end time -----------------------------------------------------------------------------
 
 
+def ended_since(w: World, cutoff: int) -> int:
+    """Runs that ended between `cutoff` and now: what a walk by end time reads."""
+    now = w.ws.now_ms()
+    return sum(
+        1 for run in w.ws.runs.values() if (end := run.end_ms) is not None and cutoff <= end <= now
+    )
+
+
 @pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
-async def test_by_end_time_a_cycle_costs_the_minimum(
+async def test_by_end_time_a_cycle_reads_the_pages_of_what_ended_since_the_cut_off(
     make_world: WorldFactory, version: str
 ) -> None:
     """Where the server lists finished runs by end time, a cycle in which 40 runs ended
-    (30 that started hours before the cut-off) reads ceil(active/limit) active pages,
-    ceil(ended/limit) completed pages and the settings of the jobs whose runs ended: no
-    runs/get."""
+    (30 that started hours before the cut-off) reads ceil(active/limit) active pages, the
+    completed pages of what ended since the cut-off (completed_overlap before the
+    watermark: the margin for a slow answer or a skewed clock, as by start time) and the
+    settings of the jobs whose runs ended: no runs/get."""
     w, long = await long_runs_world(make_world, version, "end_time")
     assert order_of(w.poller) == "end"
+    cutoff = w.store.watermark["ws"] - OVERLAP_MS
     _, calls, _ = await end_thirty(w, long)
+    ended = ended_since(w, cutoff)
     limit = LIMIT[version]
+    assert 40 <= ended < 54  # the 40 and a few of the history: one page on 2.0, two on 2.1+
     assert calls == {
-        "runs/list": math.ceil(70 / limit) + math.ceil(40 / limit),
+        # The walk stops at the first page that ends past the cut-off.
+        "runs/list": math.ceil(70 / limit) + ended // limit + 1,
         # The settings of the 5 jobs whose runs ended, read afresh (one answer on 2.0).
         **({"jobs/list": 1} if version == "2.0" else {"jobs/get": 5}),
     }
-    # Nothing new: the active pages and one completed page.
+    # Nothing new: the active pages and the completed pages of what ended in the overlap.
+    cutoff = w.store.watermark["ws"] - OVERLAP_MS
     _, calls = await w.cycle()
-    assert calls == {"runs/list": math.ceil(70 / limit) + 1}
+    ended = ended_since(w, cutoff)
+    assert calls == {"runs/list": math.ceil(70 / limit) + ended // limit + 1}
 
 
 async def test_a_server_that_stops_ordering_by_end_time_is_followed(
@@ -181,6 +217,125 @@ async def test_a_server_that_stops_ordering_by_end_time_is_followed(
     w.sim.completed_order = "start_time"
     await end_thirty(w, long)
     assert order_of(w.poller) == "start"
+
+
+def committed(w: World) -> set[int]:
+    """The runs committed finished."""
+    return {r for r, run in w.store.runs["ws"].items() if run.is_terminal}
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1"])
+async def test_by_end_time_a_date_header_ahead_of_the_runs_hides_none(
+    make_world: WorldFactory, version: str
+) -> None:
+    """The Date header's estimate runs 5 s ahead of the runs' times (one slow answer, or
+    a skewed clock), so the watermark does too. Then more than a page of runs start and
+    end before the next cycle: 10 within those 5 s, the rest after. By end time the walk
+    reads back completed_overlap before the watermark, as by start time, and finds all;
+    a walk that stopped 2 s before the watermark would stop at the first page, whose last
+    run ended before that, and miss the 5 on the next."""
+    w = await make_world(version=version, order="end_time", ahead=5.0)
+    job = w.ws.create_job("etl")
+    history(w.ws, job, 40, start_ms=w.ws.now_ms() - 600_000, step_ms=10_000)
+    for _ in range(3):
+        await w.cycle()
+    assert order_of(w.poller) == "end"
+    t = w.ws.now_ms()  # the last cycle's instant, by the runs' times
+    assert w.store.watermark["ws"] - t >= 5_000
+    limit = LIMIT[version]
+    within = [
+        w.ws.start_run(
+            job, start_ms=t + 100 + i * 250, setup_s=0, execution_s=0.2 + i % 3 * 0.1, cleanup_s=0
+        )
+        for i in range(10)
+    ]
+    after = [
+        w.ws.start_run(
+            job, start_ms=t + 4_000 + i * 300, setup_s=0, execution_s=0.5 + i % 4 * 0.2, cleanup_s=0
+        )
+        for i in range(limit - 5)
+    ]
+    result, _ = await w.cycle()
+    assert order_of(w.poller) == "end"
+    assert {*within, *after} <= {r for r, run in by_id(result).items() if run.is_terminal}
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1"])
+async def test_by_end_time_a_run_listed_without_an_end_time_stops_no_walk(
+    make_world: WorldFactory, version: str
+) -> None:
+    """A finished run listed with end_time 0, the last of a completed page: the walk by
+    end time judges the page by the last run that has an end time, reads on, and finds
+    the runs of the next page that ended since the last cycle."""
+    w = await make_world(version=version, order="end_time")
+    job = w.ws.create_job("etl")
+    history(w.ws, job, 40, start_ms=w.ws.now_ms() - 600_000, step_ms=10_000)
+    for _ in range(3):
+        await w.cycle()
+    assert order_of(w.poller) == "end"
+    t = w.ws.now_ms()
+    limit = LIMIT[version]
+    runs = [
+        w.ws.start_run(
+            job,
+            start_ms=t + 1000 + i * 200,
+            setup_s=0,
+            execution_s=0.2 + i % 7 * 0.5,
+            cleanup_s=0,
+        )
+        for i in range(limit + 10)
+    ]
+    by_end = sorted(runs, key=lambda r: (w.ws.runs[r].end_ms or 0, r), reverse=True)
+    bad = by_end[limit - 1]  # the last run of the first completed page
+    w.ws.poison_run(bad, {"end_time": 0})
+    for _ in range(2):
+        await w.cycle(29)
+    assert set(runs) - {bad} <= committed(w)
+
+
+def test_a_run_without_an_end_time_shows_no_order() -> None:
+    """Runs listed without an end time (or a start time) are left out when a page's
+    order is judged: by end time, one with end_time 0 amid the page would otherwise
+    look like start order."""
+    page = [
+        Run(run_id=1, start_time=1_000, end_time=9_000),
+        Run(run_id=2, start_time=3_000, end_time=None),
+        Run(run_id=3, start_time=2_000, end_time=8_000),
+        Run(run_id=4, start_time=5_000, end_time=7_000),
+    ]
+    assert _order_shown(page, None) == "end"
+    assert _order_shown(page[:3], "end") == "end"
+    assert _order_shown([page[1], *page[:1]], None) is None
+
+
+async def test_an_order_learned_before_does_not_stop_this_walk(
+    make_world: WorldFactory,
+) -> None:
+    """The server listed finished runs by end time, then (a rolling deploy) by start time,
+    and the next cycle's first completed page tells nothing (runs of equal durations:
+    start and end times both fall). The walk does not stop there by the end-time rule
+    it learned before: a run born BLOCKED that started a minute before the watermark,
+    within completed_overlap, and failed after it, is found by that cycle."""
+    w = await make_world(version="2.1", order="end_time")
+    job = w.ws.create_job("etl")
+    other = w.ws.create_job("periodic")
+    history(w.ws, job, 40, start_ms=w.ws.now_ms() - 600_000, step_ms=10_000)
+    for _ in range(3):
+        await w.cycle()
+    assert order_of(w.poller) == "end"
+    watermark = w.store.watermark["ws"]
+    for i in range(25):
+        w.ws.start_run(
+            other, start_ms=watermark - 55_000 + i * 1000, setup_s=0, execution_s=20, cleanup_s=0
+        )
+    blocked = w.ws.start_run(
+        job, start_ms=watermark - 60_000, hold_state="BLOCKED", result="FAILED"
+    )
+    w.sim.completed_order = "start_time"
+    w.clock.advance(5)
+    w.ws.force(blocked, "TERMINATED", "FAILED")
+    await w.cycle(25)
+    assert blocked in committed(w)
 
 
 # -- by start time ---------------------------------------------------------------------------
@@ -321,31 +476,92 @@ async def test_a_cycle_retrying_when_the_api_recovers_is_answered_within_one_int
     assert storm <= clock.time() - t0 <= storm + interval
 
 
+async def partial_outage(heal: float) -> tuple[list[float], list[float], float | None]:
+    """jobs/get answers 503 until `heal` seconds (runs/list answers all along), a poll loop
+    with an interval of 30 s runs for 1,000 s (or until its first good cycle): when its
+    cycles began, when it sent jobs/get (a cycle's or a probe's), and when the first good
+    cycle began."""
+    t0 = 1_700_000_000.0
+    stop = asyncio.Event()
+    clock = StormClock(t0 + heal, t0)
+    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
+        clock.faults.append(sim.faults)
+        sim.workspace.start_run(sim.workspace.create_job("etl"), execution_s=36_000)
+        sim.faults.add(Fault(kind="status", status=503, endpoint="jobs/get", times=None))
+        client = new_client(sim, clock, "2.1", budget=0)
+        cycles: list[float] = []
+        gets: list[float] = []
+
+        def sent(request: LoggedRequest) -> None:
+            at = clock.time() - t0
+            if at >= 1000:
+                stop.set()
+            elif request.endpoint == "jobs/get":
+                gets.append(at)
+            elif request.params.get("active_only") == "true" and request.params["limit"] != "1":
+                cycles.append(at)  # a cycle's first request
+
+        sim.on_request = sent
+        poller = Poller(
+            config=workspace_config(poll_interval=30.0),
+            startup=StartupConfig(),
+            client=client,
+            state=FakeStore(),
+            clock=clock,
+        )
+        good: list[float] = []
+
+        async def handle(result: PollResult) -> None:
+            good.append(clock.time() - t0)
+            stop.set()
+
+        try:
+            await run_poll_loop(poller=poller, handle=handle, clock=clock, stop=stop)
+        finally:
+            await client.close()
+    return cycles, gets, good[0] if good else None
+
+
 async def test_a_partial_outage_keeps_the_back_off() -> None:
-    """Probes answered while cycles fail (jobs/get answers 503, runs/list does not): an
-    answered probe starts one cycle early, and after that one failed too, cycles keep to
-    the back-off (2, 4, 8, then 10 intervals) instead of coming every interval."""
-    interval = 30.0
+    """Probes go where the cycles fail (jobs/get answers 503, runs/list does not): they
+    fail too, so the cycles keep to the back-off (1, 2, 4, 8, then 10 intervals) instead
+    of coming every interval, and jobs/get is asked once an interval (a probe, or a
+    cycle's)."""
+    cycles, gets, good = await partial_outage(heal=math.inf)
+    assert good is None
+    assert cycles == [0, 30, 90, 210, 450, 750]
+    assert gets == [30.0 * i for i in range(34)]
+
+
+async def test_a_partial_outage_that_heals_is_seen_within_one_interval() -> None:
+    """jobs/get answers again 200 s into the outage: the first probe after that (of
+    jobs/get, where the cycles failed) is answered, and the good cycle begins there and
+    then, not a back-off of up to 10 intervals later."""
+    cycles, _, good = await partial_outage(heal=200.0)
+    assert good is not None
+    assert 200 < good <= 230
+    assert cycles == [0, 30, 90, good]
+
+
+async def test_a_refused_token_is_not_probed() -> None:
+    """A revoked token (every request answers 403) for an hour: no probe could see it heal
+    by itself, so none is sent. The cycles keep to the back-off (at most 10 intervals),
+    one request each: 15 in the hour, not one an interval."""
     t0 = 1_700_000_000.0
     stop = asyncio.Event()
 
     class Clock(ManualClock):
         async def sleep(self, seconds: float) -> None:
             await super().sleep(seconds)
-            if self.time() - t0 >= 1000:
+            if self.time() - t0 >= 3600:
                 stop.set()
 
     clock = Clock(t0)
-    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
-        sim.workspace.start_run(sim.workspace.create_job("etl"), execution_s=3600)
-        sim.faults.add(Fault(kind="status", status=503, endpoint="jobs/get", times=None))
-        client = new_client(sim, clock, "2.1", budget=0)
-        cycles: list[float] = []
-        sim.on_request = lambda r: (
-            cycles.append(clock.time() - t0) if r.endpoint == "jobs/get" else None
-        )
+    async with Simulator(clock=clock, tokens={"another-token"}) as sim:
+        sim.workspace.create_job("etl")
+        client = new_client(sim, clock, "2.1", budget=300)
         poller = Poller(
-            config=workspace_config(poll_interval=interval),
+            config=workspace_config(poll_interval=30.0),
             startup=StartupConfig(),
             client=client,
             state=FakeStore(),
@@ -356,9 +572,68 @@ async def test_a_partial_outage_keeps_the_back_off() -> None:
             raise AssertionError("no cycle can succeed")
 
         try:
+            await run_poll_loop(
+                poller=poller, handle=handle, clock=clock, stop=stop, rng=random.Random(1)
+            )
+        finally:
+            await client.close()
+    assert {r.status for r in sim.requests} == {403}
+    assert len(sim.requests) == poller.status.failures
+    # Back-offs of 1, 2, 4, 8 and then 10 intervals (plus jitter) fill the hour.
+    assert 14 <= len(sim.requests) <= 15
+
+
+async def test_probes_wait_for_the_retry_after_the_api_asked_for() -> None:
+    """Throttled (429, Retry-After: 120) with an interval of 30 s: the probes between the
+    backed-off cycles come no sooner than 120 s after the request before them."""
+    t0 = 1_700_000_000.0
+    clock = StormClock(t0 + 1000, t0)
+    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
+        clock.faults.append(sim.faults)
+        sim.workspace.create_job("etl")
+        client = new_client(sim, clock, "2.1", budget=0)
+        sent: list[tuple[float, bool]] = []  # (time, probe)
+        sim.on_request = lambda r: sent.append((clock.time() - t0, r.params.get("limit") == "1"))
+        poller = Poller(
+            config=workspace_config(poll_interval=30.0),
+            startup=StartupConfig(),
+            client=client,
+            state=FakeStore(),
+            clock=clock,
+        )
+        sim.faults.add(Fault(kind="status", status=429, retry_after="120", times=None))
+        stop = asyncio.Event()
+
+        async def handle(result: PollResult) -> None:
+            stop.set()
+
+        try:
             await run_poll_loop(poller=poller, handle=handle, clock=clock, stop=stop)
         finally:
             await client.close()
-    # 0 and 30: one interval of back-off; 60: the probe at 30 s past was answered; then
-    # 4, 8 and 10 intervals.
-    assert cycles == [0, 30, 60, 180, 420, 720]
+    probes = [i for i, (at, probe) in enumerate(sent) if probe and at < 1000]
+    assert probes
+    assert all(sent[i][0] - sent[i - 1][0] >= 120 for i in probes)
+
+
+async def test_a_probe_is_sent_once_whatever_the_retry_budget(clock: ManualClock) -> None:
+    """A probe is one request, not retried, though the client retries its calls for up to
+    30 s: after a cycle gave up on jobs/get, it asks jobs/get again, once, and no time
+    passes waiting."""
+    async with Simulator(clock=clock, tokens={TOKEN}) as sim:
+        job = sim.workspace.create_job("etl")
+        client = new_client(sim, clock, "2.1", budget=30)
+        try:
+            sim.faults.add(Fault(kind="status", status=503, endpoint="jobs/get", times=None))
+            with pytest.raises(DatabricksError):
+                await client.get_job(job)
+            assert sum(r.endpoint == "jobs/get" for r in sim.requests) > 1  # retried
+            before, began = len(sim.requests), clock.time()
+            assert not await client.probe()
+            assert [r.endpoint for r in sim.requests[before:]] == ["jobs/get"]
+            assert clock.time() == began
+            sim.faults.clear()
+            assert await client.probe()
+            assert [r.endpoint for r in sim.requests[before:]] == ["jobs/get"] * 2
+        finally:
+            await client.close()

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import math
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -19,7 +19,7 @@ import structlog
 from watcher import aio
 from watcher.clock import Clock
 from watcher.config import StartupConfig, WorkspaceConfig
-from watcher.databricks.client import MAX_JOBS_LIMIT, JobsClient, ListedRunsPage
+from watcher.databricks.client import MAX_JOBS_LIMIT, JobsClient, ListedRunsPage, is_transient
 from watcher.databricks.errors import ApiError, DatabricksError, ItemRejected, RejectedItem
 from watcher.databricks.models import Job, Run
 from watcher.domain import Category, PollResult, Unreadable
@@ -32,7 +32,9 @@ Order = Literal["start", "end"]
 
 # The Date header has whole-second resolution, so the skew estimate (and with it a
 # watermark) can be a second or so ahead of the instant it stands for. The completed walk
-# reaches back this much further, so even completed_overlap = 0 cannot hide a run.
+# reaches back this much further than completed_overlap (the margin for a slow answer or
+# a skewed clock), so even completed_overlap = 0 cannot hide a run that a second's
+# truncation would.
 _SKEW_SLACK_MS = 2_000
 # Offset pages (API 2.0) step back a tenth of a page: that many runs may end or be deleted
 # between two requests of one walk before any other run could slip between the pages.
@@ -138,7 +140,8 @@ class Poller:
         self._last_sweep_start: float | None = None
         # (kind, id) -> (cycles it was unreadable in, when last)
         self._rejected: dict[tuple[str, int], tuple[int, float]] = {}
-        # How the server orders finished runs, as its pages showed (None: not known yet).
+        # How the server orders finished runs, as its latest pages showed (None: not known
+        # yet). It only chooses how a walk asks; each walk stops by what its own pages show.
         self.completed_order: Order | None = None
         # Start times of the runs the active list showed, so a run that vanished from it
         # can be looked for by its start time (runs/list pages instead of runs/get each).
@@ -162,6 +165,12 @@ class Poller:
             # back-off goes on, and the next cycle says what is wrong.
             log.debug("poll_probe_failed", workspace=self.workspace, error=_describe(exc))
             return False
+
+    @property
+    def probe_every(self) -> float:
+        """Seconds between probes while the API fails: the interval, or the Retry-After the
+        API last asked for where that is longer."""
+        return max(self.interval, self._client.retry_after or 0.0)
 
     @property
     def _overlap(self) -> int:
@@ -329,7 +338,7 @@ class Poller:
         floor = now_ms - _ms(self._startup.max_catchup)
         if watermark_ms is None:
             first = max(floor, min(now_ms - _ms(self._startup.lookback), news_since_ms))
-            return _Window(first, first, first)
+            return _Window(first, first)
         cutoff = watermark_ms - _ms(self._config.completed_overlap) - _SKEW_SLACK_MS
         if cutoff < floor:
             log.warning(
@@ -338,8 +347,8 @@ class Poller:
                 skipped_seconds=(floor - cutoff) / 1000,
                 max_catchup=self._startup.max_catchup,
             )
-            return _Window(floor, cutoff, max(floor, watermark_ms - _SKEW_SLACK_MS))
-        return _Window(cutoff, cutoff, watermark_ms - _SKEW_SLACK_MS)
+            return _Window(floor, cutoff)
+        return _Window(cutoff, cutoff)
 
     async def _walk_completed(
         self,
@@ -348,16 +357,21 @@ class Poller:
         stored_active: Collection[int],
         rejected: list[RejectedItem],
     ) -> None:
-        """The runs completed since the watermark. Where the server lists finished runs by
-        end time (as its pages showed), the walk reads what ended since the watermark,
-        whatever its start (a long run, a repair, a run born blocked: each sorts ahead by
-        its new end), and stops there. Otherwise (by start time, as the reference says, or
-        not known yet) it reads what started since the cut-off, and the stored-active runs
-        that ended but started earlier are looked for by their start times."""
+        """The runs completed since the cut-off (the watermark less completed_overlap).
+        Where the server lists finished runs by end time, the walk reads what ended since
+        the cut-off, whatever its start (a long run, a repair, a run born blocked: each
+        sorts ahead by its new end), and stops there. By start time (as the reference
+        says) it reads what started since the cut-off, and the stored-active runs that
+        ended but started earlier are looked for by their start times. What earlier cycles
+        showed of the order only chooses the request (by end time: no start_time_from);
+        the stop follows what this walk's own pages show, as the server may have changed
+        (a rolling deploy): until one tells, a page must be wholly past the window, which
+        is right under either order."""
         client = self._client
-        by_end = self.completed_order == "end"
         time_filters = client.supports_time_filters
-        start_from = window.start_from_ms if time_filters and not by_end else None
+        filtered = time_filters and self.completed_order != "end"
+        start_from = window.start_from_ms if filtered else None
+        seen: Order | None = None  # the order this walk's pages showed
         extra = 0  # pages read past the walk's own end for vanished runs (2.0)
         # Leaving the walk early is safe: the client holds no connection between pages.
         async for page in client.list_runs(
@@ -368,15 +382,20 @@ class Poller:
         ):
             self._take(got, page, window, stored_active, rejected)
             runs = page.runs
-            if self.completed_order == "end" and by_end:
-                # Every later run ended before this page's last: seen by an earlier cycle.
-                done = bool(runs) and (runs[-1].end_time or 0) < window.since_ms
-            elif self.completed_order == "start":
+            seen = _order_shown(runs, seen)
+            if seen == "end":
+                # Every later run ended before this page's last one with an end time
+                # (a run listed without one says nothing): before the cut-off, so it was
+                # read by an earlier cycle, which reached back as far.
+                end = _last_known(r.end_time for r in runs)
+                done = end is not None and end < window.floor_ms
+            elif seen == "start":
                 # Every later run started before this page's last, so before the cut-off.
-                done = bool(runs) and (runs[-1].start_time or 0) < window.start_from_ms
+                start = _last_known(r.start_time for r in runs)
+                done = start is not None and start < window.start_from_ms
             else:
                 done = window.passed(runs)
-            if done and not time_filters and self.completed_order != "end":
+            if done and not time_filters and seen != "end":
                 # 2.0 cannot ask by start time: reading on is the only way to the vanished
                 # runs that started before the cut-off, worth it while a page costs less
                 # than the runs/get it saves (each such page holds one at least).
@@ -385,7 +404,9 @@ class Poller:
                 extra += 1
             if done:
                 break
-        if time_filters and self.completed_order != "end":
+        # A walk by end time without start_time_from has read every run that ended since
+        # the cut-off, those that started before it too.
+        if time_filters and (filtered or seen != "end"):
             await self._find_vanished(got, window, stored_active, rejected)
 
     def _missing(self, got: _Gathered, stored_active: Collection[int]) -> list[tuple[int, int]]:
@@ -682,17 +703,19 @@ class _Window:
     """Where the completed walk reads (see Poller._window)."""
 
     floor_ms: int
+    """What ended before this was read by an earlier cycle (or is past the catch-up): by
+    end time, the walk stops there."""
     start_from_ms: int
-    since_ms: int
-    """Where the server lists finished runs by end time: what ended before this was seen
-    by an earlier cycle (the watermark, less the Date header's slack)."""
 
     def passed(self, runs: Sequence[Run]) -> bool:
         """Whether the walk may stop after this page. Newest first by start time (the
         reference) or by end time (newer docs): either way, once a whole page started
-        before start_from and ended before the floor, so does the rest."""
+        before start_from and ended before the floor, so does the rest. A run listed
+        without an end time tells nothing of where the rest ended."""
         return bool(runs) and all(
-            _ended_before(r, self.floor_ms) and (r.start_time or 0) < self.start_from_ms
+            r.end_time
+            and _ended_before(r, self.floor_ms)
+            and (r.start_time or 0) < self.start_from_ms
             for r in runs
         )
 
@@ -713,18 +736,21 @@ async def run_poll_loop(
 
     A failed cycle (poll or handle) is logged and retried later, backing off exponentially
     up to MAX_BACKOFF_INTERVALS intervals; the next good cycle covers the gap, since the
-    watermark only moves when `handle` commits. While a failure of the API's own keeps the
-    loop backing off, it probes the API (one request, not retried) every interval, and a
-    probe that is answered starts the cycle at once: the API's recovery is seen within an
-    interval, never a back-off later, yet a failing API gets one request an interval (a
-    probe, or a cycle's first), not a cycle each. When a cycle a probe started fails too
-    (the probe answered, the cycle's requests not: a partial outage), later probes wait for
-    the back-off, until one fails. Back-off waits have no jitter, so probes keep to the
-    interval. `stop` interrupts a poll, a probe or a wait at once; a `handle` in progress
-    is left to finish, so a commit is never cut short by it. `on_cycle(status, ok)` is
-    told of every finished cycle (metrics). `before_cycle()` is asked before each cycle
-    (renewing the workspace's lease): False ends the loop, as does `handle` raising
-    aio.Stopped (a commit refused: no cycle is counted).
+    watermark only moves when `handle` commits. While a failure of the API's that may heal
+    by itself (5xx, 429, timeouts: not a 4xx such as a revoked token, which only the
+    back-off paces) keeps the loop backing off, it probes the API (one request, not
+    retried: the one that failed) every interval, or every Retry-After the API asked for
+    if longer, and a probe that is answered starts the cycle at once: the API's recovery
+    is seen within an interval, never a back-off later, yet a failing API gets one
+    request an interval (a probe, or a cycle's first), not a cycle each. A partial outage
+    (one endpoint failing) is probed where it fails, so it starts no cycle until that
+    answers; when a cycle a probe started fails too all the same, later probes wait for
+    the back-off, until one fails. Back-off waits with probes have no jitter, so probes
+    keep to the interval. `stop` interrupts a poll, a probe or a wait at once; a `handle`
+    in progress is left to finish, so a commit is never cut short by it.
+    `on_cycle(status, ok)` is told of every finished cycle (metrics). `before_cycle()` is
+    asked before each cycle (renewing the workspace's lease): False ends the loop, as does
+    `handle` raising aio.Stopped (a commit refused: no cycle is counted).
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     status = poller.status
@@ -734,7 +760,7 @@ async def run_poll_loop(
         if before_cycle is not None and not await before_cycle():
             return
         began = clock.monotonic()
-        api_down = False
+        probing = False
         try:
             result = await aio.unless_stopped(poller.poll(), stop)
             await handle(result)
@@ -747,11 +773,13 @@ async def run_poll_loop(
             status.last_error = _describe(exc)
             # The API's outages heal by themselves; anything else is the watcher unable to
             # make progress (a bug, a store that cannot be read): /healthz says so.
-            api_down = isinstance(exc, DatabricksError)
-            if api_down:
+            if isinstance(exc, DatabricksError):
                 status.consecutive_internal_failures = 0
             else:
                 status.consecutive_internal_failures += 1
+            # A 4xx (a revoked token, a refused permission) stays until someone acts: only
+            # the back-off paces the cycles that say so, no probes multiply its requests.
+            probing = is_transient(exc)
             log.warning(
                 "poll_cycle_failed",
                 workspace=poller.workspace,
@@ -790,7 +818,7 @@ async def run_poll_loop(
                 on_cycle(status, True)
             delay = max(0.0, interval - elapsed)  # a fixed cadence, not interval + duration
         try:
-            if api_down:
+            if probing:
                 # No jitter: the probes keep to the interval, so a recovery is seen within
                 # one (the first failure already set this workspace apart from others).
                 armed = await _probe_while_backing_off(poller, clock, stop, delay, armed)
@@ -804,14 +832,13 @@ async def run_poll_loop(
 async def _probe_while_backing_off(
     poller: Poller, clock: Clock, stop: asyncio.Event, delay: float, armed: bool
 ) -> bool:
-    """Wait `delay`, probing the API every interval meanwhile (not in the last: the cycle
-    that ends the wait probes too), so the API gets one request an interval; return early
-    when a probe is answered and `armed`. Whether the next cycle's failure leaves probes
-    armed: not when a probe started it, unless a probe failed since."""
-    interval = poller.interval
+    """Wait `delay`, probing the API every `poller.probe_every` meanwhile (not in the
+    last: the cycle that ends the wait probes too), so the API gets one request an
+    interval; return early when a probe is answered and `armed`. Whether the next cycle's
+    failure leaves probes armed: not when a probe started it, unless a probe failed since."""
     deadline = clock.monotonic() + delay
-    while (left := deadline - clock.monotonic()) > interval + _TIME_SLACK:
-        await aio.unless_stopped(clock.sleep(interval), stop)
+    while (left := deadline - clock.monotonic()) > (every := poller.probe_every) + _TIME_SLACK:
+        await aio.unless_stopped(clock.sleep(every), stop)
         if await aio.unless_stopped(poller.probe(), stop):
             if armed:
                 log.info("poll_probe_answered", workspace=poller.workspace)
@@ -828,14 +855,22 @@ def _order_shown(runs: Sequence[Run], known: Order | None) -> Order | None:
     when an end time rises while start times keep falling; neither (None) when both rise.
     A page that tells nothing (both fall: a short page, or runs of equal durations) leaves
     `known` as it was. Within a page only: offset pages overlap, so two pages' runs are
-    not in sequence."""
+    not in sequence. Runs listed without a start or an end time are left out: they
+    would show an order that is not there."""
+    timed = [(r.start_time, r.end_time) for r in runs if r.start_time and r.end_time]
     starts_fall = ends_fall = True
-    for newer, older in itertools.pairwise(runs):
-        starts_fall &= (newer.start_time or 0) >= (older.start_time or 0)
-        ends_fall &= (newer.end_time or 0) >= (older.end_time or 0)
+    for (newer_start, newer_end), (older_start, older_end) in itertools.pairwise(timed):
+        starts_fall &= newer_start >= older_start
+        ends_fall &= newer_end >= older_end
     if not ends_fall:
         return "start" if starts_fall else None
     return known if starts_fall else "end"
+
+
+def _last_known(times: Iterable[int | None]) -> int | None:
+    """The last of `times` that is known (a run may be listed without one, or with 0)."""
+    known = [t for t in times if t]
+    return known[-1] if known else None
 
 
 def _last(runs: Sequence[Run]) -> int:

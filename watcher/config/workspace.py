@@ -427,9 +427,10 @@ class WorkspaceConfig(Section):
     completed_overlap: float = Field(
         default=300.0,
         ge=0,
-        description="Seconds the completed-runs walk reaches back past the watermark where "
-        "the server lists finished runs by start time (the reference); by end time it reads "
-        "what ended since the watermark, whatever the start.",
+        description="Seconds the completed-runs walk reaches back past the watermark, "
+        "whichever order the server lists finished runs in (by start time, the reference: "
+        "what started since; by end time: what ended since): the margin for a slow answer "
+        "or a skewed clock.",
     )
     job_settings_ttl: float = Field(
         default=600.0, ge=0, description="Seconds job settings (rules, notifications) are cached."

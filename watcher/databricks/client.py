@@ -214,6 +214,12 @@ class JobsClient:
         self.runs_page_size = MAX_RUNS_LIMIT[api_version]
         """Largest runs/list page this client asks for: the version's documented maximum,
         or less once the server has stated a smaller one."""
+        self.retry_after: float | None = None
+        """The wait the last answer of the latest call given up on asked for (429, 503),
+        if any: the least a probe of the API should wait."""
+        # What a probe asks: the latest call given up on transient failures, as small as
+        # it can be, so that a partial outage (one endpoint failing) is probed where it is.
+        self._probe_call: tuple[str, Params, type[BaseModel]] | None = None
 
     async def __aenter__(self) -> JobsClient:
         return self
@@ -263,13 +269,22 @@ class JobsClient:
         )
 
     async def probe(self) -> bool:
-        """Whether the API answers now: one runs/list request for a single active run, not
-        retried (the poll loop asks this once an interval while it backs off)."""
-        params = {"active_only": _bool(True), "limit": "1"}
+        """Whether the API answers now: one request, not retried (the poll loop asks this
+        once an interval while it backs off). It asks again what the latest call given up
+        on transient failures asked (a list for one item only), else runs/list for a
+        single active run. A 4xx answer is an answer: the cycle it starts says what is
+        wrong."""
+        endpoint, params, model = self._probe_call or (
+            "runs/list",
+            {"active_only": _bool(True), "limit": "1"},
+            ListedRunsPage,
+        )
         try:
-            await self._call("runs/list", params, ListedRunsPage, retry=False)
-        except DatabricksError:
-            return False
+            await self._call(endpoint, params, model, retry=False)
+        except ItemRejected:
+            return True
+        except DatabricksError as exc:
+            return isinstance(exc, ApiError) and not is_transient(exc)
         return True
 
     async def list_runs(
@@ -472,6 +487,8 @@ class JobsClient:
                         else:
                             self._report(endpoint, code, started, False, throttled)
                             self.retrying = self.retrying_since = None
+                            if self._probe_call is not None and self._probe_call[0] == endpoint:
+                                self._probe_call = None  # that endpoint answers again
                             return result
                     elif status == 401 and not reauthenticated:
                         # A rotated token or expired OAuth token: fetch anew once, at once.
@@ -507,6 +524,10 @@ class JobsClient:
             # will not heal within the budget.
             if not retry or waited + delay > self._retry.budget or malformed > 1:
                 self._report(endpoint, code, started, False, throttled)
+                self.retry_after = retry_after
+                if retry:
+                    limited = {"limit": "1"} if "limit" in params else {}
+                    self._probe_call = (endpoint, {**params, **limited}, model)
                 self._log.log(
                     # A probe that is not retried fails quietly: the loop is backing off.
                     logging.WARNING if retry else logging.DEBUG,
@@ -642,6 +663,15 @@ class JobsClient:
         if self._on_attempt is not None:
             seconds = asyncio.get_running_loop().time() - started
             self._on_attempt(Attempt(endpoint, code, seconds, will_retry, throttled))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may heal by itself: retries given up on (5xx, 429, timeouts,
+    connection errors, garbled answers), or a 5xx or 429 of the token endpoint. Not a 4xx
+    (a revoked token, a refused permission): that stays until someone acts."""
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, RetryBudgetExceeded | MalformedResponse)
 
 
 def _validate(model: type[_M], data: Any) -> _M:
