@@ -8,7 +8,8 @@ active (the store then tracks every run as active, the largest state a cycle rea
 `workspace_state`'s active run ids), then all finished. Each cycle starts from a runs/list
 page's JSON bytes and goes through the real Pipeline into one SQLiteStore, with the
 daemon's Metrics observing every commit (its series are per job and workspace: with
-`--no-metrics`, the difference is what they cost). Prints figures; asserts nothing.
+`--no-metrics`, the difference is what they cost). Prints figures; asserts nothing. The
+figures of the default run are in docs/metrics.md ("Memory").
 """
 
 from __future__ import annotations

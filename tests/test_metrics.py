@@ -5,12 +5,16 @@ in docs/metrics.md); counters of configured channels and workspaces start at 0."
 
 from __future__ import annotations
 
+import gc
 import re
+import tracemalloc
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.registry import RestrictedRegistry
 from prometheus_client.samples import Sample
 
 from tests.wiring import config_for, daemon
@@ -242,10 +246,17 @@ RUN_FAMILIES = frozenset(
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def finished(job_id: int, run_id: int, state: str = "SUCCESS", *, ws: str = "prod") -> Transition:
+def finished(
+    job_id: int,
+    run_id: int,
+    state: str = "SUCCESS",
+    *,
+    ws: str = "prod",
+    execution_ms: int = 200_000,
+) -> Transition:
     """A run first seen finished (so also counted as started), with its four phases:
-    5 s queued, 20 s setup, 200 s executing, 25 s cleanup."""
-    end = START_MS + 250_000
+    5 s queued, 20 s setup, 200 s executing (unless told), 25 s cleanup."""
+    end = START_MS + 50_000 + execution_ms
     run = Run(
         run_id=run_id,
         job_id=job_id,
@@ -254,7 +265,7 @@ def finished(job_id: int, run_id: int, state: str = "SUCCESS", *, ws: str = "pro
         end_time=end,
         queue_duration=5_000,
         setup_duration=20_000,
-        execution_duration=200_000,
+        execution_duration=execution_ms,
         cleanup_duration=25_000,
     )
     record = RunRecord(
@@ -597,3 +608,110 @@ def test_metrics_settings_errors_name_the_field(section: str, message: str) -> N
 def test_metrics_takes_a_config_or_the_older_keywords() -> None:
     with pytest.raises(TypeError, match="not both"):
         Metrics(registry=CollectorRegistry(), config=MetricsConfig(), run_buckets=[1.0])
+
+
+DURATIONS_TEXT = """\
+# HELP databricks_run_duration_seconds Total duration of finished runs (run_duration, else the phase sum), seconds.
+# TYPE databricks_run_duration_seconds histogram
+{job1}databricks_run_duration_seconds_bucket{{job_id="2",le="60.0",result_state="SUCCESS",workspace="prod"}} 0.0
+databricks_run_duration_seconds_bucket{{job_id="2",le="300.0",result_state="SUCCESS",workspace="prod"}} 1.0
+databricks_run_duration_seconds_bucket{{job_id="2",le="3600.0",result_state="SUCCESS",workspace="prod"}} 1.0
+databricks_run_duration_seconds_bucket{{job_id="2",le="+Inf",result_state="SUCCESS",workspace="prod"}} 1.0
+databricks_run_duration_seconds_count{{job_id="2",result_state="SUCCESS",workspace="prod"}} 1.0
+databricks_run_duration_seconds_sum{{job_id="2",result_state="SUCCESS",workspace="prod"}} 245.0
+"""  # noqa: E501 (exposition lines, as served)
+JOB1_DURATIONS = """\
+databricks_run_duration_seconds_bucket{job_id="1",le="60.0",result_state="SUCCESS",workspace="prod"} 1.0
+databricks_run_duration_seconds_bucket{job_id="1",le="300.0",result_state="SUCCESS",workspace="prod"} 2.0
+databricks_run_duration_seconds_bucket{job_id="1",le="3600.0",result_state="SUCCESS",workspace="prod"} 2.0
+databricks_run_duration_seconds_bucket{job_id="1",le="+Inf",result_state="SUCCESS",workspace="prod"} 2.0
+databricks_run_duration_seconds_count{job_id="1",result_state="SUCCESS",workspace="prod"} 2.0
+databricks_run_duration_seconds_sum{job_id="1",result_state="SUCCESS",workspace="prod"} 300.0
+databricks_run_duration_seconds_bucket{job_id="1",le="60.0",result_state="FAILED",workspace="prod"} 0.0
+databricks_run_duration_seconds_bucket{job_id="1",le="300.0",result_state="FAILED",workspace="prod"} 0.0
+databricks_run_duration_seconds_bucket{job_id="1",le="3600.0",result_state="FAILED",workspace="prod"} 0.0
+databricks_run_duration_seconds_bucket{job_id="1",le="+Inf",result_state="FAILED",workspace="prod"} 1.0
+databricks_run_duration_seconds_count{job_id="1",result_state="FAILED",workspace="prod"} 1.0
+databricks_run_duration_seconds_sum{job_id="1",result_state="FAILED",workspace="prod"} 5045.0
+"""  # noqa: E501 (exposition lines, as served)
+FINISHED_OPENMETRICS = """\
+# HELP databricks_runs_finished Runs seen finishing, by result state.
+# TYPE databricks_runs_finished counter
+{job1}databricks_runs_finished_total{{job_id="2",result_state="SUCCESS",workspace="prod"}} 1.0
+# EOF
+"""
+JOB1_FINISHED = """\
+databricks_runs_finished_total{job_id="1",result_state="SUCCESS",workspace="prod"} 2.0
+databricks_runs_finished_total{job_id="1",result_state="FAILED",workspace="prod"} 1.0
+"""
+
+
+def openmetrics(registry: RestrictedRegistry) -> str:
+    """The exposition in the OpenMetrics format (prometheus_client's is untyped)."""
+    text: bytes = openmetrics_latest(registry)  # type: ignore[no-untyped-call]
+    return text.decode()
+
+
+def test_run_histograms_and_counters_expose_what_prometheus_client_did() -> None:
+    """The run families are a custom collector keeping each series compactly: its
+    exposition is prometheus_client's Histogram's and Counter's (cumulative buckets with
+    their bounds, `_count` then `_sum`, `_total`, no `_created`), in both formats and for
+    `?name[]=`; a deleted job's series go."""
+    metrics = built(buckets={"duration": [60, 300, 3600]})
+    metrics.observe_commit(
+        commit(
+            finished(1, 10, execution_ms=10_000),  # 55 s
+            finished(1, 11),  # 245 s
+            finished(1, 12, "FAILED", execution_ms=5_000_000),  # 5045 s: only in +Inf
+            finished(2, 20),
+            jobs={1: "etl", 2: "bi"},
+        )
+    )
+    durations = metrics.registry.restricted_registry(
+        [f"databricks_run_duration_seconds_{suffix}" for suffix in ("bucket", "count", "sum")]
+    )
+    runs = metrics.registry.restricted_registry(["databricks_runs_finished_total"])
+    assert generate_latest(durations).decode() == DURATIONS_TEXT.format(job1=JOB1_DURATIONS)
+    assert openmetrics(runs) == FINISHED_OPENMETRICS.format(job1=JOB1_FINISHED)
+    value = metrics.registry.get_sample_value
+    queue = "databricks_run_queue_duration_seconds"  # 5 s each, default buckets
+    ok = {"workspace": "prod", "job_id": "1", "result_state": "SUCCESS"}
+    assert value(f"{queue}_bucket", {**ok, "le": "2.0"}) == 0
+    assert value(f"{queue}_bucket", {**ok, "le": "5.0"}) == 2
+    assert value(f"{queue}_bucket", {**ok, "le": "+Inf"}) == 2
+    assert value(f"{queue}_count", ok) == 2
+    assert value(f"{queue}_sum", ok) == 10
+    assert value("databricks_run_execution_duration_seconds_sum", ok) == 210
+    assert value("databricks_runs_started_total", {"workspace": "prod", "job_id": "1"}) == 3
+    metrics.observe_commit(commit(jobs={}, deleted=[1]))
+    assert generate_latest(durations).decode() == DURATIONS_TEXT.format(job1="")
+    assert openmetrics(runs) == FINISHED_OPENMETRICS.format(job1="")
+    assert of_job(metrics, 1) == []
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        built(metrics.registry)  # the families describe their names to the registry
+
+
+def test_the_series_of_a_job_take_little_memory() -> None:
+    """What Python allocates per job, every family per job, two result states each (the
+    jobs of bench/bench_memory.py): about 7 KB measured, 44 KB when the run families were
+    prometheus_client Histograms and Counters (docs/metrics.md, "Memory"). The bound leaves
+    room for other Python versions, not for a locked object per bucket again."""
+    metrics = built()
+
+    def observe(jobs: range) -> None:
+        for job in jobs:
+            runs = finished(job, 2 * job), finished(job, 2 * job + 1, "FAILED")
+            metrics.observe_commit(commit(*runs, jobs={job: f"job-{job}"}))
+
+    observe(range(1, 101))  # families, caches and code paths warmed up
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        observe(range(1_000, 2_000))
+        gc.collect()
+        per_job = (tracemalloc.get_traced_memory()[0] - before) / 1_000
+    finally:
+        tracemalloc.stop()
+    assert len(of_job(metrics, 1_000)) == 85 + 81
+    assert per_job < 12_000, f"{per_job:,.0f} bytes per job"

@@ -14,9 +14,13 @@ values the config names (channels, workspaces) exist at 0 from the start, so `ra
 from __future__ import annotations
 
 import contextlib
+import math
+from array import array
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal, TypeVar
 
 import prometheus_client
@@ -30,6 +34,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from watcher import __version__
 from watcher.config import JobFilter, MetricsConfig
@@ -53,7 +59,7 @@ _JobKey = tuple[str, str]
 _Series = tuple[MetricWrapperBase, tuple[str, ...]]
 _Stamp = Literal["last_success", "last_finish"]
 """A per-job timestamp gauge, by the name the metrics know it by."""
-_M = TypeVar("_M", Counter, Gauge, Histogram)
+_M = TypeVar("_M", Counter, Gauge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,84 @@ class _Shape:
         """Whether a run of a job counts here: always per workspace; per job only for the
         jobs the metrics job filter gives per-job series."""
         return job_has_series or not self.per_job
+
+
+class _RunFamily:
+    """A run metric family, histogram or counter, as a custom collector that keeps each
+    series as one array of doubles: the observations in each bucket then their sum (a
+    counter: its value). prometheus_client's Histogram makes a child per label set with
+    a locked value object per bucket, about 3.9 KB a series: with thousands of jobs, most
+    of the daemon's memory. Series sit under their job, (workspace, job_id), job_id ""
+    when the family has none, then under result_state ("" without the label), so a job's
+    or a workspace's series go in one step. No lock: observations and scrapes (the
+    server's handler) all run in the event loop's thread."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        shape: _Shape,
+        registry: CollectorRegistry,
+        buckets: Sequence[float] | None = None,
+    ) -> None:
+        self._name, self._doc, self._shape = name, documentation, shape
+        # Bounds as Histogram has them (floats, +Inf last), `le` as it prints them.
+        finite = [float(b) for b in buckets or () if b != math.inf]
+        self._bounds = (*finite, math.inf) if buckets is not None else ()
+        self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[_JobKey, dict[str, array[float]]] = {}
+        registry.register(self)
+
+    def add(self, job: _JobKey, state: str, amount: float = 1.0) -> None:
+        """Observe `amount` (a histogram) or count it (a counter) for a run of `job`."""
+        values = self._values(job, state)
+        if self._bounds:
+            values[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount
+        values[-1] += amount
+
+    def zero(self, ws: str) -> None:
+        """The workspace's series at 0, when its labels are all known (no job_id, no
+        result_state)."""
+        if not self._shape.per_job and not self._shape.state:
+            self._values((ws, ""), "")
+
+    def forget_job(self, job: _JobKey) -> None:
+        if self._shape.per_job:
+            self._series.pop(job, None)
+
+    def forget_workspace(self, ws: str) -> None:
+        for job in [job for job in self._series if job[0] == ws]:
+            del self._series[job]
+
+    def _values(self, job: _JobKey, state: str) -> array[float]:
+        key = job if self._shape.per_job else (job[0], "")
+        states = self._series.setdefault(key, {})
+        state = state if self._shape.state else ""
+        if (values := states.get(state)) is None:
+            values = states[state] = array("d", bytes(8 * (len(self._bounds) + 1)))
+        return values
+
+    def _family(self) -> HistogramMetricFamily | CounterMetricFamily:
+        if self._bounds:
+            return HistogramMetricFamily(self._name, self._doc, labels=self._shape.names)
+        return CounterMetricFamily(self._name, self._doc, labels=self._shape.names)
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples: lets the registry refuse a duplicate name and
+        serve `?name[]=` (a collector without `describe` has no names there)."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for (ws, job_id), states in self._series.items():
+            for state, values in states.items():
+                labels = self._shape.values(ws, job_id, state)
+                if isinstance(family, HistogramMetricFamily):
+                    buckets = list(zip(self._le, accumulate(values[:-1]), strict=True))
+                    family.add_metric(labels, buckets, values[-1])
+                else:
+                    family.add_metric(labels, values[0])
+        yield family
 
 
 class Metrics:
@@ -119,10 +203,9 @@ class Metrics:
             "last_success": self.last_success,
             "last_finish": self.last_finish,
         }
-        # Label sets created per job, so a deleted job's series can be removed; and the
-        # run series without job_id, removed with their workspace.
+        # Label sets created per job, so a deleted job's series can be removed (the run
+        # families keep theirs by job themselves).
         self._series: dict[_JobKey, set[_Series]] = defaultdict(set)
-        self._workspace_series: dict[str, set[_Series]] = defaultdict(set)
         self._job_names: dict[_JobKey, str] = {}
         self._timestamps: dict[tuple[_Stamp, str, str], float] = {}
         self._active_states: dict[str, set[str]] = defaultdict(set)
@@ -148,30 +231,36 @@ class Metrics:
         self._started = _Shape("counts" in per_job, state=False)
         self._finished = _Shape("counts" in per_job, state)
         self.phase_seconds = {
-            phase: Histogram(
+            phase: _RunFamily(
                 f"databricks_run_{phase}_duration_seconds",
                 f"Run {phase} duration of finished runs, seconds.",
-                self._phases.names,
-                buckets=config.buckets_of(phase),
-                registry=r,
+                self._phases,
+                r,
+                config.buckets_of(phase),
             )
             for phase in PHASES
         }
-        self.duration_seconds = Histogram(
+        self.duration_seconds = _RunFamily(
             "databricks_run_duration_seconds",
             "Total duration of finished runs (run_duration, else the phase sum), seconds.",
-            self._durations.names,
-            buckets=config.buckets_of("duration"),
-            registry=r,
+            self._durations,
+            r,
+            config.buckets_of("duration"),
         )
-        self.runs_started = Counter(
-            "databricks_runs_started", "Runs seen starting.", self._started.names, registry=r
+        self.runs_started = _RunFamily(
+            "databricks_runs_started", "Runs seen starting.", self._started, r
         )
-        self.runs_finished = Counter(
+        self.runs_finished = _RunFamily(
             "databricks_runs_finished",
             "Runs seen finishing" + (", by result state." if self._finished.state else "."),
-            self._finished.names,
-            registry=r,
+            self._finished,
+            r,
+        )
+        self._run_families = (
+            *self.phase_seconds.values(),
+            self.duration_seconds,
+            self.runs_started,
+            self.runs_finished,
         )
         self.runs_active = Gauge(
             "databricks_runs_active",
@@ -507,15 +596,16 @@ class Metrics:
         false) counts only in the families exported per workspace."""
         kind, run = transition.kind, transition.record.snapshot
         job_id = str(transition.record.job_id)
+        job = (ws, job_id)  # one tuple for every run family that keeps a new series
         state = transition.raw_state or "UNKNOWN"
         first_seen = transition.previous is None
         started = kind is TransitionKind.STARTED or (kind is TransitionKind.FINISHED and first_seen)
         if started and self._started.shown(per_job):
-            self._run(self.runs_started, self._started, ws, job_id, state).inc()
+            self.runs_started.add(job, state)
         if kind is not TransitionKind.FINISHED:
             return
         if self._finished.shown(per_job):
-            self._run(self.runs_finished, self._finished, ws, job_id, state).inc()
+            self.runs_finished.add(job, state)
         phases: dict[_Phase, int | None] = {
             "queue": run.queue_duration,
             "setup": run.setup_duration,
@@ -524,12 +614,9 @@ class Metrics:
         }
         for phase, ms in phases.items():
             if ms is not None and self._phases.shown(per_job):
-                histogram = self._run(self.phase_seconds[phase], self._phases, ws, job_id, state)
-                histogram.observe(ms / 1000)
+                self.phase_seconds[phase].add(job, state, ms / 1000)
         if (total := run.duration_ms) is not None and self._durations.shown(per_job):
-            self._run(self.duration_seconds, self._durations, ws, job_id, state).observe(
-                total / 1000
-            )
+            self.duration_seconds.add(job, state, total / 1000)
         if per_job and run.end_time:
             self._raise_to("last_finish", ws, job_id, run.end_time / 1000)
             if transition.category is Category.SUCCESS:
@@ -542,15 +629,6 @@ class Metrics:
         if value > self._timestamps.get(key, float("-inf")):
             self._timestamps[key] = value
             self._labels(self._stamps[stamp], ws, job_id, (ws, job_id)).set(value)
-
-    def _run(self, metric: _M, shape: _Shape, ws: str, job_id: str, state: str) -> _M:
-        """The series of a run metric family for this run, remembered under its job, or
-        under its workspace when the family has no job_id."""
-        labels = shape.values(ws, job_id, state)
-        if shape.per_job:
-            return self._labels(metric, ws, job_id, labels)
-        self._workspace_series[ws].add((metric, labels))
-        return metric.labels(*labels)
 
     def _zero_workspace(self, ws: str) -> None:
         """The watcher's own counters of a configured workspace, at 0 (they stay while the
@@ -571,13 +649,8 @@ class Metrics:
         """The run counters exported per workspace whose labels are all known (no job_id,
         no result_state), at 0: exported, like every run series, while this replica polls
         the workspace."""
-        for counter, shape in (
-            (self.runs_started, self._started),
-            (self.runs_finished, self._finished),
-        ):
-            if not shape.per_job and not shape.state:
-                self._workspace_series[ws].add((counter, (ws,)))
-                counter.labels(ws)
+        for counter in (self.runs_started, self.runs_finished):
+            counter.zero(ws)
 
     def _labels(self, metric: _M, ws: str, job_id: str, labels: tuple[str, ...]) -> _M:
         """metric.labels(...), remembering the label set under its job."""
@@ -600,9 +673,8 @@ class Metrics:
         longer polls: only the replica that owns a workspace exports them."""
         for job_ws, job_id in [k for k in self._series if k[0] == ws]:
             self._forget_job(job_ws, job_id)
-        for metric, labels in self._workspace_series.pop(ws, set()):
-            with contextlib.suppress(KeyError):
-                metric.remove(*labels)
+        for family in self._run_families:
+            family.forget_workspace(ws)
         for state in self._active_states.pop(ws, set()):
             with contextlib.suppress(KeyError):
                 self.runs_active.remove(ws, state)
@@ -619,6 +691,8 @@ class Metrics:
                 gauge.remove(ws)
 
     def _forget_job(self, ws: str, job_id: str) -> None:
+        for family in self._run_families:
+            family.forget_job((ws, job_id))
         for metric, labels in self._series.pop((ws, job_id), set()):
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
