@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
+import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +16,9 @@ import pytest
 from watcher.databricks.models import Run
 from watcher.domain import JobRecord, RunRecord
 from watcher.events import Event, EventType, JobRef, event_id
-from watcher.store import CycleCommit, StoreError
+from watcher.store import CycleCommit, StoreError, rows
 from watcher.store.base import DeliveryKey
+from watcher.store.rows import event_document, pack, unpack
 from watcher.store.sqlite import MIGRATIONS, SQLiteStore
 
 NOW = 1_700_000_000.0
@@ -567,18 +570,53 @@ async def test_rows_of_the_release_before_packing_stay_readable(tmp_path: Path) 
 async def test_a_damaged_packed_payload_is_dead_lettered_not_blocking(
     sqlite_store: SQLiteStore,
 ) -> None:
-    """A packed payload that cannot be unpacked is as unreadable as a wrong one: its
-    delivery is dead-lettered and the other alerts still come due."""
-    events = [event(1, job_id=7), event(2, job_id=8)]
+    """A packed payload that cannot be unpacked (cut short, or one bit flipped: the zlib
+    check catches it) or unpacks to no event is as unreadable as a wrong one: its delivery
+    is dead-lettered and the other alerts still come due."""
+    events = [event(1, job_id=7), event(2, job_id=8), event(3, job_id=9), event(4, job_id=10)]
     await sqlite_store.commit_cycle(commit(events=events, channels={e.id: [OPS] for e in events}))
+    good = pack(event_document(events[0]))
+    flipped = good[:40] + bytes((good[40] ^ 0x10,)) + good[41:]
     conn = sqlite3.connect(sqlite_store.path)
-    conn.execute("UPDATE events SET payload = ? WHERE id = ?", (b"\x01not deflate", events[0].id))
+    for damaged, e in zip([good[:-6], flipped, pack(b"{not json")], events, strict=False):
+        conn.execute("UPDATE events SET payload = ? WHERE id = ?", (damaged, e.id))
     conn.commit()
     conn.close()
     due = await sqlite_store.due_deliveries(now=NOW, limit=10)
-    assert [d.event for d in due] == [events[1]]
-    assert (await sqlite_store.outbox_stats()).dead == 1
-    assert await sqlite_store.get_event(events[1].id) == events[1]
+    assert [d.event for d in due] == [events[3]]
+    assert (await sqlite_store.outbox_stats()).dead == 3
+    assert await sqlite_store.get_event(events[3].id) == events[3]
+
+
+DICTIONARY_V1 = "b7b156d7f31b14b9"
+"""The first 16 hex digits of the SHA-256 of version 1's dictionary."""
+
+
+def test_the_packing_dictionary_of_version_1_never_changes() -> None:
+    """Rows packed with it are read with it for ever: a new dictionary is a new version."""
+    assert hashlib.sha256(rows._ZDICT_V1).hexdigest()[:16] == DICTIONARY_V1
+    document = b'{"id":"e1","type":"run_failed","workspace":"w"}'
+    assert unpack(pack(document)) == document
+    other = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, b"another")
+    with pytest.raises(ValueError, match="cannot be unpacked"):
+        unpack(b"\x01" + other.compress(document) + other.flush())
+
+
+async def test_a_cancelled_commit_returns_only_once_the_database_is_done_with_it(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """The database's thread finishes a commit whatever happens to its caller: a cancel
+    (shutdown) surfaces after it, so nothing reads or writes the store meanwhile."""
+    events = [event(run_id) for run_id in range(1, 5001)]
+    task = asyncio.create_task(sqlite_store.commit_cycle(commit(events=events)))
+    await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    conn = sqlite3.connect(sqlite_store.path)
+    stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    conn.close()
+    assert stored == 5000
 
 
 async def test_a_cycle_commit_is_one_hop_with_no_statement_per_item(

@@ -105,8 +105,8 @@ def upsert_jobs(placeholders: str) -> str:
 # of. Most of a document is its keys and the values every run repeats, which the
 # dictionary shrinks to a few bytes each (an event of ~600 bytes packs to ~170; zlib
 # alone, ~390). Rows written before, and PostgreSQL's, are JSON text, read as they are.
-# The dictionary of a version can never change: a new one is a new version byte, and
-# readers keep every old one.
+# The dictionary of a version can never change (tests/test_store.py pins its hash): a
+# new one is a new version byte, and readers keep every old one.
 _PACKED_V1 = 1
 _ZDICT_V1 = (
     b'"tasks":[{"task_key":"","run_id":,"description":"","depends_on":[{"task_key":""}],'
@@ -136,10 +136,17 @@ _ZDICT_V1 = (
 )
 
 
+_ZLIB = 15
+"""The zlib format, not raw deflate: its header names the dictionary (a wrong one is an
+error, not a different document) and its Adler-32 catches a damaged row."""
+_MAX_DOCUMENT = 64 * 1024 * 1024
+"""No stored document unpacks larger (a damaged row must not take the memory)."""
+
+
 def pack(document: str | bytes) -> bytes:
     """A JSON document as stored (see `_ZDICT_V1`)."""
     data = document.encode() if isinstance(document, str) else document
-    packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
+    packer = zlib.compressobj(6, zlib.DEFLATED, _ZLIB, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
     return bytes((_PACKED_V1,)) + packer.compress(data) + packer.flush()
 
 
@@ -150,10 +157,13 @@ def unpack(stored: str | bytes) -> str | bytes:
     if isinstance(stored, str) or not stored or stored[0] != _PACKED_V1:
         return stored
     try:
-        unpacker = zlib.decompressobj(-15, _ZDICT_V1)
-        return unpacker.decompress(stored[1:]) + unpacker.flush()
+        unpacker = zlib.decompressobj(_ZLIB, _ZDICT_V1)
+        document = unpacker.decompress(stored[1:], _MAX_DOCUMENT)
     except zlib.error as exc:
         raise ValueError(f"a stored document cannot be unpacked: {exc}") from None
+    if not unpacker.eof or unpacker.unconsumed_tail:
+        raise ValueError("a stored document is cut short, or unpacks too large")
+    return document
 
 
 def event_document(event: Event) -> str:

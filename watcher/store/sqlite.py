@@ -522,7 +522,14 @@ class SQLiteStore:
         one hop instead of one (or three) per statement, the hops being most of a cycle's
         cost. aiosqlite has no public call for it: `_execute` is what its own methods use."""
         execute: Callable[..., Coroutine[Any, Any, _T]] = self._db._execute
-        return await execute(work, self._db._conn)
+        running = asyncio.ensure_future(execute(work, self._db._conn))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # The thread finishes `work` whatever happens to this caller (a commit may
+            # commit): hold the store's lock until it has, then pass the cancel on.
+            await asyncio.gather(running, return_exceptions=True)
+            raise
 
     @_locked
     async def job_times(self, workspace: str | None = None) -> list[JobTimes]:
@@ -860,8 +867,14 @@ class SQLiteStore:
             await self._rollback()
             raise
         # The pruning went through the WAL (all of it, at once): give that back to the
-        # disk now rather than after the next cycle. Busy (a reader): it waits for then.
-        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # disk now rather than after the next cycle. Without waiting: another process
+        # reading (the CLI, a backup) would stall every store call for the busy timeout;
+        # then the WAL shrinks at a later checkpoint (journal_size_limit).
+        await self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            await self._db.execute("PRAGMA busy_timeout=2000")
         return PruneResult(runs=runs.rowcount, events=events.rowcount)
 
     # -- silences (watcher.silences) ----------------------------------------------------
