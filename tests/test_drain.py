@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests import pg
@@ -199,6 +200,25 @@ async def test_retry_after_holds_the_release(
     await until_drained(store, clock, d)
     assert sorted(ids(receiver)[3:]) == sorted([throttled.id, slow.id])
     assert receiver.requests[3].at == receiver.requests[4].at == start + 60
+
+
+@pytest.mark.parametrize("owner", ["local", "another replica"])
+async def test_a_retry_after_holds_across_a_restart_and_on_another_replica(
+    store: SQLiteStore, clock: ManualClock, receiver: Receiver, owner: str
+) -> None:
+    """The Retry-After of a 429 is kept with the delivery: a dispatcher that never saw it
+    (the process restarted, or another replica) recovers on its first success and does
+    not release the throttled alert before its 10 minutes."""
+    receiver.script = [(429, {"Retry-After": "600"}, "slow down")]
+    throttled, fresh = make_event(job_id=1, run_id=1), make_event(job_id=2, run_id=2)
+    start = clock.time()
+    await enqueue(store, clock, [throttled], ["hook"])
+    await pump(dispatcher(store, clock, [webhook(receiver, clock)], owner="local"))
+    clock.advance(5)
+    await enqueue(store, clock, [fresh], ["hook"])
+    await pump(dispatcher(store, clock, [webhook(receiver, clock)], owner=owner))
+    assert ids(receiver) == [throttled.id, fresh.id]
+    assert (await schedule(store))[throttled.id] == (1, start + 600)
 
 
 async def test_a_failed_digest_is_released_whole_and_stays_the_same_digest(

@@ -92,7 +92,7 @@ async def test_retry_after_is_honoured(
     assert len(receiver.requests) == 1
     assert await store.due_deliveries(now=first + 29.9, limit=10) == []
     (due,) = await store.due_deliveries(now=first + 30, limit=10)
-    assert (due.attempts, due.last_error) == (1, "HTTP 429: slow down")
+    assert (due.attempts, due.last_error) == (1, "Retry-After 30s: HTTP 429: slow down")
     await d.drain()
     assert len(receiver.requests) == 2
     assert receiver.requests[1].at - receiver.requests[0].at >= 30
@@ -513,3 +513,16 @@ async def test_a_channel_this_replica_does_not_know_waits_before_dead_lettering(
     await d.dispatch_due()
     (dead,) = await store.dead_letters()
     assert dead.last_error == "channel 'oncall' is not configured"
+
+
+@pytest.mark.parametrize("rate", [0.3, 10.0, 50.0, 1000.0])
+async def test_the_token_bucket_keeps_its_rate_on_an_epoch_sized_clock(rate: float) -> None:
+    """On a clock counting seconds since 1970, a refill can come out a float step short
+    of a token: it still counts (no endless wait for a step too small to move the clock),
+    and 50 tokens one at a time take 49 intervals, no fewer."""
+    clock = ManualClock(start=1_800_000_000.0)
+    bucket = TokenBucket(rate=rate, burst=1, clock=clock)
+    for _ in range(50):
+        await asyncio.wait_for(bucket.acquire(), 5)
+    # Within float steps of the clock (2.4e-7 s at this value), far below one interval.
+    assert clock.time() - 1_800_000_000.0 == pytest.approx(49 / rate, abs=1e-4)

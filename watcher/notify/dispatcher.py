@@ -59,7 +59,7 @@ from watcher.incidents import derived_id
 from watcher.notify.base import Channel, Digest, Failed, Result, Retry, Sent, Unconfirmed
 from watcher.notify.ratelimit import TokenBucket
 from watcher.notify.router import group_labels, serves
-from watcher.store.base import Delivery, DeliveryKey, Outbox
+from watcher.store.base import RETRY_AFTER, Delivery, DeliveryKey, Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -257,10 +257,10 @@ class Dispatcher:
     async def dispatch_due(self) -> int:
         """One pass: start every due delivery a lane has room for; returns how many."""
         now = self._clock.time()
-        if now - self._discovered_at >= self._poll_interval:
+        if self._clock.monotonic() - self._discovered_at >= self._poll_interval:
             # Once per tick, not on every pass: a pass follows every attempt's end, and
             # reading all that is due each time slows a burst's delivery down.
-            self._discovered_at = now
+            self._discovered_at = self._clock.monotonic()
             await self._discover(now)
         started = 0
         for name, lane in self._lanes.items():
@@ -466,6 +466,9 @@ class Dispatcher:
         delay = result.after if result.after is not None else self._backoff(lane, attempt)
         if now + delay - batch.created_at > config.max_age:
             return f"{result.error} (undelivered for longer than max_age {config.max_age:g}s)", None
+        if result.after is not None:
+            # Marked in the store: no recovery here or on another replica releases it.
+            return f"{RETRY_AFTER}{result.after:g}s: {result.error}", now + delay
         return result.error, now + delay
 
     async def _mark_delivered(self, batch: _Batch, at: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from watcher.clock import Clock
 
@@ -31,9 +32,11 @@ class TokenBucket:
             while True:
                 self._refill()
                 # A hair short counts as a token: on an epoch-sized clock a refill of
-                # (1 - tokens) / rate seconds can come out 1e-7 short, and the wait for
-                # the rest would be too small to move the clock at all.
-                if self._tokens >= 1 - 1e-6:
+                # (1 - tokens) / rate seconds can come out a float step short, and the
+                # wait for the rest would be too small to move the clock at all. The
+                # hair: what a few float steps of the clock's value refill.
+                hair = 4 * math.ulp(self._updated) * self._rate
+                if self._tokens >= 1 - max(hair, 1e-9):
                     self._tokens -= 1
                     return waited
                 delay = (1 - self._tokens) / self._rate

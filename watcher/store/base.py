@@ -19,6 +19,12 @@ from watcher.events import Event
 DeliveryStatus = Literal["pending", "delivered", "dead", "silenced"]
 
 
+RETRY_AFTER = "Retry-After "
+"""How the error of an attempt the target asked to wait for begins (`Retry-After 600s:
+HTTP 429 ...`): stored with the delivery, so no replica, and no restart, ever releases it
+early (`Outbox.expedite`)."""
+
+
 class StoreError(Exception):
     """The store cannot be opened, read or written; the message names the database (never
     a password)."""
@@ -306,9 +312,10 @@ class Outbox(Protocol):
 
     async def expedite(self, channel: str, *, now: float, at: float, limit: int) -> int:
         """Make due at `at` the channel's pending deliveries that wait on a failed
-        attempt's back-off (attempted, next attempt after `at`, no claim held at `now`):
-        those of its `limit` oldest waiting slots, a slot being a delivery or all of a
-        group's waiting members to one recipient (a digest is retried whole). How many."""
+        attempt's back-off (attempted, next attempt after `at`, no claim held at `now`,
+        not waiting for a Retry-After: `last_error` starting with RETRY_AFTER), those of
+        its `limit` oldest waiting slots, a slot being a delivery or all of a group's
+        waiting members to one recipient (a digest is retried whole). How many."""
 
     async def mark_delivered(self, event_id: str, key: DeliveryKey, *, at: float) -> None:
         """Record a pending delivery delivered (and its claim settled)."""

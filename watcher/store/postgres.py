@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 from watcher.store.base import (
+    RETRY_AFTER,
     CycleCommit,
     Delivery,
     DeliveryKey,
@@ -1000,7 +1001,8 @@ class PostgresStore:
         # A slot: a delivery, or a group's waiting members to one recipient.
         waiting = (
             "status = 'pending' AND attempts > 0 AND next_attempt_at > $1 "
-            "AND (claimed_until IS NULL OR claimed_until <= $3)"
+            "AND (claimed_until IS NULL OR claimed_until <= $3) "
+            f"AND COALESCE(last_error, '') NOT LIKE '{RETRY_AFTER}%'"
         )
         slot = "CASE WHEN group_key = '' THEN 'e' || event_id ELSE 'g' || group_key END"
         async with self._connection() as conn:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from watcher.domain import Incident, JobRecord, RunRecord
 from watcher.events import Event
 from watcher.store.base import (
+    RETRY_AFTER,
     CycleCommit,
     Delivery,
     DeliveryKey,
@@ -284,7 +285,8 @@ _INSERT_DELIVERY = (
 # at, now, limit.
 _WAITING = (
     "status = 'pending' AND attempts > 0 AND next_attempt_at > ? "
-    "AND (claimed_until IS NULL OR claimed_until <= ?)"
+    "AND (claimed_until IS NULL OR claimed_until <= ?) "
+    f"AND COALESCE(last_error, '') NOT LIKE '{RETRY_AFTER}%'"
 )
 _SLOT = "CASE WHEN group_key = '' THEN 'e' || event_id ELSE 'g' || group_key END"
 _EXPEDITE = (
