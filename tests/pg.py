@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -81,6 +82,22 @@ async def execute(schema: str, sql: str, *args: object) -> str:
         return await conn.execute(sql, *args)
     finally:
         await conn.close()
+
+
+async def read_aside(store: object, sql: str) -> list[Any]:
+    """The rows of `sql` in `store`'s database (SQLite or PostgreSQL), read on a
+    connection of its own, beside the store's."""
+    if isinstance(store, PostgresStore):
+        assert store.schema is not None
+        return list(await fetch(store.schema, sql))
+    from watcher.store.sqlite import SQLiteStore
+
+    assert isinstance(store, SQLiteStore)
+    conn = sqlite3.connect(store.path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
 
 
 async def fetch(schema: str, sql: str, *args: object) -> list[asyncpg.Record]:

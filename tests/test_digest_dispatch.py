@@ -5,9 +5,7 @@ digest, a group of one, and ungrouped deliveries beside them."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 from tests import pg
 from tests.notify_fixtures import Receiver, make_event
@@ -17,7 +15,6 @@ from watcher.events import Event
 from watcher.incidents import derived_id
 from watcher.notify.dispatcher import Dispatcher
 from watcher.store.base import CycleCommit, DeliveryKey, DeliveryPolicy, Store
-from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
 
 GROUP = "route=0\x1fworkspace=prod"
@@ -60,17 +57,7 @@ async def outbox(store: Store) -> list[tuple[int, str, float]]:
         "SELECT attempts, last_error, next_attempt_at FROM deliveries "
         "WHERE status = 'pending' ORDER BY event_id"
     )
-    rows: list[Any]
-    if isinstance(store, PostgresStore):
-        assert store.schema is not None
-        rows = await pg.fetch(store.schema, sql)
-    else:
-        assert isinstance(store, SQLiteStore)
-        conn = sqlite3.connect(store.path)
-        try:
-            rows = conn.execute(sql).fetchall()
-        finally:
-            conn.close()
+    rows = await pg.read_aside(store, sql)
     return [(int(a), str(e), float(n)) for a, e, n in rows]
 
 

@@ -4,9 +4,7 @@ fluke success releases little, claims and digests stay whole (`Outbox.expedite`)
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -22,7 +20,6 @@ from watcher.notify.dispatcher import Dispatcher
 from watcher.notify.email import EmailChannel
 from watcher.notify.webhook import WebhookChannel
 from watcher.store.base import DeliveryKey, Store
-from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
 
 DOWN: tuple[int, dict[str, str], str] = (503, {}, "down")
@@ -40,17 +37,7 @@ async def pump(d: Dispatcher) -> None:
 async def schedule(store: Store) -> dict[str, tuple[int, float]]:
     """event id -> (attempts, next attempt) of the pending deliveries, read aside."""
     sql = "SELECT event_id, attempts, next_attempt_at FROM deliveries WHERE status = 'pending'"
-    rows: list[Any]
-    if isinstance(store, PostgresStore):
-        assert store.schema is not None
-        rows = await pg.fetch(store.schema, sql)
-    else:
-        assert isinstance(store, SQLiteStore)
-        conn = sqlite3.connect(store.path)
-        try:
-            rows = conn.execute(sql).fetchall()
-        finally:
-            conn.close()
+    rows = await pg.read_aside(store, sql)
     return {str(e): (int(a), float(n)) for e, a, n in rows}
 
 
